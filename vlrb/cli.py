@@ -1,0 +1,77 @@
+"""The work behind the thin entry points (build_data.py, train.py, evaluate.py)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("vlrb")
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def generate_demo_if_missing(data_cfg, progress: bool = True) -> None:
+    """data=demo: generate the VLMEvalKit-style work dir once (it is an input, like real logs)."""
+    gen = data_cfg.get("generate")
+    if gen is None:
+        return
+    raw = Path(data_cfg.raw_dir)
+    out = raw.parent
+    if raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
+        return
+    from vlrb.data.demo import generate_demo
+
+    n = gen.get("samples_per_dataset")
+    _say(f"generating the demo work dir in {out} ({'full scale' if n is None else f'{n} samples per dataset'}) ...")
+    generate_demo(out, samples_per_dataset=n, full=n is None, seed=int(gen.get("seed", 0)),
+                  datasets=list(data_cfg.datasets) if data_cfg.get("datasets") else None,
+                  workers=int(data_cfg.get("workers") or 2), progress=progress,
+                  image_size=int(gen.get("image_size", 96)))
+
+
+def print_summary(root) -> None:
+    from vlrb.data.benchmark import Benchmark
+
+    bm = Benchmark.load(root)
+    s = bm.summary()
+    _say(f"\nbenchmark: {Path(root).resolve()}")
+    _say(f"samples {s['n_samples']}  models {s['n_models']}  splits {s['splits']}")
+    _say(f"{'model':32s} {'accuracy':>9s} {'$/10K':>9s}")
+    for m, r in s["per_model"].items():
+        _say(f"{m:32s} {r['accuracy'] * 100:8.2f}% {r['avg_cost'] * 1e4:9.3f}")
+    _say(f"best single model: {s['best_single_model']} ({s['best_single_accuracy'] * 100:.2f}%)")
+    _say(f"oracle accuracy:   {s['oracle_accuracy'] * 100:.2f}%")
+    _say(f"report: {Path(root) / 'reports' / 'data_integrity' / 'validation_report.txt'}")
+
+
+def run_build(cfg: DictConfig) -> int:
+    from vlrb.data.build import BuildError, build
+    from vlrb.pricing import PriceTable, PricingError
+
+    stage = cfg.get("stage", "data")
+    if stage not in ("data", "features", "all"):
+        _say(f"error: stage must be data, features or all (got {stage!r})")
+        return 2
+    try:
+        if stage in ("data", "all"):
+            generate_demo_if_missing(cfg.data, progress=cfg.get("progress", True))
+            prices = PriceTable.from_config(cfg.get("pricing")) if cfg.data.get("reader") != "records" or cfg.get("pricing") else None
+            manifest = build(cfg.data, prices, force=bool(cfg.get("force")), progress=cfg.get("progress", True), log=_say)
+            if not manifest.get("up_to_date"):
+                _say(f"built in {manifest['timings_s']['total']:.1f} s ({manifest['timings_s']})")
+            print_summary(cfg.data.root)
+        if stage in ("features", "all"):
+            from vlrb.data.benchmark import Benchmark
+            from vlrb.features.extract import extract_features
+
+            bm = Benchmark.load(cfg.data.root)
+            stats = extract_features(bm, cfg.encoder, root=cfg.data.root, force=bool(cfg.get("force")),
+                                     progress=cfg.get("progress", True))
+            _say(f"features: {stats}")
+    except (BuildError, PricingError, FileNotFoundError) as e:
+        _say(f"error: {e}")
+        return 1
+    return 0

@@ -1,0 +1,207 @@
+"""`Benchmark`: a built routing benchmark in memory (Y, C, models, meta, splits, prompts, images).
+
+Reads the upstream-compatible layout (DESIGN.md §2) that `build_data.py` writes. Row i of meta is
+row i of Y and C; column j is `models[j]`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from vlrb.data.datasets import DATASETS
+from vlrb.data.images import ImageLoader
+from vlrb.io import safe_pickle_load
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+@dataclass
+class Split:
+    """The rows of one split, with everything a router or a metric needs."""
+
+    name: str
+    idx: np.ndarray  # row positions in the full benchmark
+    Y: np.ndarray  # (n, K) int8
+    C: np.ndarray  # (n, K) float32, $ per sample
+    scores: np.ndarray  # (n, K) float32 raw (possibly fractional) correctness
+    sample_ids: np.ndarray
+    datasets: np.ndarray
+    groups: np.ndarray
+    input_tokens: np.ndarray  # (n,) tokens the routed request carries (prompt + 256 per image)
+    models: list[str] = field(default_factory=list)
+    X: np.ndarray | None = None  # (n, D) fused features, attached by feature-level pipelines
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def with_features(self, X: np.ndarray) -> "Split":
+        if len(X) != len(self.idx):
+            raise ValueError(f"{self.name}: {len(X)} feature rows for {len(self.idx)} samples")
+        return replace(self, X=X)
+
+
+class Benchmark:
+    def __init__(self, Y, C, models, meta: pd.DataFrame, *, scores=None, cost_bounds: dict | None = None,
+                 samples: pd.DataFrame | None = None, root: Path | None = None):
+        Y = np.asarray(Y)
+        C = np.asarray(C, dtype=np.float32)
+        if Y.ndim != 2 or Y.shape != C.shape:
+            raise ValueError(f"Y and C must be N×K matrices of one shape; got Y {Y.shape} and C {C.shape}")
+        if len(meta) != Y.shape[0]:
+            raise ValueError(f"meta has {len(meta)} rows but Y has {Y.shape[0]}")
+        if len(models) != Y.shape[1]:
+            raise ValueError(f"{len(models)} model ids for {Y.shape[1]} columns of Y")
+        self.Y = Y.astype(np.int8, copy=False)
+        self.C = C
+        self.scores = self.Y.astype(np.float32) if scores is None else np.asarray(scores, np.float32)
+        self.models = list(models)
+        self.meta = meta.reset_index(drop=True)
+        self.root = root
+        self._samples = samples
+        self.cost_bounds = cost_bounds or compute_cost_bounds(self.C, self.models)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, root: str | Path) -> "Benchmark":
+        root = Path(root)
+        mdir, rdir = root / "data" / "matrices", root / "data" / "registry"
+        need = [mdir / "Y.npz", mdir / "C.npy", rdir / "meta.parquet"]
+        missing = [str(p) for p in need if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{root} is not a built benchmark (missing {', '.join(missing)}); run `python build_data.py` first")
+        with np.load(mdir / "Y.npz") as z:
+            Y = z["Y"]
+            scores = z["scores"] if "scores" in z.files else None
+        C = np.load(mdir / "C.npy")
+        meta = pd.read_parquet(rdir / "meta.parquet")
+        if (rdir / "model_index.json").exists():
+            models = json.loads((rdir / "model_index.json").read_text())
+        else:  # a benchmark built by the original tools: plain-data pickle, read without executing code
+            models = list(safe_pickle_load(rdir / "model_index.pkl"))
+        bounds = json.loads((mdir / "cost_bounds.json").read_text()) if (mdir / "cost_bounds.json").exists() else None
+        samples = pd.read_parquet(rdir / "samples.parquet") if (rdir / "samples.parquet").exists() else None
+        return cls(Y, C, models, meta, scores=scores, cost_bounds=bounds, samples=samples, root=root)
+
+    @classmethod
+    def from_arrays(cls, Y, C, models: Sequence[str] | None = None, *, datasets: Sequence[str] | None = None,
+                    sample_ids: Sequence[str] | None = None, splits: Sequence[str] | None = None,
+                    prompts: Sequence[str] | None = None, input_tokens: Sequence[int] | None = None,
+                    seed: int = 42, scores=None) -> "Benchmark":
+        """An in-memory benchmark (tests, notebooks). Splits default to the 70/10/20 rule."""
+        from vlrb.data.splits import random_split
+
+        Y = np.asarray(Y)
+        n, k = Y.shape
+        models = list(models) if models is not None else [f"m{j}" for j in range(k)]
+        sample_ids = list(sample_ids) if sample_ids is not None else [f"toy/{i:06d}" for i in range(n)]
+        datasets = list(datasets) if datasets is not None else [s.split("/")[0] for s in sample_ids]
+        if splits is None:
+            assign = random_split(sample_ids, seed=seed)
+            splits = [assign[s] for s in sample_ids]
+        meta = pd.DataFrame({
+            "sample_id": sample_ids, "dataset": datasets, "split": list(splits),
+            "task": [DATASETS[d].task_type if d in DATASETS else "unknown" for d in datasets],
+            "group": [DATASETS[d].group if d in DATASETS else "Other" for d in datasets],
+            "input_tokens": np.asarray(input_tokens if input_tokens is not None else np.full(n, 100), np.int64),
+        })
+        samples = None
+        if prompts is not None:
+            samples = pd.DataFrame({"sample_id": sample_ids, "prompt": list(prompts), "image_kind": "none",
+                                    "image_ref": "", "tsv_file": ""})
+        return cls(Y, C, models, meta, scores=scores, samples=samples)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n_samples(self) -> int:
+        return self.Y.shape[0]
+
+    @property
+    def n_models(self) -> int:
+        return self.Y.shape[1]
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        return self.meta["sample_id"].to_numpy()
+
+    @cached_property
+    def splits(self) -> dict[str, np.ndarray]:
+        """split name -> row positions, in row order."""
+        col = self.meta["split"].to_numpy()
+        return {s: np.flatnonzero(col == s) for s in SPLIT_NAMES}
+
+    def split(self, name: str) -> Split:
+        if name == "all":
+            idx = np.arange(self.n_samples)
+        elif name in self.splits:
+            idx = self.splits[name]
+        else:
+            raise KeyError(f"unknown split {name!r}; expected one of {SPLIT_NAMES} or 'all'")
+        m = self.meta
+        groups = m["group"] if "group" in m else m["dataset"].map(lambda d: DATASETS[d].group if d in DATASETS else "Other")
+        tokens = m["input_tokens"] if "input_tokens" in m else pd.Series(np.full(len(m), 100))
+        return Split(name=name, idx=idx, Y=self.Y[idx], C=self.C[idx], scores=self.scores[idx],
+                     sample_ids=m["sample_id"].to_numpy()[idx], datasets=m["dataset"].to_numpy()[idx],
+                     groups=np.asarray(groups)[idx], input_tokens=np.asarray(tokens, np.int64)[idx],
+                     models=self.models)
+
+    @cached_property
+    def samples(self) -> pd.DataFrame:
+        """sample_id, prompt, image_kind, image_ref, tsv_file aligned to meta rows."""
+        if self._samples is None:
+            return pd.DataFrame({"sample_id": self.sample_ids, "prompt": "", "image_kind": "none",
+                                 "image_ref": "", "tsv_file": ""})
+        s = self._samples.set_index("sample_id").reindex(self.sample_ids)
+        s["prompt"] = s["prompt"].fillna("")
+        s["image_kind"] = s["image_kind"].fillna("none")
+        return s.fillna("").reset_index()
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.samples["prompt"].tolist()
+
+    @cached_property
+    def images(self) -> ImageLoader:
+        s = self.samples
+        return ImageLoader(s["image_kind"].tolist(), s["image_ref"].tolist(), s["tsv_file"].tolist(),
+                           sample_ids=s["sample_id"].tolist())
+
+    def summary(self) -> dict:
+        """Counts, per-model accuracy and cost, the Oracle's accuracy."""
+        acc = self.Y.mean(0)
+        cost = self.C.mean(0)
+        best = int(acc.argmax())
+        return {
+            "root": str(self.root) if self.root else None,
+            "n_samples": self.n_samples, "n_models": self.n_models,
+            "splits": {k: int(len(v)) for k, v in self.splits.items()},
+            "datasets": self.meta["dataset"].value_counts().sort_index().to_dict(),
+            "per_model": {m: {"accuracy": float(a), "avg_cost": float(c)} for m, a, c in zip(self.models, acc, cost)},
+            "best_single_model": self.models[best], "best_single_accuracy": float(acc[best]),
+            "oracle_accuracy": float(self.Y.max(1).mean()),
+        }
+
+
+def compute_cost_bounds(C: np.ndarray, models: Sequence[str]) -> dict:
+    """cmin/cmax = the smallest and largest per-model mean cost over non-zero entries (SPEC.md §4)."""
+    C = np.asarray(C, dtype=np.float64)
+    nz = C > 0
+    counts = nz.sum(0)
+    means = np.where(counts > 0, (C * nz).sum(0) / np.maximum(counts, 1), 0.0)
+    valid = means > 0
+    if not valid.any():
+        raise ValueError("cost bounds: every cost is zero; the cost matrix C carries no prices")
+    lo = int(np.flatnonzero(valid)[means[valid].argmin()])
+    hi = int(means.argmax())
+    return {
+        "cmin": float(means[lo]), "cmax": float(means[hi]),
+        "description": "cmin/cmax: smallest and largest per-model mean cost over non-zero entries ($ per sample)",
+        "cmin_model": models[lo], "cmax_model": models[hi],
+        "per_model_avg_costs": {m: float(c) for m, c in zip(models, means)},
+    }

@@ -1,0 +1,655 @@
+"""Build a routing benchmark (Y, C, meta, splits, reports) from VLMEvalKit logs or a records table.
+
+Both readers produce the same two tables, and one `assemble` turns them into the upstream layout:
+  records: sample_id, dataset, model_id, score, failed, output_tokens, has_prediction [, cost]
+  samples: sample_id, dataset, prompt, image_kind, image_ref, tsv_file, tsv_row, num_images [, input_tokens]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vlrb.data.datasets import DATASETS, DEFAULT_OUTPUT_TOKEN_ESTIMATE, IMAGE_TOKENS, OUTPUT_TOKEN_ESTIMATES, DatasetSpec
+from vlrb.data.splits import random_split, stratified_split
+from vlrb.data.tokens import count_many, tokenizer_name
+from vlrb.io import file_digest, stat_fingerprint, write_json
+from vlrb.pricing import PriceTable, missing_price_message
+
+BUILD_VERSION = 1
+PRESERVED = ("EMBEDDINGS", "reports/features")  # derived later from the benchmark; kept across rebuilds
+
+
+class BuildError(ValueError):
+    pass
+
+
+@dataclass
+class Inputs:
+    """What a reader hands to `assemble`, plus what it found worth reporting."""
+
+    records: pd.DataFrame
+    samples: pd.DataFrame
+    files: list[str] = field(default_factory=list)  # input files, for the manifest
+    report: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- configuration helpers
+
+def dataset_specs(data_cfg) -> dict[str, DatasetSpec]:
+    """The configured datasets (default: the 14), plus user-defined `data.extra_datasets`."""
+    extra = {}
+    for key, e in (data_cfg.get("extra_datasets") or {}).items():
+        try:
+            extra[key] = DatasetSpec(key, e.get("task_type", "vqa_mc"), e.get("group", "Other"), e["family"])
+        except KeyError:
+            raise BuildError(f"data.extra_datasets.{key} needs a `family` (mcq, yorn, vqa, anls, ocrbench, "
+                             f"mathvista, mathvision, mathverse)") from None
+    known = {**DATASETS, **extra}
+    wanted = list(data_cfg.get("datasets") or DATASETS) + [k for k in extra if k not in (data_cfg.get("datasets") or [])]
+    unknown = [d for d in wanted if d not in known]
+    if unknown:
+        raise BuildError(f"unknown dataset key(s) {unknown} in data.datasets; known keys: {', '.join(DATASETS)} "
+                         f"(or declare one under data.extra_datasets with its family)")
+    return {d: known[d] for d in dict.fromkeys(wanted)}
+
+
+def model_pool(data_cfg, prices: PriceTable | None) -> tuple[list[str] | None, set[str]]:
+    models = list(data_cfg.get("models") or [])
+    excluded = set(data_cfg.get("exclude_models") or [])
+    if prices is None:
+        return (models or None), excluded
+    if models:
+        bad = [m for m in models if prices.canonical(m) is None]
+        if bad:
+            raise BuildError(missing_price_message(bad[0], prices.source))
+        return sorted({prices.canonical(m) for m in models} - excluded), excluded
+    return [m for m in prices.models if m not in excluded], excluded
+
+
+# ----------------------------------------------------------------------------- the VLMEvalKit reader
+
+def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discovery=None) -> Inputs:
+    from vlrb.data import vlmevalkit as vk
+    from vlrb.data.tsv import find_tsv, read_tsv_index
+
+    specs = dataset_specs(data_cfg)
+    pool, excluded = model_pool(data_cfg, prices)
+    explicit = bool(data_cfg.get("models"))
+
+    def canonical(folder: str):
+        m = prices.canonical(folder)
+        return m if (m is not None and m in pool) else None
+
+    disc = discovery or vk.discover(data_cfg.raw_dir, canonical, specs, excluded)
+    if disc.unknown_models and not explicit:
+        name = sorted(disc.unknown_models)[0]
+        raise BuildError(f"{data_cfg.raw_dir}/{name}: " + missing_price_message(name, prices.source))
+    tasks, missing_files = vk.plan(disc, specs)
+    results = vk.read_all(tasks, workers=int(data_cfg.get("workers") or 1), progress=progress,
+                          threshold=float(data_cfg.get("binarize_threshold", 0.5)))
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise BuildError(errors[0] + more)
+
+    frames, prompts, file_notes = [], {}, []
+    for r in results:
+        rec = r["records"]
+        sid = r["dataset"] + "/" + rec["raw_id"].where(~rec["raw_id"].str.contains("/", regex=False), "")
+        sid = np.where(rec["raw_id"].str.contains("/", regex=False), rec["raw_id"], sid)  # ids with '/' kept as is
+        frames.append(pd.DataFrame({"sample_id": sid, "dataset": r["dataset"], "model_id": r["model"],
+                                    "raw_id": rec["raw_id"].to_numpy(), "score": rec["score"].to_numpy(),
+                                    "failed": rec["failed"].to_numpy(), "output_tokens": rec["output_tokens"].to_numpy(),
+                                    "has_prediction": rec["has_prediction"].to_numpy()}))
+        if r["dataset"] not in prompts or len(rec) > len(prompts[r["dataset"]]):
+            prompts[r["dataset"]] = pd.Series(rec["prompt"].to_numpy(), index=sid)
+        file_notes.append({k: r[k] for k in ("model", "dataset", "file", "run", "duplicates", "no_id", "nan_scores", "notes")})
+    if not frames:
+        raise BuildError(f"no evaluation files for the configured datasets and models under {data_cfg.raw_dir}")
+    records = pd.concat(frames, ignore_index=True)
+
+    # samples: prompt from the evaluation files, image from the LMUData TSV
+    sample_rows, image_report, tsv_files = [], {}, []
+    for ds, grp in records.groupby("dataset", sort=True):
+        keys = grp.drop_duplicates("sample_id")[["sample_id", "raw_id"]]
+        tsv = find_tsv(data_cfg.get("tsv_dir"), ds)
+        s = pd.DataFrame({"sample_id": keys["sample_id"].to_numpy(), "dataset": ds,
+                          "prompt": prompts[ds].reindex(keys["sample_id"]).fillna("").to_numpy(),
+                          "image_kind": "none", "image_ref": "", "tsv_file": "", "tsv_row": -1, "num_images": 0})
+        rep = {"tsv": str(tsv) if tsv else None, "samples": len(s), "with_image": 0, "undecodable": [], "not_in_tsv": 0}
+        if tsv is not None:
+            tsv_files.append(str(tsv))
+            try:
+                idx = read_tsv_index(tsv).drop_duplicates("key").set_index("key")
+            except ValueError as e:
+                raise BuildError(str(e)) from None
+            hit = idx.reindex(keys["raw_id"].to_numpy())
+            found = hit["index"].notna().to_numpy()
+            ok = found & (hit["image_status"] == "ok").to_numpy()
+            bad = found & (hit["image_status"] == "undecodable").to_numpy()
+            s.loc[ok, "image_kind"] = "tsv"
+            s.loc[ok, "image_ref"] = hit["index"].to_numpy()[ok]
+            s.loc[ok, "tsv_file"] = str(tsv)
+            s.loc[found, "tsv_row"] = hit["row"].to_numpy()[found].astype(int)
+            s.loc[ok, "num_images"] = hit["num_images"].to_numpy()[ok].astype(int)
+            rep.update(with_image=int(ok.sum()), not_in_tsv=int((~found).sum()),
+                       undecodable=s.loc[bad, "sample_id"].tolist())
+        image_report[ds] = rep
+        sample_rows.append(s)
+    samples = pd.concat(sample_rows, ignore_index=True)
+
+    report = {
+        "reader": "vlmevalkit", "raw_dir": str(data_cfg.raw_dir), "tsv_dir": str(data_cfg.get("tsv_dir")),
+        "files_seen": disc.n_seen, "duplicate_paths_skipped": disc.n_duplicates,
+        "models_not_in_pool": disc.unknown_models, "models_excluded": disc.excluded_models,
+        "other_datasets_ignored": disc.other_datasets, "pairs_without_evaluation_file": missing_files,
+        "files_read": file_notes, "images": image_report,
+        "datasets_absent": sorted(set(specs) - set(records["dataset"].unique())),
+    }
+    files = sorted({n["file"] for n in file_notes} | set(tsv_files))
+    return Inputs(records, samples, files, report)
+
+
+# ----------------------------------------------------------------------------- the generic records reader
+
+RECORD_REQUIRED = ("sample_id", "dataset", "model_id")
+
+
+def read_records(data_cfg, prices: PriceTable | None, progress: bool = True) -> Inputs:
+    from vlrb.data.correctness import failed_mask
+
+    path = Path(data_cfg.records)
+    if not path.exists():
+        raise BuildError(f"data.records {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        elif path.suffix in (".csv", ".tsv"):
+            df = pd.read_csv(path, sep="," if path.suffix == ".csv" else "\t", keep_default_na=True)
+        elif path.suffix in (".jsonl", ".json"):
+            df = pd.read_json(path, lines=path.suffix == ".jsonl")
+        else:
+            raise BuildError(f"{path}: unsupported records format {path.suffix!r} (use .parquet, .csv or .jsonl)")
+    except BuildError:
+        raise
+    except Exception as e:
+        raise BuildError(f"{path}: cannot read records ({type(e).__name__}: {e})") from None
+    missing = [c for c in RECORD_REQUIRED if c not in df.columns]
+    if missing or not ({"correct", "score"} & set(df.columns)):
+        raise BuildError(f"{path}: records need columns {list(RECORD_REQUIRED)} and `correct` or `score`; "
+                         f"missing {missing or ['correct/score']}; found {list(df.columns)}")
+    for c in RECORD_REQUIRED:
+        if df[c].isna().any():
+            raise BuildError(f"{path}: column {c!r} has {int(df[c].isna().sum())} empty values")
+    df = df.assign(sample_id=df["sample_id"].astype(str), dataset=df["dataset"].astype(str),
+                   model_id=df["model_id"].astype(str))
+    score_col = "score" if "score" in df.columns else "correct"
+    score = pd.to_numeric(df[score_col].replace({True: 1, False: 0}), errors="coerce")
+    if score.isna().any() or ((score < 0) | (score > 1)).any():
+        bad = df.loc[score.isna() | (score < 0) | (score > 1), "sample_id"].head(3).tolist()
+        raise BuildError(f"{path}: column {score_col!r} must be a number in [0, 1] (or a boolean); bad rows e.g. {bad}")
+    dup = df.duplicated(["sample_id", "model_id"])
+    if dup.any():
+        raise BuildError(f"{path}: {int(dup.sum())} duplicate (sample_id, model_id) rows, "
+                         f"e.g. {df.loc[dup, ['sample_id', 'model_id']].head(2).values.tolist()}")
+    pred = df["prediction"] if "prediction" in df.columns else pd.Series([None] * len(df))
+    has_pred = pred.notna().to_numpy()
+    if "output_tokens" in df.columns and df["output_tokens"].notna().all():
+        out_tok, has_pred = df["output_tokens"].astype(np.int64).to_numpy(), np.ones(len(df), bool)
+    else:
+        out_tok = count_many(p if h else None for p, h in zip(pred.tolist(), has_pred))
+    has_cost = "cost" in df.columns and df["cost"].notna().all()
+    if not has_cost:
+        if prices is None:
+            raise BuildError(f"{path}: records without a `cost` column need a price table (pricing=<name> or pricing.path=FILE)")
+        unpriced = sorted(m for m in df["model_id"].unique() if prices.canonical(m) is None)
+        if unpriced:
+            raise BuildError(missing_price_message(unpriced[0], prices.source))
+        df["model_id"] = df["model_id"].map(prices.canonical)
+    records = pd.DataFrame({
+        "sample_id": df["sample_id"], "dataset": df["dataset"], "model_id": df["model_id"],
+        "raw_id": df["sample_id"], "score": score.astype(float).to_numpy(),
+        "failed": failed_mask(pred.fillna("").astype(str)) & has_pred, "output_tokens": out_tok,
+        "has_prediction": has_pred,
+    })
+    if has_cost:
+        records["cost"] = df["cost"].astype(float).to_numpy()
+        if (records["cost"] < 0).any():
+            raise BuildError(f"{path}: column 'cost' has negative values")
+    first = df.drop_duplicates("sample_id")
+    prompt = first["prompt"].fillna("").astype(str) if "prompt" in first.columns else pd.Series("", index=first.index)
+    samples = pd.DataFrame({"sample_id": first["sample_id"].to_numpy(), "dataset": first["dataset"].to_numpy(),
+                            "prompt": prompt.to_numpy(), "image_kind": "none", "image_ref": "", "tsv_file": "",
+                            "tsv_row": -1, "num_images": 0})
+    if "image" in first.columns:
+        img = first["image"].fillna("").astype(str).to_numpy()
+        for i, v in enumerate(img):
+            if not v:
+                continue
+            if v.startswith("data:image"):
+                samples.loc[i, ["image_kind", "image_ref"]] = ["b64", v.split(",", 1)[-1]]
+            elif len(v) > 1024:
+                samples.loc[i, ["image_kind", "image_ref"]] = ["b64", v]
+            else:
+                p = Path(v) if Path(v).is_absolute() else path.parent / v
+                samples.loc[i, ["image_kind", "image_ref"]] = ["path", str(p)]
+        samples.loc[samples["image_kind"] != "none", "num_images"] = 1
+    if "input_tokens" in first.columns and first["input_tokens"].notna().all():
+        samples["input_tokens"] = first["input_tokens"].astype(np.int64).to_numpy()
+    missing_paths = samples.loc[(samples["image_kind"] == "path") & ~samples["image_ref"].map(os.path.exists), "sample_id"]
+    report = {"reader": "records", "records": str(path), "rows": len(df), "cost_from": "records" if has_cost else "tokens x prices",
+              "images": {"with_image": int((samples["image_kind"] != "none").sum()),
+                         "missing_image_files": missing_paths.tolist()[:50], "n_missing_image_files": len(missing_paths)}}
+    return Inputs(records, samples, [str(path)], report)
+
+
+# ----------------------------------------------------------------------------- assembly
+
+@dataclass
+class Built:
+    Y: np.ndarray
+    scores: np.ndarray
+    C: np.ndarray
+    models: list[str]
+    meta: pd.DataFrame
+    samples: pd.DataFrame
+    tokens_out: np.ndarray  # (N, K) output tokens
+    tokens_actual: np.ndarray  # (N, K) bool: counted from a real prediction
+    failed: np.ndarray  # (N, K) bool
+    report: dict
+
+
+def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, DatasetSpec]) -> Built:
+    rec, smp = inp.records, inp.samples
+    pool, _ = model_pool(data_cfg, prices) if prices is not None or data_cfg.get("models") else (None, set())
+    if pool is not None:
+        rec = rec[rec["model_id"].isin(pool)]
+    models = sorted(rec["model_id"].unique())  # Python sort order, as upstream's model_index.pkl
+    if not models:
+        raise BuildError("no records left for the configured model pool")
+    absent_models = sorted(set(pool or []) - set(models))
+    sids = np.asarray(sorted(rec["sample_id"].unique()), dtype=object)
+    r = pd.Categorical(rec["sample_id"], categories=sids).codes
+    c = pd.Categorical(rec["model_id"], categories=models).codes
+    N, K = len(sids), len(models)
+
+    def fill(values, dtype, empty):
+        m = np.full((N, K), empty, dtype=dtype)
+        m[r, c] = values
+        return m
+
+    S = fill(rec["score"].to_numpy(np.float64), np.float64, np.nan)
+    present = fill(np.ones(len(rec), bool), bool, False)
+    out_tok = fill(rec["output_tokens"].to_numpy(np.int64), np.int64, 0)
+    has_pred = fill(rec["has_prediction"].to_numpy(bool), bool, False)
+    failed = fill(rec["failed"].to_numpy(bool), bool, False)
+    cost_given = fill(rec["cost"].to_numpy(np.float64), np.float64, np.nan) if "cost" in rec else None
+
+    # samples some model lacks are dropped (upstream crashes here), and reported per dataset and model
+    ds_of = smp.drop_duplicates("sample_id").set_index("sample_id")["dataset"].reindex(sids).to_numpy()
+    complete = present.all(1)
+    dropped = {}
+    if not complete.all():
+        inc = ~complete
+        for ds in sorted(set(ds_of[inc])):
+            rows = inc & (ds_of == ds)
+            dropped[ds] = {"samples": int(rows.sum()),
+                           "missing_per_model": {m: int((~present[rows, j]).sum()) for j, m in enumerate(models)
+                                                 if (~present[rows, j]).any()}}
+        if data_cfg.get("strict"):
+            raise BuildError(f"data.strict: {int(inc.sum())} samples lack some model's record: "
+                             f"{json.dumps(dropped)[:600]}")
+    undetermined = int((np.isnan(S) & present).sum())
+    keep = complete
+    sids, S, out_tok, has_pred, failed, ds_of = sids[keep], S[keep], out_tok[keep], has_pred[keep], failed[keep], ds_of[keep]
+    cost_given = cost_given[keep] if cost_given is not None else None
+    if len(sids) == 0:
+        raise BuildError(f"no sample has a record for every model ({K} models); dropped: {json.dumps(dropped)[:600]}")
+    S = np.nan_to_num(S, nan=0.0)  # a score that could not be determined counts as wrong (reported)
+    thr = float(data_cfg.get("binarize_threshold", 0.5))
+    Y = (S >= thr).astype(np.int8)
+
+    smp = smp.drop_duplicates("sample_id").set_index("sample_id").reindex(sids).reset_index()
+    task = np.asarray([specs[d].task_type if d in specs else "unknown" for d in ds_of], dtype=object)
+    group = np.asarray([specs[d].group if d in specs else "Other" for d in ds_of], dtype=object)
+    if "input_tokens" in smp.columns and smp["input_tokens"].notna().all():
+        text_tok = smp["input_tokens"].to_numpy(np.int64) - IMAGE_TOKENS * smp["num_images"].to_numpy(np.int64)
+    else:
+        text_tok = count_many(smp["prompt"].tolist())
+    n_img = smp["num_images"].fillna(0).to_numpy(np.int64)
+    in_tok = text_tok + IMAGE_TOKENS * n_img
+    est = np.asarray([OUTPUT_TOKEN_ESTIMATES.get(t, DEFAULT_OUTPUT_TOKEN_ESTIMATE) for t in task], np.int64)
+    out_tok = np.where(has_pred, out_tok, est[:, None])
+
+    if cost_given is not None:
+        C = cost_given.astype(np.float32)
+    else:
+        p_in = np.asarray([prices[m].input_per_1m for m in models])
+        p_out = np.asarray([prices[m].output_per_1m for m in models])
+        C = (in_tok[:, None] * p_in[None, :] / 1e6 + out_tok * p_out[None, :] / 1e6).astype(np.float32)
+
+    if data_cfg.get("split", "random") == "stratified":
+        assign = stratified_split(sids.tolist(), ds_of.tolist(), seed=int(data_cfg.get("split_seed", 42)))
+    elif data_cfg.get("split", "random") == "random":
+        assign = random_split(sids.tolist(), seed=int(data_cfg.get("split_seed", 42)))
+    else:
+        raise BuildError(f"data.split must be 'random' or 'stratified', got {data_cfg.get('split')!r}")
+    meta = pd.DataFrame({"sample_id": sids.astype(str), "dataset": ds_of.astype(str),
+                         "split": [assign[s] for s in sids], "task": task.astype(str), "group": group.astype(str),
+                         "input_tokens": in_tok, "text_tokens": text_tok, "num_images": n_img})
+    smp["input_tokens"] = in_tok
+    report = dict(inp.report)
+    report.update({
+        "models": models, "models_in_pool_without_logs": absent_models,
+        "dropped_incomplete_samples": dropped, "n_dropped": int((~keep).sum()),
+        "undetermined_scores": undetermined, "binarize_threshold": thr,
+        "fractional_scores": int(((S > 0) & (S < 1)).sum()),
+        "failed_predictions": {m: int(failed[:, j].sum()) for j, m in enumerate(models) if failed[:, j].any()},
+        "estimated_output_tokens": {m: int((~has_pred[:, j]).sum()) for j, m in enumerate(models) if (~has_pred[:, j]).any()},
+        "tokenizer": tokenizer_name(),
+    })
+    return Built(Y, S.astype(np.float32), C, models, meta, smp, out_tok, has_pred, failed, report)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
+    """Write the upstream-compatible layout (DESIGN.md §2) into the folder `out`."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    mdir, rdir = out / "data" / "matrices", out / "data" / "registry"
+    mdir.mkdir(parents=True)
+    rdir.mkdir(parents=True)
+    np.savez_compressed(mdir / "Y.npz", Y=b.Y, scores=b.scores)
+    np.save(mdir / "C.npy", b.C)
+    from vlrb.data.benchmark import compute_cost_bounds
+
+    write_json(mdir / "cost_bounds.json", compute_cost_bounds(b.C, b.models))
+    sids = b.meta["sample_id"].tolist()
+    for name, obj in (("model_index", b.models), ("sample_index", sids)):
+        (rdir / f"{name}.json").write_text(json.dumps(obj))
+        with open(rdir / f"{name}.pkl", "wb") as f:  # plain lists, for the original tools
+            pickle.dump(list(obj), f)
+    for name, obj in (("sample_ids", sids), ("model_names", b.models)):
+        with open(mdir / f"{name}.pkl", "wb") as f:
+            pickle.dump(list(obj), f)
+    b.meta.to_parquet(rdir / "meta.parquet", index=False)
+    b.samples[["sample_id", "dataset", "prompt", "image_kind", "image_ref", "tsv_file", "tsv_row",
+               "num_images", "input_tokens"]].astype({"image_ref": str, "tsv_file": str}).to_parquet(
+        rdir / "samples.parquet", index=False)
+
+    # BENCHMARKS/<task>/<dataset>_samples.jsonl and ORACLE/score/<dataset>.parquet
+    smp = b.samples.set_index("sample_id")
+    for ds, rows in b.meta.groupby("dataset", sort=True):
+        spec = specs.get(ds)
+        task = spec.task_type if spec else "unknown"
+        recs = []
+        for sid in rows["sample_id"]:
+            s = smp.loc[sid]
+            assets = []
+            if s["image_kind"] == "tsv":
+                assets = [{"type": "image_tsv", "tsv_file": s["tsv_file"], "index": int(s["tsv_row"]),
+                           "tsv_key": s["image_ref"]}]
+            elif s["image_kind"] == "path":
+                assets = [{"type": "image", "uri": s["image_ref"]}]
+            elif s["image_kind"] == "b64":
+                assets = [{"type": "image_base64", "data": s["image_ref"]}]
+            recs.append({"sample_id": sid, "dataset": ds, "task_type": task,
+                         "modality": ["image", "text"] if assets else ["text"], "prompt": s["prompt"], "assets": assets})
+        _jsonl(out / "BENCHMARKS" / task / f"{ds.lower()}_samples.jsonl", recs)
+        idx = rows.index.to_numpy()
+        K = len(b.models)
+        odir = out / "ORACLE" / "score"
+        odir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"sample_id": np.repeat(rows["sample_id"].to_numpy(), K),
+                      "model_id": np.tile(np.asarray(b.models, dtype=object), len(idx)),
+                      "quality_raw": b.Y[idx].reshape(-1).astype(np.int64),
+                      "quality": b.scores[idx].reshape(-1).astype(np.float64)}).to_parquet(odir / f"{ds.lower()}.parquet", index=False)
+    for split in ("train", "dev", "test"):
+        _jsonl(out / "SPLITS" / f"{split}.jsonl",
+               ({"sample_id": s} for s in b.meta.loc[b.meta["split"] == split, "sample_id"]))
+
+    # reports/token_statistics (upstream file names and columns)
+    tdir = out / "reports" / "token_statistics"
+    tdir.mkdir(parents=True)
+    m = b.meta
+    pacsv.write_csv(pa.table({"sample_id": m["sample_id"], "dataset": m["dataset"].str.upper(), "task_type": m["task"],
+                              "text_tokens": m["text_tokens"], "image_tokens": IMAGE_TOKENS * m["num_images"],
+                              "total_input_tokens": m["input_tokens"], "num_images": m["num_images"]}),
+                    tdir / "token_stats_per_sample.csv")
+    N, K = b.Y.shape
+    models_col = np.tile(np.asarray(b.models, dtype=object), N)
+    sid_col = np.repeat(m["sample_id"].to_numpy(), K)
+    pacsv.write_csv(pa.table({"sample_id": sid_col, "model": models_col, "output_tokens": b.tokens_out.reshape(-1),
+                              "is_actual": b.tokens_actual.reshape(-1)}), tdir / "output_tokens_per_model.csv")
+    in_rep = np.repeat(m["input_tokens"].to_numpy(), K)
+    if b.report.get("cost_from") == "records":
+        in_cost = out_cost = np.full(N * K, np.nan)
+    else:
+        from vlrb.pricing import Price  # noqa: F401  (costs recomputed below from C is not separable)
+        in_cost = out_cost = None
+    total = b.C.reshape(-1).astype(np.float64)
+    cols = {"sample_id": sid_col, "model": models_col, "total_input_tokens": in_rep,
+            "output_tokens": b.tokens_out.reshape(-1), "total_cost": total}
+    if in_cost is not None:
+        cols.update(input_cost=in_cost, output_cost=out_cost)
+    elif "_prices" in b.report:
+        p_in = np.tile(np.asarray(b.report["_prices"]["in"]), N)
+        p_out = np.tile(np.asarray(b.report["_prices"]["out"]), N)
+        cols.update(input_cost=in_rep * p_in / 1e6, output_cost=b.tokens_out.reshape(-1) * p_out / 1e6)
+    pacsv.write_csv(pa.table(cols), tdir / "token_based_costs.csv")
+    by_ds = m.groupby("dataset").agg(samples=("sample_id", "size"), input_tokens=("input_tokens", "sum"),
+                                     mean_input_tokens=("input_tokens", "mean"))
+    out_ds = pd.Series(b.tokens_out.sum(1), index=m.index).groupby(m["dataset"]).sum()
+    by_ds["output_tokens"] = out_ds
+    by_ds.to_csv(tdir / "token_stats_by_dataset.csv")
+    by_task = m.groupby("task").agg(samples=("sample_id", "size"), input_tokens=("input_tokens", "sum"))
+    by_task["output_tokens"] = pd.Series(b.tokens_out.sum(1), index=m.index).groupby(m["task"]).sum()
+    by_task.to_csv(tdir / "token_stats_by_task.csv")
+    total_in, total_out = int(m["input_tokens"].sum()), int(b.tokens_out.sum())
+    lines = ["Token statistics", f"tokenizer: {b.report.get('tokenizer')}; images: {IMAGE_TOKENS} tokens each",
+             f"samples: {N}  models: {K}  pairs: {N * K}",
+             f"input tokens (counted once per sample): {total_in:,}",
+             f"output tokens (all pairs): {total_out:,}  actual: {int(b.tokens_actual.sum()):,}  estimated: {int((~b.tokens_actual).sum()):,}",
+             f"grand total: {total_in + total_out:,}", "", "per model: mean output tokens, mean cost $/sample"]
+    for j, mod in enumerate(b.models):
+        lines.append(f"  {mod:32s} {b.tokens_out[:, j].mean():9.1f}  {b.C[:, j].mean():.3e}")
+    (tdir / "token_statistics_report.txt").write_text("\n".join(lines) + "\n")
+
+
+def integrity_report(b: Built) -> tuple[dict, str]:
+    """Counts, missing pairs, splits, cost ranges, failed predictions, and anything suspicious."""
+    m = b.meta
+    N, K = b.Y.shape
+    acc = b.Y.mean(0)
+    suspicious = []
+    for j, mod in enumerate(b.models):
+        if acc[j] == 0:
+            suspicious.append(f"{mod}: never correct (check its evaluation files)")
+        if acc[j] == 1:
+            suspicious.append(f"{mod}: always correct (check its evaluation files)")
+        if (b.C[:, j] == 0).any():
+            suspicious.append(f"{mod}: {int((b.C[:, j] == 0).sum())} samples cost $0")
+    for ds, rep in (b.report.get("images") or {}).items():
+        if isinstance(rep, dict) and rep.get("undecodable"):
+            suspicious.append(f"{ds}: {len(rep['undecodable'])} TSV images do not decode (kept, without image)")
+        if isinstance(rep, dict) and rep.get("not_in_tsv"):
+            suspicious.append(f"{ds}: {rep['not_in_tsv']} samples not found in the TSV (no image)")
+    for f in b.report.get("files_read", []):
+        if f.get("duplicates"):
+            suspicious.append(f"{f['file']}: {f['duplicates']} duplicate indices (first row kept)")
+    if b.report.get("undetermined_scores"):
+        suspicious.append(f"{b.report['undetermined_scores']} (sample, model) scores could not be determined (counted wrong)")
+    fails = b.report.get("failed_predictions", {})
+    if fails:
+        suspicious.append(f"failed API predictions (counted wrong): {fails}")
+    if b.report.get("n_dropped"):
+        suspicious.append(f"{b.report['n_dropped']} samples dropped because some model has no record for them")
+    n_split = m["split"].value_counts().to_dict()
+    res = {
+        "n_samples": N, "n_models": K, "n_pairs": N * K,
+        "samples_per_dataset": m["dataset"].value_counts().sort_index().to_dict(),
+        "splits": {s: int(n_split.get(s, 0)) for s in ("train", "dev", "test")},
+        "split_ratios": {s: round(n_split.get(s, 0) / N, 4) for s in ("train", "dev", "test")},
+        "per_model": {mod: {"accuracy": float(acc[j]), "mean_cost": float(b.C[:, j].mean()),
+                            "min_cost": float(b.C[:, j].min()), "max_cost": float(b.C[:, j].max()),
+                            "mean_output_tokens": float(b.tokens_out[:, j].mean()),
+                            "failed_predictions": int(b.failed[:, j].sum()),
+                            "estimated_output_tokens": int((~b.tokens_actual[:, j]).sum())}
+                      for j, mod in enumerate(b.models)},
+        "oracle_accuracy": float(b.Y.max(1).mean()),
+        "no_correct_model_share": float((b.Y.max(1) == 0).mean()),
+        "cost_range": {"min": float(b.C.min()), "max": float(b.C.max()), "mean": float(b.C.mean())},
+        "suspicious": suspicious,
+        "reader": {k: v for k, v in b.report.items() if not k.startswith("_")},
+    }
+    lines = ["VL-RouterBench data integrity report", "=" * 40,
+             f"samples {N}  models {K}  pairs {N * K}",
+             f"splits: {res['splits']}  ratios: {res['split_ratios']}",
+             f"oracle accuracy {res['oracle_accuracy']:.4f}; samples no model answers: {res['no_correct_model_share']:.4f}",
+             "", "samples per dataset:"]
+    lines += [f"  {d:22s} {n}" for d, n in res["samples_per_dataset"].items()]
+    lines += ["", f"{'model':32s} {'acc':>7s} {'$/10K':>9s} {'min $':>10s} {'max $':>10s} {'out tok':>8s} {'failed':>6s}"]
+    for mod, r in res["per_model"].items():
+        lines.append(f"{mod:32s} {r['accuracy']:7.4f} {r['mean_cost'] * 1e4:9.3f} {r['min_cost']:10.2e} "
+                     f"{r['max_cost']:10.2e} {r['mean_output_tokens']:8.1f} {r['failed_predictions']:6d}")
+    rd = b.report
+    lines += ["", "reader:"]
+    for k in ("reader", "raw_dir", "records", "files_seen", "duplicate_paths_skipped", "datasets_absent",
+              "models_not_in_pool", "models_in_pool_without_logs", "other_datasets_ignored", "n_dropped",
+              "binarize_threshold", "fractional_scores", "tokenizer"):
+        if k in rd:
+            lines.append(f"  {k}: {rd[k]}")
+    if rd.get("pairs_without_evaluation_file"):
+        lines.append(f"  pairs without an evaluation file: {len(rd['pairs_without_evaluation_file'])}")
+        lines += [f"    {p['model']} / {p['dataset']}" for p in rd["pairs_without_evaluation_file"][:20]]
+    if rd.get("dropped_incomplete_samples"):
+        lines.append("  dropped samples (some model lacks them):")
+        lines += [f"    {d}: {v['samples']} samples; missing per model {v['missing_per_model']}"
+                  for d, v in rd["dropped_incomplete_samples"].items()]
+    lines += ["", "suspicious:"] + ([f"  - {s}" for s in suspicious] or ["  (nothing)"])
+    return res, "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the whole build
+
+def _fingerprint(data_cfg, prices: PriceTable | None, files: list[str]) -> str:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(data_cfg, resolve=True) if not isinstance(data_cfg, dict) else data_cfg
+    for k in ("workers", "root", "generate"):
+        cfg.pop(k, None)
+    price = {m: [p.input_per_1m, p.output_per_1m] for m, p in prices.prices.items()} if prices else None
+    blob = json.dumps({"v": BUILD_VERSION, "cfg": cfg, "prices": price,
+                       "files": [stat_fingerprint(f) for f in files]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress: bool = True, log=print) -> dict:
+    """Build (or confirm up to date) the benchmark at data_cfg.root. Returns the manifest."""
+    root = Path(data_cfg.root)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    specs = dataset_specs(data_cfg)
+    reader = data_cfg.get("reader", "vlmevalkit")
+
+    disc = None
+    if reader == "vlmevalkit":
+        from vlrb.data import vlmevalkit as vk
+        pool, excluded = model_pool(data_cfg, prices)
+        canonical = lambda k: (lambda m: m if m in pool else None)(prices.canonical(k))  # noqa: E731
+        disc = vk.discover(data_cfg.raw_dir, canonical, specs, excluded)
+        tasks, _ = vk.plan(disc, specs)
+        from vlrb.data.tsv import find_tsv
+        files = sorted({str(p) for t in tasks for p in (t.eval_file, t.pred_file, t.judge_cache) if p}
+                       | {str(find_tsv(data_cfg.get("tsv_dir"), d)) for d in specs if find_tsv(data_cfg.get("tsv_dir"), d)})
+    elif reader == "records":
+        files = [str(data_cfg.records)] if Path(str(data_cfg.records)).exists() else []
+    else:
+        raise BuildError(f"data.reader must be 'vlmevalkit' or 'records', got {reader!r}")
+    fp = _fingerprint(data_cfg, prices, files)
+    manifest_path = root / "manifest.json"
+    if not force and manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("fingerprint") == fp and (root / "data" / "matrices" / "Y.npz").exists():
+            log(f"benchmark at {root} is up to date (inputs unchanged); use force=true to rebuild")
+            return {**old, "up_to_date": True}
+    timings["discover"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    inp = read_vlmevalkit(data_cfg, prices, progress, disc) if reader == "vlmevalkit" else read_records(data_cfg, prices, progress)
+    timings["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    b = assemble(inp, data_cfg, prices, specs)
+    if prices is not None and b.report.get("cost_from") != "records":
+        b.report["_prices"] = {"in": [prices[m].input_per_1m for m in b.models], "out": [prices[m].output_per_1m for m in b.models]}
+    timings["assemble"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".building", dir=root.parent))
+    try:
+        write_benchmark(b, tmp, specs)
+        res, text = integrity_report(b)
+        write_json(tmp / "reports" / "data_integrity" / "validation_results.json", res)
+        (tmp / "reports" / "data_integrity" / "validation_report.txt").write_text(text)
+        timings["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        manifest = {
+            "fingerprint": fp, "build_version": BUILD_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "reader": reader, "n_samples": int(b.Y.shape[0]), "n_models": int(b.Y.shape[1]), "models": b.models,
+            "inputs": [{"path": f, "bytes": os.path.getsize(f), "sha256": file_digest(f)} for f in files],
+            "prices": {m: [prices[m].input_per_1m, prices[m].output_per_1m] for m in b.models} if prices and reader != "records" or (prices and "cost" not in inp.records) else None,
+            "python": platform.python_version(),
+        }
+        timings["hash_inputs"] = time.perf_counter() - t
+        manifest["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        write_json(tmp / "manifest.json", manifest)
+        _commit(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    manifest["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    manifest["up_to_date"] = False
+    manifest["integrity"] = res
+    return manifest
+
+
+def _commit(tmp: Path, root: Path) -> None:
+    """Swap the new build in; features extracted from the previous build are carried over."""
+    old = None
+    if root.exists():
+        for rel in PRESERVED:
+            src = root / rel
+            if src.exists():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                if (tmp / rel).exists():
+                    shutil.rmtree(tmp / rel)
+                shutil.copytree(src, tmp / rel, symlinks=True)
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.replace(root, old)
+    os.replace(tmp, root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

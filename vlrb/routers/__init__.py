@@ -1,0 +1,8 @@
+"""Routers: one module per family, all registered by name (the name is also `conf/router/<name>.yaml`).
+
+Importing this package registers every router family listed below; a new family adds its import here.
+"""
+from vlrb.routers.base import Router, create_router, get_router_class, list_routers, register_router
+from vlrb.routers import baselines  # noqa: F401  (registers oracle, strongest, cheapest, per_dataset, random)
+
+__all__ = ["Router", "create_router", "get_router_class", "list_routers", "register_router"]
