@@ -84,8 +84,7 @@ def _rows_md(df: pd.DataFrame) -> str:
     header = ["Router", "λ", "Acc. (%)", "95% CI", "Cost ($/10K)", "95% CI", "Rank Score", "95% CI",
               "Throughput (K tok/s)", "Oracle gap (pts)", "Sel. entropy", "vs strongest"]
     rows = []
-    for r in df.itertuples(index=False):
-        d = r._asdict()
+    for d in df.to_dict(orient="records"):  # not itertuples: it renames the `lambda` column
         rows.append([
             str(d["router"]), fmt_lambda(d["lambda"]),
             _pct(d["accuracy"]), _ci(d["accuracy_lo"], d["accuracy_hi"], _pct),
@@ -94,7 +93,7 @@ def _rows_md(df: pd.DataFrame) -> str:
             "–" if not np.isfinite(d["throughput_ktok_s"]) else f"{d['throughput_ktok_s']:,.1f}",
             _pct(d["oracle_gap"]),
             "–" if not np.isfinite(d["selection_entropy"]) else f"{d['selection_entropy']:.2f}",
-            d.get("vs_strongest") or "–",
+            d["vs_strongest"] if isinstance(d.get("vs_strongest"), str) else "–",
         ])
     return _md_table(header, rows, ["l", "r"] + ["r"] * 9 + ["l"])
 

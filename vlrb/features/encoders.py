@@ -444,6 +444,8 @@ class HFProcessorPreprocess:
 
 
 _TINY_VISION = {"dinov2", "siglip", "clip", "vit"}
+_TINY_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, vocab_size=99,
+                  bos_token_id=0, eos_token_id=2, pad_token_id=1)
 
 
 @register_encoder("hf_vision")
@@ -476,14 +478,9 @@ class HFVisionEncoder(Encoder):
             elif arch == "vit":
                 self.model = tf.ViTModel(tf.ViTConfig(**small))
             elif arch == "siglip":
-                self.model = tf.SiglipModel(tf.SiglipConfig(
-                    text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                                     vocab_size=99), vision_config=small))
+                self.model = tf.SiglipModel(tf.SiglipConfig(text_config=_TINY_TEXT, vision_config=small))
             else:
-                self.model = tf.CLIPModel(tf.CLIPConfig(
-                    text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                                     vocab_size=99, bos_token_id=0, eos_token_id=2, pad_token_id=1),
-                    vision_config=small, projection_dim=24))
+                self.model = tf.CLIPModel(tf.CLIPConfig(text_config=_TINY_TEXT, vision_config=small, projection_dim=24))
             self.preprocess = TorchvisionPreprocess(_simple_transform(size, [0.5] * 3, [0.5] * 3))
         else:
             if not cfg.get("name_or_path"):

@@ -1,0 +1,58 @@
+# vlrb: `make demo` then `make test` on a fresh machine. `make help` lists every target.
+PY      ?= python3
+VENV    ?= .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-full bench bench-build bench-eval bench-features bench-train data features train sweep evaluate clean clean-logs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv/ and install vlrb with its dependencies
+
+demo: $(STAMP) ## install, build the demo benchmark, extract features, train routers, print the leaderboard
+	$(PYTHON) scripts/demo.py
+
+data: $(STAMP) ## build the demo benchmark (python build_data.py)
+	$(PYTHON) build_data.py
+
+features: $(STAMP) ## extract the default embeddings for the demo benchmark
+	$(PYTHON) build_data.py stage=features
+
+train: $(STAMP) ## train the default router on the demo benchmark
+	$(PYTHON) train.py
+
+evaluate: $(STAMP) ## leaderboard + Pareto plot on the demo benchmark
+	$(PYTHON) evaluate.py
+
+test: $(STAMP) ## fast tests (not marked slow)
+	$(PYTHON) -m pytest -m "not slow" -q
+
+test-full: $(STAMP) ## every test, slow ones included
+	$(PYTHON) -m pytest -q
+
+bench-build: $(STAMP) ## time + peak memory of building the full-scale demo (30,540 x 17)
+	$(PYTHON) benchmarks/bench_build.py
+
+bench-eval: $(STAMP) ## baselines + metrics + 1,000 bootstrap resamples at full scale
+	$(PYTHON) benchmarks/bench_eval.py
+
+bench-features: $(STAMP) ## feature extraction throughput vs the bare encoder
+	$(PYTHON) benchmarks/bench_features.py
+
+bench: bench-build bench-eval bench-features ## every benchmark script
+
+clean-logs: ## remove run logs
+	rm -rf logs
+
+clean: clean-logs ## remove built data, logs and caches (keeps .venv)
+	rm -rf data .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

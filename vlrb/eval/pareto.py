@@ -1,0 +1,73 @@
+"""Accuracy–cost Pareto plot: single models as labelled points, each router's λ sweep as a curve, the
+Oracle as a star. Cost in $ per 10K samples on a log axis, accuracy in %."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vlrb.eval.leaderboard import PER_10K, fmt_lambda
+from vlrb.io import write_with
+
+
+def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (no other point is cheaper-or-equal and more accurate), by cost."""
+    order = np.lexsort((-acc, cost))
+    best, keep = -np.inf, []
+    for i in order:  # over a handful of points (models), not samples
+        if acc[i] > best:
+            keep.append(i)
+            best = acc[i]
+    return np.asarray(keep, dtype=int)
+
+
+def pareto_plot(leaderboard: pd.DataFrame, single_models: pd.DataFrame | None, path: str | Path,
+                title: str = "Accuracy vs cost (test split)") -> Path:
+    """Write the PNG and return its path. `single_models` has columns model, accuracy, avg_cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=120)
+    if single_models is not None and len(single_models):
+        x = single_models["avg_cost"].to_numpy() * PER_10K
+        y = single_models["accuracy"].to_numpy() * 100
+        ax.scatter(x, y, s=22, c="0.55", zorder=2, label="single models")
+        front = pareto_front(x, y)
+        ax.plot(x[front], y[front], ls=":", c="0.55", lw=1, zorder=1, label="single-model frontier")
+        for xi, yi, name in zip(x, y, single_models["model"]):
+            ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6.5, color="0.35")
+
+    cmap = plt.get_cmap("tab10")
+    routers = [r for r in dict.fromkeys(leaderboard["router"]) if r != "oracle"]
+    for i, name in enumerate(routers):
+        d = leaderboard[leaderboard["router"] == name].sort_values("avg_cost")
+        x, y = d["avg_cost"].to_numpy() * PER_10K, d["accuracy"].to_numpy() * 100
+        color = cmap(i % 10)
+        if len(d) > 1:  # a λ sweep: a curve, the dev-selected λ ringed, each point labelled with its λ
+            ax.plot(x, y, "-o", c=color, ms=4, lw=1.5, label=name, zorder=3)
+            for xi, yi, lam in zip(x, y, d["lambda"]):
+                ax.annotate(f"λ={fmt_lambda(lam)}", (xi, yi), xytext=(3, -9), textcoords="offset points",
+                            fontsize=6, color=color)
+            sel = d["selected"].to_numpy() if "selected" in d else np.zeros(len(d), bool)
+            ax.scatter(x[sel], y[sel], s=90, facecolors="none", edgecolors=color, linewidths=1.5, zorder=4)
+        else:
+            ax.scatter(x, y, s=55, marker="D", color=color, edgecolors="black", linewidths=0.5, label=name, zorder=4)
+    oracle = leaderboard[leaderboard["router"] == "oracle"]
+    if len(oracle):
+        ax.scatter(oracle["avg_cost"] * PER_10K, oracle["accuracy"] * 100, s=260, marker="*", c="gold",
+                   edgecolors="black", linewidths=0.8, label="oracle", zorder=5)
+
+    ax.set_xscale("log")
+    ax.set_xlabel("average cost ($ per 10K samples, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7.5, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    path = Path(path)
+    write_with(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,221 @@
+"""The evaluation pipeline behind `evaluate.py`: fit the baselines, score them and any finished train runs
+once on the test split, and write the leaderboard, per-dataset tables, the Pareto plot and metrics.
+
+Every router is scored by the same code (route_metrics + one shared bootstrap index matrix, so the CIs
+and the paired win/tie/loss comparisons use identical resamples).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from vlrb.data.benchmark import Benchmark, Split
+from vlrb.eval.leaderboard import leaderboard_row, make_leaderboard, write_leaderboard, write_per_dataset
+from vlrb.eval.pareto import pareto_plot
+from vlrb.eval.runs import find_runs, rescore_choices, select_runs
+from vlrb.io import write_json, write_with
+from vlrb.routers import create_router, get_router_class
+from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, paired_bootstrap,
+                                  per_dataset_metrics, rank_score, route_metrics, router_throughput)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    """One router (at one λ) scored on the test split."""
+
+    label: str
+    choices: np.ndarray
+    metrics: dict[str, Any]
+    ci: dict[str, float]
+    lam: float | None = None
+    throughput: dict[str, Any] | None = None
+    selected: bool = True
+    kind: str = "baseline"
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    leaderboard: pd.DataFrame
+    per_dataset: pd.DataFrame
+    single_models: pd.DataFrame
+    metrics: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def router_params(name: str, conf_dir: str | Path | None, fit_on: str | None = None) -> dict[str, Any]:
+    """`params` of conf/router/<name>.yaml, with `fit_on` overridden where the router takes it."""
+    params: dict[str, Any] = {}
+    if conf_dir is not None and (Path(conf_dir) / "router" / f"{name}.yaml").exists():
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.load(Path(conf_dir) / "router" / f"{name}.yaml").get("params")
+        params = dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
+    if fit_on is not None and "fit_on" in inspect.signature(get_router_class(name).__init__).parameters:
+        params["fit_on"] = fit_on
+    return params
+
+
+def single_model_table(test: Split, cost_bounds: Mapping[str, Any], beta: float = DEFAULT_BETA) -> pd.DataFrame:
+    """Each model alone on the test split: the points of the Pareto plot."""
+    acc = np.asarray(test.Y, np.float64).mean(0)
+    cost = np.asarray(test.C, np.float64).mean(0)
+    return pd.DataFrame({"model": test.models, "accuracy": acc, "avg_cost": cost,
+                         "rank_score": rank_score(acc, cost, cost_bounds["cmin"], cost_bounds["cmax"], beta)})
+
+
+def score_baselines(bench: Benchmark, names: Sequence[str], *, fit_on: str = "train", conf_dir=None,
+                    indices: np.ndarray, beta: float = DEFAULT_BETA,
+                    throughput: Mapping[str, Any] | None = None) -> list[Scored]:
+    test = bench.split("test")
+    out = []
+    for name in names:
+        router = create_router(name, **router_params(name, conf_dir, fit_on))
+        fit_split = bench.split(getattr(router, "fit_on", "train"))
+        router.fit(fit_split, bench.split("dev"))
+        choices = router.route(test)
+        tp = router_throughput(router, test, **throughput) if throughput else None
+        out.append(Scored(router.label, choices, route_metrics(test, choices, bench.cost_bounds, beta=beta),
+                          bootstrap_ci(test, choices, bench.cost_bounds, beta=beta, indices=indices),
+                          throughput=tp, kind="baseline",
+                          source=f"fit on {fit_split.name}" if getattr(router, "fits_data", False) else ""))
+    return out
+
+
+def score_runs(bench: Benchmark, runs_dir: str | Path, *, indices: np.ndarray, beta: float = DEFAULT_BETA) -> list[Scored]:
+    """Every (router, λ) found under runs_dir (best run per λ on val), the per-router λ chosen on val."""
+    test = bench.split("test")
+    runs = find_runs(runs_dir)
+    if not runs:
+        log.warning("no finished runs (metrics.json + predictions.parquet) under %s", runs_dir)
+        return []
+    per_lambda, chosen = select_runs(runs)
+    out = []
+    for run in per_lambda:
+        choices, info = rescore_choices(run, bench, "test")
+        tp = run.metrics.get("test/throughput_ktok_s")
+        out.append(Scored(run.router, choices, route_metrics(test, choices, bench.cost_bounds, beta=beta),
+                          bootstrap_ci(test, choices, bench.cost_bounds, beta=beta, indices=indices), lam=run.lam,
+                          throughput={"ktok_s": float(tp)} if tp is not None else None,
+                          selected=chosen.get(run.router) is run, kind="trained", source=str(run.path),
+                          extra={"val_rank_score": run.val_score, **info}))
+    return out
+
+
+def _compare_to(scored: list[Scored], ref_label: str, test: Split, cost_bounds, indices, beta) -> None:
+    ref = next((s for s in scored if s.label == ref_label), None)
+    if ref is None:
+        return
+    ref.extra["vs_strongest"] = "(reference)"
+    for s in scored:
+        if s is not ref:
+            s.extra["vs_strongest"] = paired_bootstrap(test, s.choices, ref.choices, cost_bounds, beta=beta,
+                                                       indices=indices)["outcome"]
+
+
+def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequence[str] = (),
+                       fit_on: str = "train", runs: str | Path | None = None, n_bootstrap: int = 1000,
+                       seed: int = 42, beta: float = DEFAULT_BETA, conf_dir=None,
+                       throughput: Mapping[str, Any] | None = None, plot: bool = True) -> EvalResult:
+    """Score baselines and runs on test once and write every artifact into out_dir."""
+    out_dir = Path(out_dir)
+    test = bench.split("test")
+    if len(test) == 0:
+        raise ValueError("the benchmark's test split is empty: nothing to evaluate")
+    indices = bootstrap_indices(len(test), n_bootstrap, seed)  # shared: CIs and comparisons are paired
+    scored = score_baselines(bench, baselines, fit_on=fit_on, conf_dir=conf_dir, indices=indices, beta=beta,
+                             throughput=throughput)
+    if runs:
+        scored += score_runs(bench, runs, indices=indices, beta=beta)
+    if not scored:
+        raise ValueError("nothing to evaluate: no baselines listed and no finished runs found")
+    strongest = next((s.label for s in scored if s.label.split(" ")[0] == "strongest"), None)
+    if strongest:
+        _compare_to(scored, strongest, test, bench.cost_bounds, indices, beta)
+
+    board = make_leaderboard(
+        leaderboard_row(s.label, s.metrics, s.ci, lam=s.lam, throughput=s.throughput, selected=s.selected,
+                        kind=s.kind, source=s.source, **s.extra) for s in scored)
+    per_ds = pd.concat([per_dataset_metrics(test, s.choices, bench.cost_bounds, beta=beta)
+                        .assign(router=s.label, **{"lambda": np.nan if s.lam is None else s.lam}) for s in scored],
+                       ignore_index=True) if scored else pd.DataFrame()
+    if len(per_ds):
+        per_ds = per_ds[["router", "lambda"] + [c for c in per_ds.columns if c not in ("router", "lambda")]]
+    singles = single_model_table(test, bench.cost_bounds, beta)
+
+    # metrics.json: flat keys per reported router, "<router>/test/accuracy" etc. (one run, many routers)
+    metrics: dict[str, Any] = {"test/n": len(test), "test/oracle_accuracy": float(test.Y.max(1).mean()),
+                               "cost_bounds/cmin": bench.cost_bounds["cmin"], "cost_bounds/cmax": bench.cost_bounds["cmax"],
+                               "bootstrap": n_bootstrap, "beta": beta}
+    for s in scored:
+        if s.selected:
+            metrics.update({f"{s.label}/{k}": v for k, v in s.metrics.items()})
+            metrics.update({f"{s.label}/test/{k}": v for k, v in s.ci.items()})
+            if s.throughput:
+                metrics[f"{s.label}/test/throughput_ktok_s"] = s.throughput["ktok_s"]
+
+    paths = write_leaderboard(board, out_dir, single_models=singles)
+    paths.update({f"per_dataset_{k}": v for k, v in write_per_dataset(per_ds, out_dir).items()})
+    paths["single_models"] = out_dir / "single_models.csv"
+    write_with(paths["single_models"], lambda p: singles.to_csv(p, index=False))
+    paths["metrics"] = out_dir / "metrics.json"
+    write_json(paths["metrics"], metrics)
+    paths["predictions"] = out_dir / "predictions.parquet"
+    write_with(paths["predictions"], lambda p: _predictions(test, scored).to_parquet(p, index=False))
+    if plot:
+        paths["pareto"] = pareto_plot(board, singles, out_dir / "pareto.png")
+    return EvalResult(board, per_ds, singles, metrics, paths)
+
+
+def _predictions(test: Split, scored: list[Scored]) -> pd.DataFrame:
+    """predictions.parquet of this run: every scored router's test choices, rescored from Y and C."""
+    rows = np.arange(len(test))
+    models = np.asarray(test.models, dtype=object)
+    return pd.concat([pd.DataFrame({
+        "sample_id": test.sample_ids, "split": test.name, "router": s.label,
+        "lambda": np.nan if s.lam is None else s.lam, "model_id": models[s.choices],
+        "correct": test.Y[rows, s.choices].astype(np.int8), "cost": test.C[rows, s.choices]}) for s in scored],
+        ignore_index=True)
+
+
+def evaluate_from_config(cfg: Any, conf_dir: str | Path | None = None) -> EvalResult:
+    """`evaluate.py`: load the benchmark named by cfg.data.root, evaluate, log to W&B when configured, print."""
+    from omegaconf import OmegaConf
+
+    from vlrb.eval.wandb_utils import init_wandb, log_tables_and_images
+
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        bench = Benchmark.load(cfg.data.root)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no built benchmark at {cfg.data.root}: run `python build_data.py "
+                                f"data={cfg.data.get('name', 'demo')}` first (or point data.root at one)") from e
+    run = init_wandb(cfg.get("logger"), config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate",
+                     save_dir=out_dir)
+    try:
+        tp = cfg.get("throughput")
+        res = evaluate_benchmark(
+            bench, out_dir, baselines=list(cfg.baselines or []), fit_on=cfg.fit_on, runs=cfg.get("runs"),
+            n_bootstrap=int(cfg.bootstrap), seed=int(cfg.seed), beta=float(cfg.beta), conf_dir=conf_dir,
+            throughput=dict(tp) if tp else None)
+        log_tables_and_images(run, tables={"leaderboard": res.leaderboard, "per_dataset": res.per_dataset,
+                                           "single_models": res.single_models},
+                              images={"pareto": res.paths["pareto"]} if "pareto" in res.paths else None,
+                              summary=res.metrics)
+    finally:
+        if run is not None:
+            run.finish()
+    print(res.paths["md"].read_text())
+    print(f"Leaderboard: {res.paths['csv']}")
+    if "pareto" in res.paths:
+        print(f"Pareto plot: {res.paths['pareto']}")
+    return res

@@ -1,0 +1,485 @@
+"""Embedding extraction into the upstream layout, batched, resumable and cached.
+
+`extract_features(bench, encoder_cfg)` writes, under the benchmark root,
+
+  EMBEDDINGS/text/<name>.parquet      sample_id, embedding (list<float32>)            one row per benchmark row
+  EMBEDDINGS/vision/<name>.parquet    sample_id, embedding, has_image, image_status   (same order as meta.parquet)
+  EMBEDDINGS/<modality>/<name>.meta.json   encoder config + hashes: a re-run with the same encoder and samples
+                                           is a no-op
+  reports/features/<name>.json        counts, decode failures (sample ids), throughput, device, batch size
+
+Rules (DESIGN.md §3.3, §3.5):
+  * a sample without an image gets a zero vector, `has_image = False`, `image_status = "none"`;
+  * an image that fails to decode gets a zero vector, `has_image = False`, `image_status = "decode_failed"`,
+    and is counted and listed in the report (never fatal, never silent);
+  * finished batches go to `<name>.parquet.partial/` shard files every `shard_every` batches (and on any
+    exception), so an interrupted run continues where it stopped and repeats no finished batch; the final file
+    is written to a temporary name and renamed.
+
+Single device (CPU or one GPU): a plain loop, DataLoader workers decode images, `torch.inference_mode`, bf16
+autocast on GPU. Several GPUs (`devices > 1`): Lightning `Trainer.predict` with DDP, each rank writing shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vlrb.features.encoders import Encoder, _section, as_dict, encoder_class
+from vlrb.io import atomic_path, write_json
+
+SCHEMA_VERSION = 1
+MODALITIES = ("text", "vision")
+MAX_LISTED_FAILURES = 10_000
+_RUNTIME = ("batch_size", "num_workers", "dim", "device", "precision", "devices", "shard_every", "engine",
+            "strategy")
+
+
+# ---------------------------------------------------------------------------------------------- options
+@dataclass
+class RunOptions:
+    batch_size: int = 32
+    num_workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    devices: int = 1
+    shard_every: int = 16  # batches per resumable shard
+    engine: str = "auto"  # auto | loop | lightning
+    strategy: str = "ddp"  # Lightning strategy when engine=lightning
+
+    @classmethod
+    def from_cfg(cls, cfg: dict, section: dict) -> "RunOptions":
+        """Top-level keys, overridden by the same keys inside the modality's section."""
+        kw = {}
+        for f in cls.__dataclass_fields__:
+            v = section.get(f, cfg.get(f))
+            if v is not None:
+                kw[f] = v
+        o = cls(**kw)
+        o.batch_size, o.num_workers, o.shard_every = int(o.batch_size), int(o.num_workers), max(1, int(o.shard_every))
+        o.devices = int(o.devices) if str(o.devices).isdigit() else (torch.cuda.device_count() or 1)
+        return o
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device=auto or cpu")
+    return d
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 autocast on a GPU that supports it (else fp16), full fp32 on CPU."""
+    p = str(precision).lower()
+    if p == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {"fp32": None, "32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "16": torch.float16, "float16": torch.float16}
+    if p not in table:
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16; got {precision!r}")
+    return table[p]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_hash(modality: str, family: str, identity: dict) -> str:
+    return _sha({"schema": SCHEMA_VERSION, "modality": modality, "family": family,
+                 "identity": {k: v for k, v in identity.items() if k not in _RUNTIME}})
+
+
+def samples_hash(bench, modality: str) -> str:
+    """Sample ids plus what is encoded for them (the prompt, or the image reference)."""
+    h = hashlib.sha256()
+    ids = [str(s) for s in bench.sample_ids]
+    if modality == "text":
+        for s, p in zip(ids, bench.prompts):
+            h.update(f"{s}\x1f{p}\x1e".encode())
+    else:
+        im = bench.images
+        for i, s in enumerate(ids):
+            kind, ref = str(im.kinds[i]), im.refs[i]
+            ref = hashlib.sha256(str(ref).encode()).hexdigest() if kind == "b64" else str(ref)
+            h.update(f"{s}\x1f{kind}\x1f{ref}\x1f{Path(str(im.tsv_files[i])).name}\x1e".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- data
+class EncodeDataset(Dataset):
+    """Item k -> (row, preprocessed input or None, status, error). Runs in DataLoader workers."""
+
+    def __init__(self, modality: str, source, positions: Sequence[int], preprocess):
+        self.modality, self.source, self.positions, self.preprocess = modality, source, list(positions), preprocess
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int):
+        i = int(self.positions[k])
+        if self.modality == "text":
+            return i, self.preprocess(self.source[i]), "ok", ""
+        try:
+            img = self.source[i]
+            if img is None:
+                return i, None, "none", ""
+            return i, self.preprocess(img), "ok", ""
+        except Exception as e:  # ImageDecodeError and anything a broken file makes PIL/transforms raise
+            return i, None, "decode_failed", f"{type(e).__name__}: {e}"
+
+
+class CollateEncoded:
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        rows = np.array([it[0] for it in items], dtype=np.int64)
+        status = [it[2] for it in items]
+        errors = [it[3] for it in items]
+        ok = np.array([s == "ok" for s in status], dtype=bool)
+        inputs = self.collate([it[1] for it in items if it[2] == "ok"]) if ok.any() else None
+        return rows, status, errors, inputs, ok
+
+
+def _to_device(inputs: dict, device: torch.device) -> dict:
+    nb = device.type == "cuda"
+    return {k: v.to(device, non_blocking=nb) for k, v in inputs.items()}
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def _embedding_array(emb: np.ndarray) -> pa.Array:
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    n, d = emb.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1)))
+
+
+def embeddings_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list<float> column of equal-length rows -> (n, d) float32 (no per-row Python work)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    if arr.null_count:
+        raise ValueError("embedding column has null rows")
+    if isinstance(arr, pa.FixedSizeListArray):
+        d = arr.type.list_size
+        return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, d)
+    offs = arr.offsets.to_numpy()
+    lens = np.diff(offs)
+    if (lens != lens[0]).any():
+        raise ValueError(f"embedding rows have different lengths ({lens.min()}..{lens.max()})")
+    flat = arr.values.to_numpy(zero_copy_only=False)[offs[0]:offs[-1]]
+    return flat.astype(np.float32, copy=False).reshape(n, int(lens[0]))
+
+
+class ShardWriter:
+    """Buffers finished batches and writes them as atomic parquet shards into the partial folder."""
+
+    def __init__(self, folder: Path, dim: int, prefix: str):
+        self.folder, self.dim, self.prefix = folder, dim, prefix
+        self.rows: list[np.ndarray] = []
+        self.embs: list[np.ndarray] = []
+        self.status: list[str] = []
+        self.errors: list[str] = []
+        self.n_shards = 0
+        self.n_written = 0
+
+    def add(self, sample_ids: Sequence[str], emb: np.ndarray, status: Sequence[str], errors: Sequence[str]):
+        self.rows.append(np.asarray(sample_ids, dtype=object))
+        self.embs.append(emb)
+        self.status.extend(status)
+        self.errors.extend(errors)
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        ids = np.concatenate(self.rows)
+        table = pa.table({"sample_id": pa.array(ids.tolist(), pa.string()),
+                          "embedding": _embedding_array(np.concatenate(self.embs)),
+                          "status": pa.array(self.status, pa.string()), "error": pa.array(self.errors, pa.string())})
+        path = self.folder / f"{self.prefix}-{self.n_shards:05d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        self.n_shards += 1
+        self.n_written += len(ids)
+        self.rows, self.embs, self.status, self.errors = [], [], [], []
+
+
+def _done_ids(folder: Path) -> set[str]:
+    done: set[str] = set()
+    for f in sorted(folder.glob("*.parquet")):
+        try:
+            done.update(pq.read_table(f, columns=["sample_id"]).column(0).to_pylist())
+        except Exception:  # an unreadable shard (should not happen: shards are renamed into place) is redone
+            f.unlink()
+    return done
+
+
+# ---------------------------------------------------------------------------------------------- main entry
+def extract_features(bench, encoder_cfg: Any, *, root: str | Path | None = None, force: bool = False,
+                     progress: bool = True, modalities: Iterable[str] = MODALITIES,
+                     encoders: dict[str, Encoder] | None = None) -> dict:
+    """Extract text and vision embeddings of every benchmark row; returns {modality: stats}.
+
+    encoder_cfg: the `encoder` config (conf/encoder/*.yaml): `text` and `vision` sections plus batch_size,
+      num_workers, device, precision, devices, shard_every (each may be overridden inside a section).
+    root: where EMBEDDINGS/ and reports/ go (default: the benchmark's root).
+    force: recompute even if a matching cache exists (also discards a partial run).
+    encoders: already built encoders by modality (skips building; used by benchmarks and tests).
+    """
+    cfg = as_dict(encoder_cfg)
+    root = Path(root) if root is not None else (Path(bench.root) if getattr(bench, "root", None) else None)
+    if root is None:
+        raise ValueError("extract_features: the benchmark has no root folder; pass root=")
+    out = {}
+    for mod in modalities:
+        if mod not in MODALITIES:
+            raise ValueError(f"unknown modality {mod!r}; expected text or vision")
+        sec = _section(cfg, mod)
+        enc = (encoders or {}).get(mod)
+        out[mod] = _extract_one(bench, mod, sec, RunOptions.from_cfg(cfg, sec), root, enc, force, progress)
+    return out
+
+
+def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encoder: Encoder | None,
+                 force: bool, progress: bool) -> dict:
+    if encoder is not None:
+        name, family, identity = encoder.name, encoder.family, encoder.identity()
+    else:
+        cls = encoder_class(sec, mod)
+        name, family, identity = cls.default_name(sec), cls.family, sec
+    out_dir = root / "EMBEDDINGS" / mod
+    final, meta_path = out_dir / f"{name}.parquet", out_dir / f"{name}.meta.json"
+    part = out_dir / f"{name}.parquet.partial"
+    report_path = root / "reports" / "features" / f"{name}.json"
+    chash, shash = config_hash(mod, family, identity), samples_hash(bench, mod)
+    ids = [str(s) for s in bench.sample_ids]
+    is_worker = int(os.environ.get("LOCAL_RANK", "0") or 0) != 0 or int(os.environ.get("NODE_RANK", "0") or 0) != 0
+
+    if not force and final.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("config_hash") == chash and meta.get("samples_hash") == shash:
+            return {"modality": mod, "name": name, "status": "cached", "path": str(final), "n_samples": len(ids),
+                    "n_encoded": 0, "report": str(report_path)}
+
+    # the partial folder belongs to one (encoder, samples) pair; anything else is stale
+    state_path = part / "state.json"
+    if not is_worker:
+        if part.exists() and (force or not state_path.exists()
+                              or json.loads(state_path.read_text()) != {"config_hash": chash, "samples_hash": shash}):
+            shutil.rmtree(part)
+        part.mkdir(parents=True, exist_ok=True)
+        write_json(state_path, {"config_hash": chash, "samples_hash": shash})
+    done = _done_ids(part)
+    todo = [i for i, s in enumerate(ids) if s not in done]
+    n_resumed = len(ids) - len(todo)
+
+    run: dict = {"n_encoded": 0, "n_forwarded": 0, "wall_s": 0.0, "forward_s": 0.0, "load_s": 0.0}
+    device = resolve_device(opts.device)
+    dtype = resolve_precision(opts.precision, device)
+    if todo:
+        t0 = time.perf_counter()
+        if encoder is None:
+            from vlrb.features.encoders import build_encoder
+
+            encoder = build_encoder(sec, mod)
+        run["load_s"] = time.perf_counter() - t0
+        if mod == "text":  # length-sorted batches pad less (order does not matter: shards are keyed by id)
+            prompts = bench.prompts
+            todo.sort(key=lambda i: -len(prompts[i]))
+            source = prompts
+        else:
+            source = bench.images
+        engine = opts.engine if opts.engine != "auto" else ("lightning" if opts.devices > 1 else "loop")
+        if engine == "lightning":
+            r = _run_lightning(encoder, mod, source, todo, ids, part, opts, device, dtype, progress)
+            if r is None:  # a non-zero DDP rank: rank 0 merges
+                return {"modality": mod, "name": name, "status": "worker"}
+            run.update(r)
+        else:
+            run.update(_run_loop(encoder, mod, source, todo, ids, part, opts, device, dtype, progress))
+    dim = encoder.dim if encoder is not None else None
+    stats = _merge(ids, part, final, mod, dim)
+    meta = {"schema": SCHEMA_VERSION, "modality": mod, "name": name, "family": family, "config_hash": chash,
+            "samples_hash": shash, "n_samples": len(ids), "dim": stats["dim"], "encoder": identity,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(meta_path, meta)
+    shutil.rmtree(part, ignore_errors=True)
+    report = {
+        "modality": mod, "name": name, "family": family, "status": "resumed" if n_resumed and todo else "extracted",
+        "path": str(final), "n_samples": len(ids), "dim": stats["dim"],
+        "n_encoded": run["n_encoded"], "n_resumed": n_resumed,
+        **stats["counts"],
+        "throughput_items_s": run["n_encoded"] / run["wall_s"] if run["wall_s"] else None,
+        "forward_items_s": run["n_forwarded"] / run["forward_s"] if run["forward_s"] else None,
+        "wall_s": run["wall_s"], "forward_s": run["forward_s"], "load_s": run["load_s"],
+        "device": str(device) if engine_of(opts) == "loop" else f"{opts.devices}x {device.type}",
+        "precision": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
+        "batch_size": opts.batch_size, "num_workers": opts.num_workers, "engine": engine_of(opts),
+        "torch_threads": torch.get_num_threads(),
+        "failures": stats["failures"][:MAX_LISTED_FAILURES],
+        "encoder": identity, "config_hash": chash, "samples_hash": shash, "report": str(report_path),
+    }
+    write_json(report_path, report)
+    return report
+
+
+def engine_of(opts: RunOptions) -> str:
+    return opts.engine if opts.engine != "auto" else ("lightning" if opts.devices > 1 else "loop")
+
+
+def _loader(encoder: Encoder, mod: str, source, todo, opts: RunOptions, device: torch.device) -> DataLoader:
+    nw = opts.num_workers
+    if nw and mod == "text":
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers + Rust threads deadlock otherwise
+    return DataLoader(EncodeDataset(mod, source, todo, encoder.preprocess), batch_size=opts.batch_size, shuffle=False,
+                      num_workers=nw, collate_fn=CollateEncoded(encoder.collate), pin_memory=device.type == "cuda",
+                      prefetch_factor=4 if nw else None, persistent_workers=False)
+
+
+def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device, dtype, progress) -> dict:
+    from tqdm.auto import tqdm
+
+    encoder.to(device).eval()
+    writer = ShardWriter(part, encoder.dim, prefix=f"shard-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
+    loader = _loader(encoder, mod, source, todo, opts, device)
+    n_fwd, fwd_s, n_batches = 0, 0.0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), unit=" items", desc=f"{mod}:{encoder.name}", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for rows, status, errors, inputs, ok in loader:
+                emb = np.zeros((len(rows), encoder.dim), np.float32)
+                if inputs is not None:
+                    tf = time.perf_counter()
+                    with _autocast(device, dtype):
+                        y = encoder(_to_device(inputs, device))
+                    emb[ok] = y.float().cpu().numpy()
+                    fwd_s += time.perf_counter() - tf
+                    n_fwd += int(ok.sum())
+                writer.add([ids[i] for i in rows], emb, status, errors)
+                n_batches += 1
+                bar.update(len(rows))
+                if n_batches % opts.shard_every == 0:
+                    writer.flush()
+    finally:  # an interruption keeps every finished batch
+        writer.flush()
+        bar.close()
+    return {"n_encoded": writer.n_written, "n_forwarded": n_fwd, "wall_s": time.perf_counter() - t0,
+            "forward_s": fwd_s}
+
+
+def _run_lightning(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device, dtype, progress) -> dict | None:
+    """Several GPUs (or an explicit engine=lightning): Trainer.predict; each rank writes its own shards."""
+    import lightning as L
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    class _Module(L.LightningModule):
+        def __init__(self, enc):
+            super().__init__()
+            self.enc = enc
+
+        def predict_step(self, batch, batch_idx):
+            rows, status, errors, inputs, ok = batch
+            emb = np.zeros((len(rows), self.enc.dim), np.float32)
+            if inputs is not None:
+                emb[ok] = self.enc(inputs).float().cpu().numpy()
+            return rows, emb, status, errors
+
+    class _Writer(BasePredictionWriter):
+        def __init__(self):
+            super().__init__(write_interval="batch")
+            self.w = None
+            self.n_batches = 0
+
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+            if self.w is None:
+                self.w = ShardWriter(part, encoder.dim, prefix=f"shard-{time.strftime('%Y%m%d%H%M%S')}-"
+                                                               f"rank{trainer.global_rank}-{os.getpid()}")
+            rows, emb, status, errors = prediction
+            self.w.add([ids[i] for i in rows], emb, status, errors)
+            self.n_batches += 1
+            if self.n_batches % opts.shard_every == 0:
+                self.w.flush()
+
+        def on_predict_end(self, trainer, pl_module):
+            if self.w is not None:
+                self.w.flush()
+
+        def on_exception(self, trainer, pl_module, exception):
+            if self.w is not None:
+                self.w.flush()
+
+    if device.type == "cuda":
+        accelerator = "gpu"
+        precision = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", None: "32-true"}[dtype]
+    else:
+        accelerator, precision = "cpu", ("bf16-mixed" if dtype == torch.bfloat16 else "32-true")
+    strategy = opts.strategy if opts.devices > 1 else "auto"
+    writer = _Writer()
+    trainer = L.Trainer(accelerator=accelerator, devices=opts.devices, strategy=strategy, precision=precision,
+                        callbacks=[writer], logger=False, enable_progress_bar=progress, enable_checkpointing=False,
+                        enable_model_summary=False, inference_mode=True)
+    t0 = time.perf_counter()
+    trainer.predict(_Module(encoder), dataloaders=_loader(encoder, mod, source, todo, opts, device),
+                    return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    n = len(todo)
+    return {"n_encoded": n, "n_forwarded": 0, "wall_s": time.perf_counter() - t0, "forward_s": 0.0}
+
+
+def _merge(ids: list[str], part: Path, final: Path, mod: str, dim: int | None) -> dict:
+    """All shards -> one parquet in benchmark row order (atomic); counts and failures."""
+    files = sorted(part.glob("*.parquet"))
+    if not files:
+        raise RuntimeError(f"{part}: no finished shards to merge")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    got = table.column("sample_id").to_pylist()
+    first: dict[str, int] = {}
+    for j, s in enumerate(got):
+        first.setdefault(s, j)  # DDP padding repeats a few samples
+    missing = [s for s in ids if s not in first]
+    if missing:
+        raise RuntimeError(f"{part}: {len(missing)} samples were not encoded (e.g. {missing[:5]}); re-run to finish")
+    take = pa.array([first[s] for s in ids], pa.int64())
+    table = table.take(take)
+    emb = embeddings_to_numpy(table.column("embedding"))
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    errors = table.column("error").to_pylist()
+    cols = {"sample_id": pa.array(ids, pa.string()), "embedding": _embedding_array(emb)}
+    counts = {}
+    failures = []
+    if mod == "vision":
+        cols["has_image"] = pa.array(status == "ok", pa.bool_())
+        cols["image_status"] = pa.array(status.tolist(), pa.string())
+        failed = np.flatnonzero(status == "decode_failed")
+        failures = [{"sample_id": ids[i], "error": errors[i]} for i in failed]
+        counts = {"n_with_image": int((status == "ok").sum()), "n_without_image": int((status == "none").sum()),
+                  "n_decode_failed": int(len(failed))}
+    with atomic_path(final) as tmp:
+        pq.write_table(pa.table(cols), tmp)
+    return {"dim": int(emb.shape[1]), "counts": counts, "failures": failures}
