@@ -38,7 +38,7 @@ def test_rank_score_inside():
     # the geometric midpoint of the bounds is Ĉ = 0.5 on the log2 scale
     c = math.sqrt(CMIN * CMAX)
     assert rank_score(0.8, c, CMIN, CMAX) == pytest.approx(1.1 * 0.8 * 0.5 / (0.08 + 0.5), abs=1e-9)  # 0.758620...
-    # Ĉ = 0.25 at cmax / 10^(2·0.25·... ) — here cmax·(cmin/cmax)^0.25
+    # a quarter of the way from cmax down to cmin on the log scale: Ĉ = 0.25
     c = CMAX * (CMIN / CMAX) ** 0.25
     assert rank_score(0.5, c, CMIN, CMAX) == pytest.approx(1.1 * 0.5 * 0.25 / (0.05 + 0.25), abs=1e-9)
 

@@ -322,6 +322,8 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
             run.update(_run_loop(encoder, mod, source, todo, ids, part, opts, device, dtype, progress))
     dim = encoder.dim if encoder is not None else None
     stats = _merge(ids, part, final, mod, dim)
+    if mod == "text":
+        stats["counts"] = {"n_empty_prompts": int(sum(1 for p in bench.prompts if not str(p).strip()))}
     meta = {"schema": SCHEMA_VERSION, "modality": mod, "name": name, "family": family, "config_hash": chash,
             "samples_hash": shash, "n_samples": len(ids), "dim": stats["dim"], "encoder": identity,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -393,44 +395,9 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
 
 def _run_lightning(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device, dtype, progress) -> dict | None:
     """Several GPUs (or an explicit engine=lightning): Trainer.predict; each rank writes its own shards."""
-    import lightning as L
-    from lightning.pytorch.callbacks import BasePredictionWriter
+    import lightning as L  # slow to import (seconds): only on this path
 
-    class _Module(L.LightningModule):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc = enc
-
-        def predict_step(self, batch, batch_idx):
-            rows, status, errors, inputs, ok = batch
-            emb = np.zeros((len(rows), self.enc.dim), np.float32)
-            if inputs is not None:
-                emb[ok] = self.enc(inputs).float().cpu().numpy()
-            return rows, emb, status, errors
-
-    class _Writer(BasePredictionWriter):
-        def __init__(self):
-            super().__init__(write_interval="batch")
-            self.w = None
-            self.n_batches = 0
-
-        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-            if self.w is None:
-                self.w = ShardWriter(part, encoder.dim, prefix=f"shard-{time.strftime('%Y%m%d%H%M%S')}-"
-                                                               f"rank{trainer.global_rank}-{os.getpid()}")
-            rows, emb, status, errors = prediction
-            self.w.add([ids[i] for i in rows], emb, status, errors)
-            self.n_batches += 1
-            if self.n_batches % opts.shard_every == 0:
-                self.w.flush()
-
-        def on_predict_end(self, trainer, pl_module):
-            if self.w is not None:
-                self.w.flush()
-
-        def on_exception(self, trainer, pl_module, exception):
-            if self.w is not None:
-                self.w.flush()
+    from vlrb.features.lightning_predict import EncoderPredictModule, ShardPredictionWriter
 
     if device.type == "cuda":
         accelerator = "gpu"
@@ -438,18 +405,17 @@ def _run_lightning(encoder: Encoder, mod, source, todo, ids, part: Path, opts, d
     else:
         accelerator, precision = "cpu", ("bf16-mixed" if dtype == torch.bfloat16 else "32-true")
     strategy = opts.strategy if opts.devices > 1 else "auto"
-    writer = _Writer()
+    writer = ShardPredictionWriter(part, encoder.dim, ids, opts.shard_every)
     trainer = L.Trainer(accelerator=accelerator, devices=opts.devices, strategy=strategy, precision=precision,
                         callbacks=[writer], logger=False, enable_progress_bar=progress, enable_checkpointing=False,
                         enable_model_summary=False, inference_mode=True)
     t0 = time.perf_counter()
-    trainer.predict(_Module(encoder), dataloaders=_loader(encoder, mod, source, todo, opts, device),
+    trainer.predict(EncoderPredictModule(encoder), dataloaders=_loader(encoder, mod, source, todo, opts, device),
                     return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return None
-    n = len(todo)
-    return {"n_encoded": n, "n_forwarded": 0, "wall_s": time.perf_counter() - t0, "forward_s": 0.0}
+    return {"n_encoded": len(todo), "n_forwarded": 0, "wall_s": time.perf_counter() - t0, "forward_s": 0.0}
 
 
 def _merge(ids: list[str], part: Path, final: Path, mod: str, dim: int | None) -> dict:

@@ -1,0 +1,177 @@
+"""Lightning glue shared by every trained network router (Linear, MLP, CosineCls, RouterDC, ZOOTER, VLC).
+
+A network router = a `RoutingModule` (forward -> (B, K) logits, `loss(logits, batch)`) + `fit_module`,
+which trains it with early stopping and checkpointing on `val/rank_score` (dev selects; test is never
+seen here) and reloads the best weights. Batches are dicts with at least
+    "targets": (B, K) soft labels, "Y": (B, K) correctness, "C": (B, K) costs
+plus whatever the module's forward reads ("x" for features; "pixel_values", "input_ids", ... for raw).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import lightning as L
+
+from vlrb.routing.metrics import rank_score
+
+
+@dataclass
+class TrainContext:
+    """What train.py hands a trainable router besides the data: trainer presets, loggers, where to write."""
+
+    trainer: dict = field(default_factory=lambda: {"accelerator": "cpu", "devices": 1, "max_epochs": 10})
+    loggers: list = field(default_factory=list)
+    output_dir: str | None = None
+    cost_bounds: dict | None = None
+    beta: float = 0.1
+    patience: int = 3
+    batch_size: int = 1024
+    num_workers: int = 0
+    seed: int = 42
+    progress: bool = False
+
+
+class RoutingModule(L.LightningModule):
+    """Base: subclasses define the network in __init__, `forward(batch) -> logits` and maybe `loss`."""
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam",
+                 warmup_ratio: float = 0.0, grad_clip: float | None = None,
+                 cmin: float = 1e-6, cmax: float = 1e-3, beta: float = 0.1):
+        super().__init__()
+        self.lr, self.weight_decay, self.optimizer_name = lr, weight_decay, optimizer
+        self.warmup_ratio, self.grad_clip = warmup_ratio, grad_clip
+        self.cmin, self.cmax, self.beta = cmin, cmax, beta
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    # ------------------------------------------------------------ to override
+    def forward(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Soft cross-entropy −Σ t·log softmax(z) (= hard CE for one-hot targets)."""
+        return soft_cross_entropy(logits, batch["targets"])
+
+    # ------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch, batch_idx):
+        logits = self(batch)
+        loss = self.loss(logits, batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        choice = self(batch).argmax(1)
+        rows = torch.arange(len(choice), device=choice.device)
+        self._val.append((batch["Y"][rows, choice].float(), batch["C"][rows, choice].double(),
+                          choice))
+
+    def on_validation_epoch_end(self):
+        if not self._val:
+            return
+        y = torch.cat([v[0] for v in self._val]).cpu().numpy()
+        c = torch.cat([v[1] for v in self._val]).cpu().numpy()
+        self._val.clear()
+        acc, cost = float(y.mean()), float(c.mean())
+        self.log_dict({"val/accuracy": acc, "val/avg_cost": cost,
+                       "val/rank_score": float(rank_score(acc, cost, self.cmin, self.cmax, self.beta))},
+                      prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_name == "adamw":
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if not self.warmup_ratio:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = max(1, int(self.warmup_ratio * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * torch.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+class DictDataset(torch.utils.data.Dataset):
+    """Rows of equally long arrays, served as dicts of tensors."""
+
+    def __init__(self, **arrays):
+        n = {len(v) for v in arrays.values()}
+        if len(n) != 1:
+            raise ValueError(f"arrays of different lengths: { {k: len(v) for k, v in arrays.items()} }")
+        self.arrays = {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
+        self.n = n.pop()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.arrays.items()}
+
+
+class TensorBatches:
+    """Whole-tensor minibatches without per-item collation: ~100x faster than a DataLoader for features."""
+
+    def __init__(self, ds: DictDataset, batch_size: int, shuffle: bool, seed: int = 0):
+        self.ds, self.bs, self.shuffle = ds, batch_size, shuffle
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return math.ceil(len(self.ds) / self.bs)
+
+    def __iter__(self):
+        idx = torch.randperm(len(self.ds), generator=self.gen) if self.shuffle else torch.arange(len(self.ds))
+        for s in range(0, len(idx), self.bs):
+            j = idx[s:s + self.bs]
+            yield {k: v[j] for k, v in self.ds.arrays.items()}
+
+
+def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContext, *, max_epochs: int | None = None,
+               patience: int | None = None) -> RoutingModule:
+    """Train with early stopping + checkpointing on val/rank_score; return the module with the best weights."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    if ctx.cost_bounds:
+        module.cmin, module.cmax = float(ctx.cost_bounds["cmin"]), float(ctx.cost_bounds["cmax"])
+    module.beta = ctx.beta
+    ckpt_dir = Path(ctx.output_dir or ".") / "checkpoints"
+    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/rank_score", mode="max",
+                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
+    callbacks = [ckpt, EarlyStopping(monitor="val/rank_score", mode="max", min_delta=1e-4,
+                                     patience=ctx.patience if patience is None else patience)]
+    kw: dict[str, Any] = dict(ctx.trainer)
+    if max_epochs is not None:
+        kw["max_epochs"] = max_epochs
+    if module.grad_clip:
+        kw.setdefault("gradient_clip_val", module.grad_clip)
+    kw.setdefault("enable_progress_bar", ctx.progress)
+    kw.setdefault("enable_model_summary", False)
+    kw.setdefault("num_sanity_val_steps", 0)
+    trainer = L.Trainer(logger=ctx.loggers or False, callbacks=callbacks, default_root_dir=ctx.output_dir, **kw)
+    trainer.fit(module, train_loader, val_loader)
+    best = ckpt.best_model_path
+    if best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    module.fit_info = {"epochs": trainer.current_epoch, "best_val_rank_score": float(ckpt.best_model_score or float("nan")),
+                       "checkpoint": best}
+    return module
+
+
+@torch.inference_mode()
+def predict_logits(module: nn.Module, loader, device: str | torch.device = "cpu") -> np.ndarray:
+    module.eval().to(device)
+    out = []
+    for batch in loader:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out.append(module(batch).float().cpu())
+    return torch.cat(out).numpy()
