@@ -21,7 +21,10 @@ from omegaconf import DictConfig  # noqa: E402
 def main(cfg: DictConfig) -> float:
     from vlrb.eval.report import evaluate_from_config
 
-    res = evaluate_from_config(cfg, conf_dir=ROOT / "conf")
+    try:
+        res = evaluate_from_config(cfg, conf_dir=ROOT / "conf")
+    except FileNotFoundError as e:  # no benchmark / no runs dir: say what to do, without a traceback
+        raise SystemExit(f"error: {e}") from None
     real = res.leaderboard[res.leaderboard["router"] != "oracle"]
     return float(real["rank_score"].max()) if len(real) else float("nan")  # objective for sweepers
 

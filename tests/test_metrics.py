@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vlrb.data.benchmark import Split
-from vlrb.routing.metrics import (bootstrap_ci, bootstrap_indices, measure_throughput, paired_bootstrap,
+from vlrb.routing.metrics import (bootstrap_ci, bootstrap_indices, bootstrap_weights, measure_throughput, paired_bootstrap,
                                   per_dataset_metrics, rank_score, route_metrics, take_rows)
 from vlrb.routing.soft_labels import hard_labels
 from vlrb.routing.synthetic import synthetic_benchmark
@@ -153,8 +153,15 @@ def test_shared_indices_and_paired_outcomes(bench):
     assert paired_bootstrap(test, rand, oracle, bench.cost_bounds, indices=idx)["outcome"] == "loss"
     same = paired_bootstrap(test, rand, rand, bench.cost_bounds, indices=idx)
     assert same["outcome"] == "tie" and same["delta_rank_score"] == 0.0
-    assert bootstrap_ci(test, rand, bench.cost_bounds, indices=idx) == bootstrap_ci(test, rand, bench.cost_bounds,
-                                                                                  indices=idx)
+    # the count-matrix form of the same resamples gives the same numbers as the index matrix
+    by_idx = bootstrap_ci(test, rand, bench.cost_bounds, indices=idx)
+    by_w = bootstrap_ci(test, rand, bench.cost_bounds, indices=bootstrap_weights(idx))
+    assert by_w == pytest.approx(by_idx, rel=1e-9)
+    rows = idx[0]  # resample 0 by hand
+    assert bootstrap_weights(idx)[0] @ test.Y[np.arange(len(test)), rand] / len(test) == pytest.approx(
+        test.Y[rows, rand[rows]].mean())
+    with pytest.raises(ValueError, match="do not fit"):
+        bootstrap_ci(test, rand, bench.cost_bounds, indices=idx[:, :10])
 
 
 # ---------------------------------------------------------------------------------------------- throughput

@@ -21,8 +21,8 @@ from vlrb.eval.pareto import pareto_plot
 from vlrb.eval.runs import find_runs, rescore_choices, select_runs
 from vlrb.io import write_json, write_with
 from vlrb.routers import create_router, get_router_class
-from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, paired_bootstrap,
-                                  per_dataset_metrics, rank_score, route_metrics, router_throughput)
+from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, bootstrap_weights,
+                                  paired_bootstrap, per_dataset_metrics, rank_score, route_metrics, router_throughput)
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,16 @@ def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequ
     test = bench.split("test")
     if len(test) == 0:
         raise ValueError("the benchmark's test split is empty: nothing to evaluate")
-    indices = bootstrap_indices(len(test), n_bootstrap, seed)  # shared: CIs and comparisons are paired
+    # one resample matrix shared by every router: the CIs and the comparisons are paired
+    indices = bootstrap_weights(bootstrap_indices(len(test), n_bootstrap, seed))
     scored = score_baselines(bench, baselines, fit_on=fit_on, conf_dir=conf_dir, indices=indices, beta=beta,
                              throughput=throughput)
     if runs:
-        scored += score_runs(bench, runs, indices=indices, beta=beta)
+        taken = {s.label for s in scored}
+        for s in score_runs(bench, runs, indices=indices, beta=beta):
+            if s.label in taken:  # e.g. train.py router=random: keep it apart from the baseline of that name
+                s.label += " (run)"
+            scored.append(s)
     if not scored:
         raise ValueError("nothing to evaluate: no baselines listed and no finished runs found")
     strongest = next((s.label for s in scored if s.label.split(" ")[0] == "strongest"), None)
@@ -210,7 +215,7 @@ def evaluate_from_config(cfg: Any, conf_dir: str | Path | None = None) -> EvalRe
         log_tables_and_images(run, tables={"leaderboard": res.leaderboard, "per_dataset": res.per_dataset,
                                            "single_models": res.single_models},
                               images={"pareto": res.paths["pareto"]} if "pareto" in res.paths else None,
-                              summary=res.metrics)
+                              summary={k: v for k, v in res.metrics.items() if k.count("/") <= 2})  # per-dataset: in the table
     finally:
         if run is not None:
             run.finish()

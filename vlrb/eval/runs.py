@@ -81,7 +81,10 @@ def find_runs(root: str | Path) -> list[RunRecord]:
     runs = []
     for m in sorted(root.rglob("metrics.json")):
         if (m.parent / "predictions.parquet").exists():
-            runs.append(read_run(m.parent))
+            try:
+                runs.append(read_run(m.parent))
+            except ValueError as e:  # e.g. an evaluate.py run dir (it writes the same two files)
+                log.warning("skipping a run dir: %s", e)
         else:
             log.warning("skipping %s: metrics.json without predictions.parquet (unfinished run?)", m.parent)
     return runs

@@ -311,6 +311,7 @@ class TimmEncoder(Encoder):
     """
 
     modality = "vision"
+    default_model: str | None = None
 
     @classmethod
     def default_name(cls, cfg: dict) -> str:
@@ -327,7 +328,8 @@ class TimmEncoder(Encoder):
         super().__init__(cfg)
         import timm
 
-        name = cfg.get("model") or cfg.get("name_or_path") or ("test_efficientnet" if cfg.get("tiny") else None)
+        name = (cfg.get("model") or cfg.get("name_or_path") or self.default_model
+                or ("test_efficientnet" if cfg.get("tiny") else None))
         if not name:
             raise ValueError("timm encoder: set `model` (a timm model name)")
         self.model = self._create(timm, name, cfg).eval()
@@ -416,10 +418,7 @@ class PackagedEfficientNetLite0(TimmEncoder):
             return str(cfg["name"])
         return "tiny-efficientnet_lite0" if cfg.get("tiny") else "efficientnet_lite0"
 
-    def __init__(self, cfg: dict):
-        cfg = dict(cfg)
-        cfg.setdefault("model", "tf_efficientnet_lite0")
-        super().__init__(cfg)
+    default_model = "tf_efficientnet_lite0"
 
     def _create(self, timm, name: str, cfg: dict) -> nn.Module:
         model = timm.create_model(name, pretrained=False, num_classes=0)

@@ -148,9 +148,9 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContex
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
     callbacks = [ckpt, EarlyStopping(monitor="val/rank_score", mode="max", min_delta=1e-4,
                                      patience=ctx.patience if patience is None else patience)]
-    kw: dict[str, Any] = dict(ctx.trainer)
-    if max_epochs is not None:
-        kw["max_epochs"] = max_epochs
+    kw: dict[str, Any] = {k: v for k, v in dict(ctx.trainer).items() if v is not None}
+    if "max_epochs" not in kw:  # the trainer preset (e.g. debug=fast) wins over the router's own default
+        kw["max_epochs"] = max_epochs if max_epochs is not None else 10
     if module.grad_clip:
         kw.setdefault("gradient_clip_val", module.grad_clip)
     kw.setdefault("enable_progress_bar", ctx.progress)

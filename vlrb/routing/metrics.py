@@ -158,13 +158,30 @@ def bootstrap_indices(n_samples: int, n: int = 1000, seed: int = 0) -> np.ndarra
     return np.random.default_rng(seed).integers(0, n_samples, size=(n, n_samples), dtype=np.int32)
 
 
+def bootstrap_weights(indices: np.ndarray) -> np.ndarray:
+    """The same resamples as an (n, N) float64 count matrix W (W[b, i] = times sample i is drawn in b).
+
+    The mean of x over resample b is then W[b] @ x / N, so every metric of every router costs one
+    matrix-vector product instead of an n×N gather: build W once and pass it wherever `indices` is taken.
+    """
+    n, m = indices.shape
+    flat = (np.arange(n, dtype=np.int64)[:, None] * m + indices).ravel()
+    return np.bincount(flat, minlength=n * m).reshape(n, m).astype(np.float64)
+
+
+def _as_weights(indices: np.ndarray, n_samples: int) -> np.ndarray:
+    indices = np.asarray(indices)
+    if indices.ndim != 2 or indices.shape[1] != n_samples:
+        raise ValueError(f"bootstrap resamples of shape {indices.shape} do not fit a split of {n_samples} samples")
+    return indices if indices.dtype.kind == "f" else bootstrap_weights(indices)
+
+
 def _resampled(split: Split, choices, cost_bounds, indices: np.ndarray, beta: float) -> dict[str, np.ndarray]:
     cmin, cmax = _bounds(cost_bounds)
     _, correct, cost = _outcomes(split, choices)
-    if indices.ndim != 2 or indices.shape[1] != len(correct):
-        raise ValueError(f"bootstrap indices of shape {indices.shape} do not fit a split of {len(correct)} samples")
-    acc = correct.astype(np.float32)[indices].mean(1, dtype=np.float64)
-    avg = cost.astype(np.float64)[indices].mean(1)
+    n = len(correct)
+    W = _as_weights(indices, n)
+    acc, avg = (W @ np.stack([correct, cost], 1) / n).T  # one BLAS product for both metrics
     return {"accuracy": acc, "avg_cost": avg, "rank_score": rank_score(acc, avg, cmin, cmax, beta)}
 
 
@@ -172,8 +189,9 @@ def bootstrap_ci(split: Split, choices, cost_bounds: Mapping[str, Any], n: int =
                  beta: float = DEFAULT_BETA, level: float = 0.95, indices: np.ndarray | None = None) -> dict[str, float]:
     """Percentile bootstrap CIs over test samples: `{accuracy,avg_cost,rank_score}_{lo,hi}`.
 
-    One (n × N) index matrix, one gather per metric. Pass `indices` (from `bootstrap_indices`) to reuse the
-    same resamples for several routers.
+    One (n × N) index matrix (`bootstrap_indices`), turned into a count matrix so each metric is a single
+    matrix-vector product. Pass `indices` (that index matrix, or `bootstrap_weights(indices)`, which saves the
+    conversion) to reuse the same resamples for several routers.
     """
     if indices is None:
         indices = bootstrap_indices(len(split), n, seed)
@@ -194,6 +212,7 @@ def paired_bootstrap(split: Split, choices_a, choices_b, cost_bounds: Mapping[st
     """
     if indices is None:
         indices = bootstrap_indices(len(split), n, seed)
+    indices = _as_weights(indices, len(split))  # convert once for both routers
     a = _resampled(split, choices_a, cost_bounds, indices, beta)
     b = _resampled(split, choices_b, cost_bounds, indices, beta)
     q = [(1 - level) / 2, 1 - (1 - level) / 2]
