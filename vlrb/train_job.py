@@ -128,7 +128,8 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
     diag = label_diagnostics(soft_labels(train_split.Y, train_split.C, lam), train_split.Y, train_split.C)
     _say(f"training {router!r} on {len(train_split)} samples (λ={cfg['lambda']})")
     t_fit = time.perf_counter()
-    router.fit(train_split, splits["dev"])
+    fit_on = getattr(router, "fit_on", "train")  # baselines: fit_on=test reproduces upstream (labelled)
+    router.fit(splits[fit_on], splits["dev"])
     fit_s = time.perf_counter() - t_fit
 
     metrics: dict = {"router": cfg.router.name, "lambda": lam if math.isfinite(lam) else "inf", "fit_seconds": fit_s}
