@@ -93,10 +93,22 @@ def make_loggers(cfg: DictConfig, output_dir: Path) -> list:
             kw["offline"] = kw.get("offline") or mode == "offline"
             kw["name"] = kw.get("name") or f"{cfg.router.name}-lam{cfg['lambda']}"
             kw["save_dir"] = str(output_dir)
+            sweep = _sweep_name()
+            if sweep:  # every run of one multirun shares a W&B group, so the dashboard compares them
+                kw["group"] = f"{kw.get('group') or cfg.task_name}-{sweep}"
             loggers.append(hydra.utils.instantiate(kw))
         else:
             loggers.append(hydra.utils.instantiate(lg))
     return loggers
+
+
+def _sweep_name() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
 
 
 def train(cfg: DictConfig, output_dir: Path) -> dict:
