@@ -398,28 +398,29 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
         rdir / "samples.parquet", index=False)
 
     # BENCHMARKS/<task>/<dataset>_samples.jsonl and ORACLE/score/<dataset>.parquet
-    smp = b.samples.set_index("sample_id")
+    smp = b.samples  # row-aligned with meta
+    K = len(b.models)
+    odir = out / "ORACLE" / "score"
+    odir.mkdir(parents=True, exist_ok=True)
     for ds, rows in b.meta.groupby("dataset", sort=True):
         spec = specs.get(ds)
         task = spec.task_type if spec else "unknown"
-        recs = []
-        for sid in rows["sample_id"]:
-            s = smp.loc[sid]
-            assets = []
-            if s["image_kind"] == "tsv":
-                assets = [{"type": "image_tsv", "tsv_file": s["tsv_file"], "index": int(s["tsv_row"]),
-                           "tsv_key": s["image_ref"]}]
-            elif s["image_kind"] == "path":
-                assets = [{"type": "image", "uri": s["image_ref"]}]
-            elif s["image_kind"] == "b64":
-                assets = [{"type": "image_base64", "data": s["image_ref"]}]
-            recs.append({"sample_id": sid, "dataset": ds, "task_type": task,
-                         "modality": ["image", "text"] if assets else ["text"], "prompt": s["prompt"], "assets": assets})
-        _jsonl(out / "BENCHMARKS" / task / f"{ds.lower()}_samples.jsonl", recs)
         idx = rows.index.to_numpy()
-        K = len(b.models)
-        odir = out / "ORACLE" / "score"
-        odir.mkdir(parents=True, exist_ok=True)
+        s = smp.iloc[idx]
+        recs = []
+        for sid, prompt, kind, ref, tsv, row in zip(s["sample_id"], s["prompt"], s["image_kind"], s["image_ref"],
+                                                    s["tsv_file"], s["tsv_row"]):
+            if kind == "tsv":
+                assets = [{"type": "image_tsv", "tsv_file": tsv, "index": int(row), "tsv_key": ref}]
+            elif kind == "path":
+                assets = [{"type": "image", "uri": ref}]
+            elif kind == "b64":
+                assets = [{"type": "image_base64", "data": ref}]
+            else:
+                assets = []
+            recs.append({"sample_id": sid, "dataset": ds, "task_type": task,
+                         "modality": ["image", "text"] if assets else ["text"], "prompt": prompt, "assets": assets})
+        _jsonl(out / "BENCHMARKS" / task / f"{ds.lower()}_samples.jsonl", recs)
         pd.DataFrame({"sample_id": np.repeat(rows["sample_id"].to_numpy(), K),
                       "model_id": np.tile(np.asarray(b.models, dtype=object), len(idx)),
                       "quality_raw": b.Y[idx].reshape(-1).astype(np.int64),

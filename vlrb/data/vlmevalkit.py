@@ -292,6 +292,9 @@ def read_all(tasks: list[Task], workers: int = 2, progress: bool = True, thresho
     bar = dict(total=len(jobs), desc="reading VLMEvalKit files", unit="file", disable=not progress)
     if workers <= 1 or len(jobs) < 4:
         return [_read_task_safe(j) for j in tqdm(jobs, **bar)]
+    from vlrb.data.tokens import _encoder
+
+    _encoder()  # load the BPE ranks once (~2-6 s) before forking, instead of once per worker
     # biggest files first keeps both processes busy to the end
     order = sorted(range(len(jobs)), key=lambda i: -(jobs[i][0].eval_file or jobs[i][0].pred_file).stat().st_size)
     results: list = [None] * len(jobs)
