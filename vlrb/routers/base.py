@@ -8,10 +8,17 @@ looks the same from outside:
     choice = router.route(test)                          # (n,) int model indices in [0, K)
 
 The registry name is also the config name: `router=<name>` loads `conf/router/<name>.yaml`.
+
+A fitted router is saved to a directory with `router.save(path)` and read back with `load_router(path)`
+(or `Cls.load(path)`): `router.json` (name, params, models, fit_info) beside `state.npz` or `weights.pt`.
+Safe formats only — np.load(allow_pickle=False), torch.load(weights_only=True), never pickle.
 """
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
+from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
@@ -36,6 +43,7 @@ class Router:
     def __init__(self) -> None:
         self.n_models: int | None = None
         self.models: list[str] = []
+        self.fit_info: dict[str, Any] = {}  # what fit() wants logged: epochs, best val score, seconds, ...
 
     # -------------------------------------------------------------------- to implement
     def fit(self, train: Split, dev: Split | None = None) -> "Router":
@@ -46,6 +54,15 @@ class Router:
     def predict_scores(self, split: Split) -> np.ndarray:
         """(n, K) float scores; `route` takes their argmax."""
         raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        """Write the fitted router into the directory `path` (safe formats only; see the module doc)."""
+        raise NotImplementedError(f"{self.label}: save() is not implemented")
+
+    @classmethod
+    def load(cls, path: Path) -> "Router":
+        """Rebuild a router written by `save`."""
+        raise NotImplementedError(f"{cls.__name__}: load() is not implemented")
 
     # -------------------------------------------------------------------- shared behaviour
     @property
@@ -93,6 +110,76 @@ class Router:
                              f"asked to route among {k} {list(split.models)[:3]}...")
         if "features" in self.inputs and split.X is None:
             raise ValueError(f"{self.label} needs features: attach them with split.with_features(X)")
+
+    @staticmethod
+    def _features(split: Split) -> np.ndarray:
+        """split.X as a C-contiguous float32 matrix (no copy when it already is one)."""
+        if split.X is None:
+            raise ValueError(f"split {split.name!r} has no features: attach them with split.with_features(X)")
+        return np.ascontiguousarray(split.X, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------ persistence
+ROUTER_JSON = "router.json"
+STATE_NPZ = "state.npz"
+
+
+def _jsonable(v: Any) -> Any:
+    """Params/fit_info for router.json: inf -> "inf", numpy scalars -> Python, tuples -> lists."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else None)
+    return v
+
+
+def write_router_meta(router: Router, path: Path, **extra: Any) -> Path:
+    """Create the directory `path` and write router.json; returns the directory."""
+    from vlrb.io import write_json
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "vlrb-router/1", "name": router.name, "class": f"{type(router).__module__}.{type(router).__qualname__}",
+            "params": router.get_params(), "models": router.models, "n_models": router.n_models,
+            "fit_info": router.fit_info, **extra}
+    write_json(path / ROUTER_JSON, _jsonable(meta))
+    return path
+
+
+def read_router_meta(path: Path) -> dict[str, Any]:
+    f = Path(path) / ROUTER_JSON
+    if not f.exists():
+        raise FileNotFoundError(f"{path} is not a saved router (no {ROUTER_JSON})")
+    return json.loads(f.read_text())
+
+
+def save_arrays(router: Router, path: Path, arrays: dict[str, np.ndarray], **extra: Any) -> None:
+    """router.json + state.npz: the state of a numpy/scikit-backed router."""
+    path = write_router_meta(router, path, **extra)
+    np.savez(path / STATE_NPZ, **arrays)
+
+
+def load_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    meta = read_router_meta(path)
+    with np.load(Path(path) / STATE_NPZ, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return meta, arrays
+
+
+def restore_common(router: Router, meta: dict[str, Any]) -> None:
+    """Model list and fit_info from router.json (what `fit` would have set besides the learned state)."""
+    router.models = list(meta.get("models") or [])
+    router.n_models = int(meta["n_models"])
+    router.fit_info = dict(meta.get("fit_info") or {})
+
+
+def load_router(path: Path) -> Router:
+    """Any saved router: router.json names its registry entry, whose class reads the rest."""
+    return get_router_class(read_router_meta(path)["name"]).load(Path(path))
 
 
 # ------------------------------------------------------------------------------------------ registry

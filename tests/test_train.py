@@ -1,0 +1,75 @@
+"""train.py end to end: single runs, lambda=inf, multirun with the basic launcher, failing jobs in a sweep."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, data_cfg
+from vlrb.data.build import build
+
+
+@pytest.fixture(scope="module")
+def tiny_records(tmp_path_factory):
+    """A records benchmark: 240 samples x 4 models; which model is right depends on the dataset."""
+    d = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(240):
+        ds = ["A", "B", "C"][i % 3]
+        for j, m in enumerate(["m0", "m1", "m2", "m3"]):
+            p = 0.9 if j == i % 3 else 0.2
+            rows.append({"sample_id": f"{ds}/{i}", "dataset": ds, "model_id": m, "correct": int(rng.random() < p),
+                         "prompt": f"question about {ds}", "cost": 1e-5 * (j + 1)})
+    pd.DataFrame(rows).to_parquet(d / "r.parquet")
+    build(data_cfg(reader="records", records=str(d / "r.parquet"), root=str(d / "bench")), None, progress=False, log=lambda *a: None)
+    return d
+
+
+def run_train(args, cwd=REPO, check=True):
+    p = subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stdout[-3000:] + p.stderr[-3000:])
+    return p
+
+
+def common(d):
+    return ["data=records", f"data.records={d / 'r.parquet'}", f"data.root={d / 'bench'}", "logger=none",
+            "throughput.runs=2", "throughput.warmup=0"]
+
+
+def test_single_run_writes_the_run_contract(tiny_records, tmp_path):
+    run_train([*common(tiny_records), "router=per_dataset", f"hydra.run.dir={tmp_path}"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test/accuracy", "test/avg_cost", "test/rank_score", "test/throughput_ktok_s", "val/rank_score",
+                "test/A/accuracy", "labels/entropy_mean"):
+        assert key in m
+    preds = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert list(preds.columns) == ["sample_id", "split", "model_id", "correct", "cost"]
+    assert set(preds["split"]) == {"dev", "test"}  # train is never scored as "test"
+    assert (tmp_path / "config.yaml").exists()
+    assert m["test/accuracy"] > 0.8  # the per-dataset rule is learnable here
+
+
+def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = run_train(["-m", *common(tiny_records), "router=strongest,random", "lambda=0,inf",
+                   f"hydra.sweep.dir={sweep}"])
+    done = sorted(sweep.glob("*/metrics.json"))
+    assert len(done) == 4, p.stdout[-2000:]
+    lams = {json.loads(f.read_text())["lambda"] for f in done}
+    assert lams == {0.0, "inf"}
+    # a job with a bad parameter fails, is recorded, and the next job still runs
+    sweep2 = tmp_path / "sweep2"
+    run_train(["-m", *common(tiny_records), "router=random", "router.params.seed=not_a_number,7", f"hydra.sweep.dir={sweep2}"],
+              check=False)
+    assert (sweep2 / "0" / "error.txt").exists()
+    assert (sweep2 / "1" / "metrics.json").exists()
+
+
+def test_missing_benchmark_is_a_clear_error(tmp_path):
+    p = run_train(["data=vlrb", f"data.root={tmp_path / 'nothing'}", "data.raw_dir=x", "router=random", "logger=none",
+                   f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+    assert p.returncode != 0 and "run `python build_data.py" in (p.stdout + p.stderr)

@@ -1,0 +1,420 @@
+"""End-to-end routers (SPEC.md §8.3, PEERS.md §B): a multimodal backbone fine-tuned on the raw prompt and
+first image, with a routing head over the K models.
+
+    routerdc   learnable model embeddings k_m ~ N(0, 1); z_m = exp(logit_scale)·cos(h, k_m), logit_scale
+               learnable from ln(1/0.07); loss = sample–LLM contrastive (`loss_variant`: vlrb | original)
+               + cluster_weight · sample–sample contrastive on KMeans(5) clusters of the training soft labels
+    cosinecls  a cosine classifier (NormFace-style): z_m = s·cos(h, w_m) over L2-normalised features and class
+               weights, scale s = 1/temperature (learnable or fixed), trained with soft cross-entropy over all
+               K models. Upstream "CosineCls" ran RouterDC's model and loss under another name; this is the
+               distinct cosine-classifier router its name promises.
+    zooter     Dropout(0.1) -> Linear(H, K), KL(t* ‖ p) (batchmean), with ZOOTER's tag smoothing
+               t* = β·t + (1−β)·mean_tag(t) (β = 1: the VL-RouterBench port; 0.3: the paper); keeps samples no
+               model answers (their fallback target), as upstream
+    vlc        Dropout(0.1) -> Linear(H, K), soft cross-entropy
+
+All four consume the shared soft labels `soft_labels(Y, C, lam, cost_scale=100)` (SPEC.md §7) and, except
+ZOOTER, drop training samples that no model answers (dev and test are never filtered). λ = inf gives hard
+one-hot labels (the cheapest correct model) for every router; upstream RouterDC and CosineCls instead fell back
+to uniform-over-correct labels (λ = 0) there.
+
+Training (shared `vlrb.routers.lit.fit_module`): AdamW (weight decay 0.01), linear warm-up over 10% of the steps
+then linear decay, gradient clipping 1.0, at most 5 epochs, batch 16, early stopping on dev `val/rank_score`
+(patience 2) with the best epoch's weights restored; bf16 mixed precision on a GPU unless the trainer config
+says otherwise. Inputs are read lazily (prompts from `router.bench.prompts`, images decoded in DataLoader
+workers through `router.bench.images`); train.py sets `router.bench` and `router.ctx` before `fit`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from vlrb.data.benchmark import Split
+from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, write_router_meta
+from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
+
+if TYPE_CHECKING:  # torch, Lightning and the backbones load on first fit/load, not at registry time
+    import torch
+
+    from vlrb.backbones import Backbone
+    from vlrb.routers.e2e_modules import E2EModule
+    from vlrb.routers.lit import TrainContext
+
+WEIGHTS_FILE = "weights.pt"
+
+
+# ============================================================================================ routers
+class E2ERouter(Router):
+    """Shared fit / predict / save / load of the end-to-end routers; subclasses add the head and labels.
+
+    Parameters (every router): backbone (a registered name, a {name, params} mapping such as a
+    conf/backbone/*.yaml, or a Backbone), backbone_params (overrides), lam (λ ≥ 0 or "inf"), cost_scale (s,
+    100 upstream), lr, weight_decay, warmup_ratio, grad_clip, max_epochs, batch_size, patience (dev epochs
+    without improvement), dropout, predict_batch_size (default 4 × batch_size, as upstream), precision
+    ("auto": bf16-mixed on a GPU, fp32 on CPU, unless ctx.trainer sets `precision`), seed.
+    """
+
+    inputs: ClassVar[tuple[str, ...]] = ("raw",)
+    trainable: ClassVar[bool] = True
+    drop_no_correct: ClassVar[bool] = True
+
+    def __init__(self, backbone: Any = "offline", backbone_params: dict | None = None, lam: float | str = 10000.0,
+                 cost_scale: float = 100.0, lr: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
+                 grad_clip: float | None = 1.0, max_epochs: int = 5, batch_size: int = 16, patience: int | None = 2,
+                 dropout: float = 0.1, predict_batch_size: int | None = None, precision: str = "auto",
+                 seed: int = 42):
+        super().__init__()
+        # a name, a {name, params} mapping (plain or OmegaConf), or a ready Backbone object
+        self.backbone = _plain(backbone) if _is_mapping(backbone) else backbone
+        self.backbone_params = _plain(backbone_params)
+        parse_lambda(lam)  # validate early
+        self.lam, self.cost_scale = lam, float(cost_scale)
+        self.lr, self.weight_decay, self.warmup_ratio, self.grad_clip = float(lr), float(weight_decay), \
+            float(warmup_ratio), grad_clip
+        self.max_epochs, self.batch_size = int(max_epochs), int(batch_size)
+        self.patience = None if patience is None else int(patience)
+        self.dropout, self.predict_batch_size, self.precision, self.seed = float(dropout), predict_batch_size, \
+            precision, int(seed)
+        self.bench = None  # set by train.py: the Benchmark whose prompts/images the split rows index
+        self.ctx: TrainContext | None = None  # set by train.py: trainer presets, loggers, output dir
+        self.module: E2EModule | None = None
+
+    # ------------------------------------------------------------------ to implement
+    def _head_module(self, backbone: Backbone, n_models: int, opt: dict) -> E2EModule:  # pragma: no cover
+        raise NotImplementedError
+
+    def _train_targets(self, train: Split, targets: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-row arrays of the kept training rows; at least "targets"."""
+        return {"targets": targets[keep]}
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, train: Split, dev: Split | None = None) -> "E2ERouter":
+        import lightning as L
+
+        from vlrb.backbones.data import RawDataset, make_loader
+
+        t0 = time.perf_counter()
+        bench = self._require_bench(train, *([dev] if dev is not None else []))
+        self._remember_models(train)
+        L.seed_everything(self.seed, workers=True, verbose=False)
+
+        targets = soft_labels(train.Y, train.C, self.lam, cost_scale=self.cost_scale)
+        keep = train.Y.astype(bool).any(1) if self.drop_no_correct else np.ones(len(train), dtype=bool)
+        if not keep.any():
+            raise ValueError(f"{self.label}: no training sample has a correct model")
+        arrays = self._train_targets(train, targets, keep)
+        self.module = self._build_module()
+        proc = self.module.backbone.processor
+        prompts, images = bench.prompts, bench.images
+        train_ds = RawDataset(prompts, images, train.idx[keep], proc, Y=train.Y[keep], C=train.C[keep], **arrays)
+
+        ctx = self._context()
+        workers, pin = int(ctx.num_workers), self._device(ctx).type == "cuda"
+        train_loader = make_loader(train_ds, self.batch_size, shuffle=True, num_workers=workers, seed=self.seed,
+                                   pin_memory=pin)
+        dev_loader = None
+        if dev is not None and len(dev):  # dev only steers early stopping / checkpoint choice; never filtered
+            dev_ds = RawDataset(prompts, images, dev.idx, proc, Y=dev.Y, C=dev.C)
+            dev_loader = make_loader(dev_ds, self._predict_bs(), shuffle=False, num_workers=workers, pin_memory=pin)
+        with warnings.catch_warnings():  # frozen towers stay in eval mode on purpose (Backbone.train)
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            info = self._train(train_loader, dev_loader, ctx)
+        self.module.cpu().eval()
+        stats = self.module.image_stats
+        stats.report("train")
+        self.fit_info = {
+            **info, "n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
+            "images": stats.summary(),  # per stage: samples seen, no_image, decode_failed (placeholder used)
+            "label_diagnostics": label_diagnostics(arrays["targets"], train.Y[keep], train.C[keep]),
+            "backbone": self.module.backbone.describe(), **self._extra_info(),
+            "fit_seconds": time.perf_counter() - t0,
+        }
+        return self
+
+    def _train(self, train_loader, dev_loader, ctx: TrainContext) -> dict:
+        """Lightning fit: early stopping + best-epoch reload on dev, or the full budget without dev."""
+        from vlrb.routers.e2e_modules import fit_without_dev
+        from vlrb.routers.lit import fit_module
+
+        # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it
+        max_epochs = ctx.trainer.get("max_epochs") or self.max_epochs
+        if dev_loader is None:  # nothing to select on: train the full epoch budget, keep the last weights
+            return fit_without_dev(self.module, train_loader, ctx, max_epochs)
+        patience = self.patience if self.patience is not None else ctx.patience
+        with tempfile.TemporaryDirectory(prefix="vlrb-e2e-") as tmp:  # checkpoints of a standalone fit
+            run_ctx = ctx if ctx.output_dir else dataclasses.replace(ctx, output_dir=tmp)
+            fit_module(self.module, train_loader, dev_loader, run_ctx, max_epochs=max_epochs, patience=patience)
+        info = dict(self.module.fit_info)
+        if not ctx.output_dir:
+            info.pop("checkpoint", None)  # it lived in the temporary directory
+        return info
+
+    def predict_scores(self, split: Split) -> np.ndarray:
+        """(n, K) logits (float32)."""
+        import torch
+
+        from vlrb.backbones.data import RawDataset, make_loader
+
+        if self.module is None:
+            raise RuntimeError(f"{self.label}: call fit() (or load()) before predict_scores()")
+        bench = self._require_bench(split)
+        ctx = self._context()
+        device = self._device(ctx)
+        module = self.module.eval().to(device)
+        ds = RawDataset(bench.prompts, bench.images, split.idx, module.backbone.processor)
+        loader = make_loader(ds, self._predict_bs(), shuffle=False, num_workers=int(ctx.num_workers),
+                             pin_memory=device.type == "cuda")
+        stage = f"predict_{split.name}"
+        out = []
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=self._bf16(ctx, device)):
+            for batch in loader:
+                module.image_stats.update(stage, batch)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                out.append(module(batch).float().cpu())
+        module.image_stats.report(stage)
+        self.fit_info.setdefault("images", {})[stage] = module.image_stats.summary().get(stage, {})
+        if not out:
+            return np.zeros((0, self.n_models), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """router.json (name, params, models, fit_info) + weights.pt (a plain state_dict, backbone included)."""
+        import torch
+
+        if self.module is None:
+            raise RuntimeError(f"{self.label}: nothing to save before fit()")
+        if not isinstance(self.backbone, (str, dict)):
+            raise ValueError("save(): give the backbone by name or {name, params}, not as an object")
+        path = write_router_meta(self, Path(path))
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        torch.save(self.module.state_dict(), tmp)
+        tmp.replace(path / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path, bench=None) -> "E2ERouter":
+        """Rebuild from `save()` (weights read with `weights_only=True`); `bench` is needed to predict."""
+        import torch
+
+        meta = read_router_meta(Path(path))
+        router = cls(**meta["params"])
+        restore_common(router, meta)
+        router.module = router._build_module()
+        state = torch.load(Path(path) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        router.module.load_state_dict(state)
+        router.module.eval()
+        router.bench = bench
+        return router
+
+    def init_module(self, models: list[str]) -> E2EModule:
+        """Build the untrained network for `models` (what fit starts from): throughput checks, inspection."""
+        self.models, self.n_models = list(models), len(models)
+        self.module = self._build_module()
+        return self.module
+
+    # ------------------------------------------------------------------ helpers
+    def _build_module(self) -> E2EModule:
+        import torch
+
+        from vlrb.backbones import create_backbone
+
+        torch.manual_seed(self.seed)
+        backbone = create_backbone(self.backbone, **self.backbone_params)
+        opt = dict(lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
+                   grad_clip=self.grad_clip)
+        return self._head_module(backbone, int(self.n_models), opt)
+
+    def _extra_info(self) -> dict:
+        return {}
+
+    def _predict_bs(self) -> int:
+        return int(self.predict_batch_size or 4 * self.batch_size)
+
+    def _require_bench(self, *splits: Split):
+        if self.bench is None:
+            raise RuntimeError(f"{self.name}: end-to-end routers read prompts and images: set `router.bench` to the "
+                               "Benchmark the splits come from before fit()/predict_scores()")
+        n = self.bench.n_samples
+        for s in splits:
+            if len(s.idx) and (s.idx.min() < 0 or s.idx.max() >= n):
+                raise ValueError(f"{self.name}: split {s.name!r} indexes rows beyond the benchmark's {n}")
+        return self.bench
+
+    def _context(self) -> TrainContext:
+        """train.py's ctx, or a standalone one (any GPU, no logger, the benchmark's cost bounds); the trainer's
+        precision resolved: bf16-mixed on a GPU when `precision: auto` and the trainer config sets none."""
+        from vlrb.routers.lit import TrainContext
+
+        ctx = self.ctx or TrainContext(trainer={"accelerator": "auto", "devices": 1}, seed=self.seed)
+        if ctx.cost_bounds is None and self.bench is not None:
+            ctx = dataclasses.replace(ctx, cost_bounds=self.bench.cost_bounds)
+        trainer = dict(ctx.trainer)
+        if trainer.get("precision") is None:
+            trainer.pop("precision", None)
+            if self.precision != "auto":
+                trainer["precision"] = self.precision
+            elif self._device(ctx).type == "cuda":
+                trainer["precision"] = "bf16-mixed"
+        return dataclasses.replace(ctx, trainer=trainer)
+
+    @staticmethod
+    def _device(ctx: TrainContext) -> torch.device:
+        import torch
+
+        acc = str(ctx.trainer.get("accelerator", "auto")).lower()
+        if acc == "cpu" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda")
+
+    @staticmethod
+    def _bf16(ctx: TrainContext, device: torch.device) -> bool:
+        return device.type == "cuda" and "bf16" in str(ctx.trainer.get("precision", "bf16"))
+
+
+def _inherit_params(cls):
+    """Show the shared E2ERouter parameters (passed through **kw) in the subclass's __init__ signature, which
+    train.py (which of lam/seed/patience to pass) and `get_params` (what to log and save) read."""
+    own = inspect.signature(cls.__init__)
+    params = [p for p in own.parameters.values() if p.kind != p.VAR_KEYWORD]
+    names = {p.name for p in params}
+    params += [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(E2ERouter.__init__).parameters.values()
+               if p.name not in names and p.name != "self"]
+    cls.__init__.__signature__ = own.replace(parameters=params)
+    return cls
+
+
+@register_router("vlc")
+class VLCRouter(E2ERouter):
+    """Backbone -> Dropout -> Linear(H, K), soft cross-entropy; drops samples no model answers."""
+
+    def _head_module(self, backbone, n_models, opt):
+        from vlrb.routers.e2e_modules import LinearHeadModule
+
+        return LinearHeadModule(backbone, n_models, dropout=self.dropout, loss_name="soft_ce", **opt)
+
+
+@register_router("zooter")
+@_inherit_params
+class ZooterRouter(E2ERouter):
+    """Backbone -> Dropout -> Linear(H, K), KL(batchmean) to tag-smoothed soft labels; keeps every sample.
+
+    beta: ZOOTER's mixing weight (1.0 = no smoothing = the VL-RouterBench port; the paper's best 0.3).
+    tag_source: dataset | group | none (the tag of each training sample for the smoothing means).
+    """
+
+    drop_no_correct = False
+
+    def __init__(self, beta: float = 1.0, tag_source: str = "dataset", lr: float = 1e-5, **kw):
+        super().__init__(lr=lr, **kw)
+        if tag_source not in ("dataset", "group", "none"):
+            raise ValueError(f"tag_source must be dataset, group or none; got {tag_source!r}")
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1]; got {beta}")
+        self.beta, self.tag_source = float(beta), tag_source
+
+    def _train_targets(self, train, targets, keep):
+        from vlrb.routers import losses
+
+        tags = {"dataset": train.datasets, "group": train.groups, "none": None}[self.tag_source]
+        beta = 1.0 if tags is None else self.beta
+        return {"targets": losses.tag_smoothed_targets(targets[keep], None if tags is None else tags[keep], beta)}
+
+    def _head_module(self, backbone, n_models, opt):
+        from vlrb.routers.e2e_modules import LinearHeadModule
+
+        return LinearHeadModule(backbone, n_models, dropout=self.dropout, loss_name="kl", **opt)
+
+    def _extra_info(self):
+        return {"zooter": {"beta": self.beta, "tag_source": self.tag_source}}
+
+
+@register_router("cosinecls")
+@_inherit_params
+class CosineClsRouter(E2ERouter):
+    """Cosine classifier: s·cos(h, w_m) over normalised features and class weights, soft cross-entropy.
+
+    temperature: s = 1/temperature at the start (0.1 -> 10); learn_temperature: learn s (clamped at 100) or fix it.
+    """
+
+    def __init__(self, temperature: float = 0.1, learn_temperature: bool = True, **kw):
+        super().__init__(**kw)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {temperature}")
+        self.temperature, self.learn_temperature = float(temperature), bool(learn_temperature)
+
+    def _head_module(self, backbone, n_models, opt):
+        from vlrb.routers.e2e_modules import CosineClsModule
+
+        return CosineClsModule(backbone, n_models, dropout=self.dropout, temperature=self.temperature,
+                               learn_temperature=self.learn_temperature, **opt)
+
+
+@register_router("routerdc")
+@_inherit_params
+class RouterDCRouter(E2ERouter):
+    """RouterDC: model embeddings + learnable temperature; sample–LLM + sample–sample contrastive losses.
+
+    top_k / last_k: K⁺ positives and K⁻ negatives (3 / 3); loss_variant: vlrb (the port's multi-positive
+    InfoNCE, default) | original (the RouterDC paper's masked per-positive InfoNCE); cluster_weight: w of the
+    sample–sample loss (1.0); n_clusters: KMeans clusters of the training soft labels (5).
+    """
+
+    def __init__(self, top_k: int = 3, last_k: int = 3, loss_variant: str = "vlrb", cluster_weight: float = 1.0,
+                 n_clusters: int = 5, **kw):
+        super().__init__(**kw)
+        if loss_variant not in ("vlrb", "original"):
+            raise ValueError(f"loss_variant must be vlrb or original; got {loss_variant!r}")
+        self.top_k, self.last_k, self.loss_variant = int(top_k), int(last_k), loss_variant
+        self.cluster_weight, self.n_clusters = float(cluster_weight), int(n_clusters)
+        self._clusters: np.ndarray | None = None
+
+    def _train_targets(self, train, targets, keep):
+        from vlrb.routers import losses
+
+        t = targets[keep]
+        self._clusters = losses.cluster_targets(t, self.n_clusters, seed=42)
+        return {"targets": t, "cluster": self._clusters}
+
+    def _head_module(self, backbone, n_models, opt):
+        from vlrb.routers.e2e_modules import RouterDCModule
+
+        return RouterDCModule(backbone, n_models, top_k=self.top_k, last_k=self.last_k,
+                              loss_variant=self.loss_variant, cluster_weight=self.cluster_weight, **opt)
+
+    def _extra_info(self):
+        sizes = np.bincount(self._clusters).tolist() if self._clusters is not None else []
+        return {"routerdc": {"cluster_sizes": sizes, "loss_variant": self.loss_variant}}
+
+
+# ============================================================================================ helpers
+def _is_mapping(x: Any) -> bool:
+    if isinstance(x, Mapping):
+        return True
+    try:
+        from omegaconf import DictConfig
+
+        return isinstance(x, DictConfig)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _plain(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)

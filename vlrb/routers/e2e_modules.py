@@ -1,0 +1,140 @@
+"""Lightning modules of the end-to-end routers (imported on first fit/load; the routers live in `vlrb.routers.e2e`).
+
+Each module is backbone -> head -> (B, K) logits on top of the shared `RoutingModule` (AdamW + warm-up,
+val/rank_score validation); the losses are the pure functions of `vlrb.routers.losses`.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlrb.backbones import Backbone
+from vlrb.backbones.data import ImageStats
+from vlrb.routers import losses
+from vlrb.routers.lit import RoutingModule, TrainContext
+
+CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # RouterDC (VL-RouterBench port): CLIP's temperature init
+
+
+class E2EModule(RoutingModule):
+    """backbone -> head -> (B, K) logits. Counts placeholder images; logs every named loss part."""
+
+    def __init__(self, backbone: Backbone, n_models: int, **opt):
+        super().__init__(optimizer="adamw", **opt)
+        self.backbone = backbone
+        self.n_models = int(n_models)
+        self.image_stats = ImageStats()
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.backbone(batch).float())
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss_parts(self, logits: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": self.loss(logits, batch)}
+
+    def training_step(self, batch, batch_idx):
+        self.image_stats.update("train", batch)
+        logits = self(batch)
+        parts = self.loss_parts(logits, batch)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, prog_bar=k == "loss", on_step=False, on_epoch=True, batch_size=len(logits))
+        return parts["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        self.image_stats.update("val", batch)
+        super().validation_step(batch, batch_idx)
+
+    def on_train_epoch_end(self):
+        s = self.image_stats.summary().get("train")
+        if s:  # "the count of samples that used the placeholder image is logged"
+            self.log_dict({"train/no_image": float(s["no_image"]), "train/decode_failed": float(s["decode_failed"])})
+
+
+class LinearHeadModule(E2EModule):
+    """Dropout -> Linear(H, K). VLC (soft CE) and ZOOTER (KL batchmean)."""
+
+    def __init__(self, backbone: Backbone, n_models: int, dropout: float = 0.1, loss_name: str = "soft_ce", **opt):
+        super().__init__(backbone, n_models, **opt)
+        self.drop = nn.Dropout(dropout)
+        self.linear = nn.Linear(backbone.hidden_size, n_models)
+        self.loss_name = loss_name
+
+    def head(self, h):
+        return self.linear(self.drop(h))
+
+    def loss(self, logits, batch):
+        if self.loss_name == "kl":
+            return losses.kl_batchmean(logits, batch["targets"])
+        return losses.soft_cross_entropy(logits, batch["targets"])
+
+
+class CosineClsModule(E2EModule):
+    """z = s · cos(dropout(h), w_m); w initialised Xavier-uniform, s = 1/temperature (learnable: log-parametrised,
+    clamped at 100 as in CLIP so it cannot run away)."""
+
+    MAX_SCALE = 100.0
+
+    def __init__(self, backbone: Backbone, n_models: int, dropout: float = 0.1, temperature: float = 0.1,
+                 learn_temperature: bool = True, **opt):
+        super().__init__(backbone, n_models, **opt)
+        self.drop = nn.Dropout(dropout)
+        self.weight = nn.Parameter(torch.empty(n_models, backbone.hidden_size))
+        nn.init.xavier_uniform_(self.weight)
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def head(self, h):
+        cos = F.normalize(self.drop(h), dim=-1) @ F.normalize(self.weight, dim=-1).T
+        return self.log_scale.exp().clamp(max=self.MAX_SCALE) * cos
+
+    def loss(self, logits, batch):
+        return losses.soft_cross_entropy(logits, batch["targets"])
+
+
+class RouterDCModule(E2EModule):
+    """z = exp(logit_scale) · cos(h, k_m) with learnable model embeddings k (K × H, N(0, 1)); no clamp (upstream)."""
+
+    def __init__(self, backbone: Backbone, n_models: int, top_k: int = 3, last_k: int = 3,
+                 loss_variant: str = "vlrb", cluster_weight: float = 1.0, **opt):
+        super().__init__(backbone, n_models, **opt)
+        self.model_embeddings = nn.Parameter(torch.randn(n_models, backbone.hidden_size))
+        self.logit_scale = nn.Parameter(torch.tensor(CLIP_LOGIT_SCALE_INIT))
+        self.top_k, self.last_k, self.loss_variant, self.cluster_weight = top_k, last_k, loss_variant, cluster_weight
+
+    def head(self, h):
+        return self.logit_scale.exp() * (F.normalize(h, dim=-1) @ F.normalize(self.model_embeddings, dim=-1).T)
+
+    def loss_parts(self, logits, batch):
+        return losses.routerdc_loss(logits, batch["targets"], batch.get("cluster"), top_k=self.top_k,
+                                    last_k=self.last_k, variant=self.loss_variant, cluster_weight=self.cluster_weight)
+
+    def loss(self, logits, batch):
+        return self.loss_parts(logits, batch)["loss"]
+
+
+def fit_without_dev(module: E2EModule, train_loader, ctx: TrainContext, max_epochs: int) -> dict:
+    """No dev split: no early stopping; train the full epoch budget and keep the last weights."""
+    import warnings
+
+    import lightning as L
+
+    kw = {k: v for k, v in ctx.trainer.items() if k != "max_epochs"}
+    if module.grad_clip:
+        kw.setdefault("gradient_clip_val", module.grad_clip)
+    kw.setdefault("enable_progress_bar", ctx.progress)
+    kw.setdefault("enable_model_summary", False)
+    trainer = L.Trainer(logger=ctx.loggers or False, enable_checkpointing=False, max_epochs=max_epochs,
+                        limit_val_batches=0, default_root_dir=ctx.output_dir or tempfile.gettempdir(), **kw)
+    with warnings.catch_warnings():  # "validation_step but no val_dataloader": intended here
+        warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+        trainer.fit(module, train_loader)
+    return {"epochs": trainer.current_epoch, "best_val_rank_score": math.nan, "checkpoint": None}

@@ -1,0 +1,69 @@
+"""K-means router (SPEC.md §8.2) — a prototype router, not a clustering: one centroid per VLM.
+
+The prototype of model k is the mean of the (L2-normalised) features of the training samples it answers
+correctly — all samples when it answers none — itself L2-normalised. A query goes to the model whose
+prototype is most cosine-similar. Upstream stores a `lambda_cost=0.0` it never reads; it is left out.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlrb.data.benchmark import Split
+from vlrb.routers.base import Router, load_arrays, register_router, restore_common, save_arrays
+
+
+def _l2(X: np.ndarray) -> np.ndarray:
+    norm = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]  # row norms without an n×D temporary
+    return X / np.maximum(norm, 1e-12)  # an all-zero row (no image, no text) stays zero
+
+
+@register_router("kmeans")
+class KMeansRouter(Router):
+    """argmax_k cosine(x, prototype_k); scores are the cosines."""
+
+    inputs = ("features",)
+
+    def __init__(self, normalize: bool = True) -> None:
+        super().__init__()
+        self.normalize = bool(normalize)
+
+    def fit(self, train: Split, dev: Split | None = None) -> "KMeansRouter":
+        t0 = time.perf_counter()
+        self._remember_models(train)
+        Y = np.asarray(train.Y) > 0
+        keep = Y.any(1)  # upstream drops samples that no model answers
+        if not keep.any():
+            raise ValueError(f"{self.label}: no training sample has a correct model")
+        X, Y = self._features(train)[keep], Y[keep].astype(np.float32)
+        if self.normalize:
+            X = _l2(X)
+        counts = Y.sum(0)
+        sums = Y.T @ X  # (K, D): every model's centroid in one product
+        # a model that answers nothing gets the centroid of all samples (upstream's fallback)
+        sums[counts == 0] = X.sum(0)
+        counts = np.where(counts == 0, len(X), counts)
+        self.prototypes_ = _l2(sums / counts[:, None]).astype(np.float32)
+        self.fit_info = {"n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
+                         "fit_seconds": time.perf_counter() - t0}
+        return self
+
+    def predict_scores(self, split: Split) -> np.ndarray:
+        self._check_inputs(split)
+        X = self._features(split)
+        # cosine = (x·p)/‖x‖ for unit prototypes: scale the (n, K) product, not the (n, D) features
+        norm = np.sqrt(np.einsum("ij,ij->i", X, X))
+        return (X @ self.prototypes_.T) / np.maximum(norm, 1e-12)[:, None]
+
+    def save(self, path: Path) -> None:
+        save_arrays(self, path, {"prototypes": self.prototypes_})
+
+    @classmethod
+    def load(cls, path: Path) -> "KMeansRouter":
+        meta, a = load_arrays(path)
+        router = cls(**meta["params"])
+        restore_common(router, meta)
+        router.prototypes_ = a["prototypes"]
+        return router
