@@ -48,7 +48,10 @@ bench-eval: $(STAMP) ## baselines + metrics + 1,000 bootstrap resamples at full 
 bench-features: $(STAMP) ## feature extraction throughput vs the bare encoder
 	$(PYTHON) benchmarks/bench_features.py
 
-bench: bench-build bench-eval bench-features ## every benchmark script
+bench-train: $(STAMP) ## fit every feature router (6 x 6 grid) + routing throughput at full scale
+	$(PYTHON) benchmarks/bench_train.py
+
+bench: bench-build bench-eval bench-features bench-train ## every benchmark script
 
 clean-logs: ## remove run logs
 	rm -rf logs

@@ -70,7 +70,11 @@ def run_build(cfg: DictConfig) -> int:
             bm = Benchmark.load(cfg.data.root)
             stats = extract_features(bm, cfg.encoder, root=cfg.data.root, force=bool(cfg.get("force")),
                                      progress=cfg.get("progress", True))
-            _say(f"features: {stats}")
+            for mod, st in stats.items():
+                if isinstance(st, dict):
+                    _say(f"{mod} features: {st.get('name')} ({st.get('dim')}-d, {st.get('n_samples')} samples, "
+                         f"{st.get('status')}; {st.get('throughput_items_s') or 0:.1f} items/s on {st.get('device')}) "
+                         f"-> {st.get('path')}")
     except (BuildError, PricingError, FileNotFoundError) as e:
         _say(f"error: {e}")
         return 1

@@ -197,6 +197,12 @@ _KIND_MIX = {
     "TextVQA_VAL": (0.0, 0.40, 0.0, 0.60, 0.0),
     "OCRBench": (0.0, 0.75, 0.0, 0.25, 0.0),
 }
+# Logits are multiplied by _SHARPNESS so that correctness is mostly decided by what the question and image
+# show (a router can learn it), and lucky guesses happen at _GUESS_SCALE x the chance rate. With plain
+# logits and full-rate guessing the cheapest correct model of a sample is mostly a lucky cheap model, a label
+# no router can learn from the input (measured: KNN then loses to Random on the demo).
+_SHARPNESS = 3.0
+_GUESS_SCALE = 0.5
 _DIFFICULTY_SCALE = 3.0  # logit drop from the easiest to the hardest sample, per unit sensitivity
 _WORLD_SEED = 20251027  # the model-skill noise is part of the world, not of a generation's seed
 
@@ -221,9 +227,10 @@ def _p_correct(plan: "_DatasetPlan") -> np.ndarray:
     sens = np.array([_PROFILES[m].sensitivity for m in DEMO_MODELS])
     logit = (ability[None, :] + skills.T[plan.kind_idx] + _DATASET_OFFSET[plan.key]
              + plan.offset[:, None] - _DIFFICULTY_SCALE * plan.difficulty[:, None] * sens[None, :])
-    p = 1.0 / (1.0 + np.exp(-logit))
+    p = 1.0 / (1.0 + np.exp(-_SHARPNESS * logit))
     # guessing: a model that does not know still hits a Yes/No or option answer by chance
-    return plan.guess[:, None] + (1.0 - plan.guess[:, None]) * p
+    guess = _GUESS_SCALE * plan.guess[:, None]
+    return guess + (1.0 - guess) * p
 
 
 # --------------------------------------------------------------------------- vocabularies
