@@ -217,7 +217,7 @@ class HFTextEncoder(Encoder):
         else:
             path = self._resolve_path(cfg)
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(path), local_files_only=True).float()  # fp32 masters; autocast
             max_len = self._default_max_length(path, tok)
         self.model.eval()
         self.pooling = cfg.get("pooling") or "auto"
@@ -485,7 +485,7 @@ class HFVisionEncoder(Encoder):
             if not cfg.get("name_or_path"):
                 raise ValueError("hf_vision encoder: set name_or_path (e.g. facebook/dinov2-base)")
             path = resolve_hf_path(cfg["name_or_path"], "vision")
-            self.model = tf.AutoModel.from_pretrained(str(path), local_files_only=True)
+            self.model = tf.AutoModel.from_pretrained(str(path), local_files_only=True).float()
             proc = tf.AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
             self.preprocess = HFProcessorPreprocess(proc)
         self.model.eval()

@@ -44,7 +44,7 @@ SCHEMA_VERSION = 1
 MODALITIES = ("text", "vision")
 MAX_LISTED_FAILURES = 10_000
 _RUNTIME = ("batch_size", "num_workers", "dim", "device", "precision", "devices", "shard_every", "engine",
-            "strategy")
+            "strategy", "cpu_threads")
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -58,6 +58,7 @@ class RunOptions:
     shard_every: int = 16  # batches per resumable shard
     engine: str = "auto"  # auto | loop | lightning
     strategy: str = "ddp"  # Lightning strategy when engine=lightning
+    cpu_threads: int | None = None  # torch intra-op threads on CPU during extraction (None: torch's default)
 
     @classmethod
     def from_cfg(cls, cfg: dict, section: dict) -> "RunOptions":
@@ -227,6 +228,13 @@ class ShardWriter:
         self.rows, self.embs, self.status, self.errors = [], [], [], []
 
 
+def _shard_prefix(tag: str = "") -> str:
+    """Unique per writer: a resumed run in the same second and process must not overwrite earlier shards."""
+    import uuid
+
+    return f"shard-{time.strftime('%Y%m%d%H%M%S')}{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _done_ids(folder: Path) -> set[str]:
     done: set[str] = set()
     for f in sorted(folder.glob("*.parquet")):
@@ -321,6 +329,7 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
         else:
             run.update(_run_loop(encoder, mod, source, todo, ids, part, opts, device, dtype, progress))
     dim = encoder.dim if encoder is not None else None
+    meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the file about to be replaced
     stats = _merge(ids, part, final, mod, dim)
     if mod == "text":
         stats["counts"] = {"n_empty_prompts": int(sum(1 for p in bench.prompts if not str(p).strip()))}
@@ -365,9 +374,12 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
     from tqdm.auto import tqdm
 
     encoder.to(device).eval()
-    writer = ShardWriter(part, encoder.dim, prefix=f"shard-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
+    writer = ShardWriter(part, encoder.dim, prefix=_shard_prefix())
     loader = _loader(encoder, mod, source, todo, opts, device)
     n_fwd, fwd_s, n_batches = 0, 0.0, 0
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and opts.cpu_threads:
+        torch.set_num_threads(int(opts.cpu_threads))
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit=" items", desc=f"{mod}:{encoder.name}", disable=not progress, leave=False)
     try:
@@ -378,6 +390,9 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
                     tf = time.perf_counter()
                     with _autocast(device, dtype):
                         y = encoder(_to_device(inputs, device))
+                    if y.shape != (int(ok.sum()), encoder.dim):
+                        raise ValueError(f"{encoder.name}: forward gave {tuple(y.shape)}, expected "
+                                         f"({int(ok.sum())}, {encoder.dim})")
                     emb[ok] = y.float().cpu().numpy()
                     fwd_s += time.perf_counter() - tf
                     n_fwd += int(ok.sum())
@@ -389,6 +404,7 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
     finally:  # an interruption keeps every finished batch
         writer.flush()
         bar.close()
+        torch.set_num_threads(threads)
     return {"n_encoded": writer.n_written, "n_forwarded": n_fwd, "wall_s": time.perf_counter() - t0,
             "forward_s": fwd_s}
 

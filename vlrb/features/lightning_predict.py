@@ -4,15 +4,13 @@ Module-level classes, so `ddp_spawn` can pickle them.
 """
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vlrb.features.extract import ShardWriter
+from vlrb.features.extract import ShardWriter, _shard_prefix
 
 
 class EncoderPredictModule(L.LightningModule):
@@ -39,8 +37,7 @@ class ShardPredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if self.w is None:
-            self.w = ShardWriter(self.folder, self.dim, prefix=f"shard-{time.strftime('%Y%m%d%H%M%S')}-"
-                                                               f"rank{trainer.global_rank}-{os.getpid()}")
+            self.w = ShardWriter(self.folder, self.dim, prefix=_shard_prefix(f"-rank{trainer.global_rank}"))
         rows, emb, status, errors = prediction
         self.w.add([self.ids[i] for i in rows], emb, status, errors)
         self.n_batches += 1
