@@ -5,10 +5,10 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full bench bench-build bench-eval bench-features bench-train data features train sweep evaluate clean clean-logs
+.PHONY: help install demo test test-full bench bench-build bench-eval bench-features bench-train bench-e2e data features train evaluate clean clean-logs
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -45,13 +45,22 @@ bench-build: $(STAMP) ## time + peak memory of building the full-scale demo (30,
 bench-eval: $(STAMP) ## baselines + metrics + 1,000 bootstrap resamples at full scale
 	$(PYTHON) benchmarks/bench_eval.py
 
-bench-features: $(STAMP) ## feature extraction throughput vs the bare encoder
-	$(PYTHON) benchmarks/bench_features.py
+bench-features: $(STAMP) ## feature extraction throughput vs the bare encoder (demo benchmark)
+	$(PYTHON) build_data.py progress=false
+	$(PYTHON) benchmarks/bench_features.py data/demo
 
 bench-train: $(STAMP) ## fit every feature router (6 x 6 grid) + routing throughput at full scale
 	$(PYTHON) benchmarks/bench_train.py
 
-bench: bench-build bench-eval bench-features bench-train ## every benchmark script
+bench-e2e: $(STAMP) ## end-to-end routing throughput (encoder included) at batch 64
+	$(PYTHON) benchmarks/bench_e2e.py
+
+bench: $(STAMP) ## every benchmark script (each prints its targets; a missed target does not stop the rest)
+	-$(MAKE) --no-print-directory bench-build
+	-$(MAKE) --no-print-directory bench-eval
+	-$(MAKE) --no-print-directory bench-features
+	-$(MAKE) --no-print-directory bench-train
+	-$(MAKE) --no-print-directory bench-e2e
 
 clean-logs: ## remove run logs
 	rm -rf logs
