@@ -59,8 +59,11 @@ def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_pa
                    f"hydra.sweep.dir={sweep}"])
     done = sorted(sweep.glob("*/metrics.json"))
     assert len(done) == 4, p.stdout[-2000:]
-    lams = {json.loads(f.read_text())["lambda"] for f in done}
-    assert lams == {0.0, "inf"}
+    import yaml
+
+    lams = {str(yaml.safe_load((f.parent / "config.yaml").read_text())["lambda"]) for f in done}
+    assert lams == {"0", "inf"}
+    assert all(json.loads(f.read_text())["lambda"] is None for f in done)  # baselines ignore λ: recorded as such
     # a job with a bad parameter fails, is recorded, and the next job still runs
     sweep2 = tmp_path / "sweep2"
     run_train(["-m", *common(tiny_records), "router=random", "router.params.seed=not_a_number,7", f"hydra.sweep.dir={sweep2}"],

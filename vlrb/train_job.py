@@ -144,7 +144,9 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
     router.fit(splits[fit_on], splits["dev"])
     fit_s = time.perf_counter() - t_fit
 
-    metrics: dict = {"router": cfg.router.name, "lambda": lam if math.isfinite(lam) else "inf", "fit_seconds": fit_s}
+    uses_lambda = "lam" in inspect.signature(type(router).__init__).parameters
+    metrics: dict = {"router": cfg.router.name,
+                     "lambda": (lam if math.isfinite(lam) else "inf") if uses_lambda else None, "fit_seconds": fit_s}
     preds = []
     for name, prefix in (("dev", "val/"), ("test", "test/")):  # test is scored exactly once, after fitting
         sp = splits[name]

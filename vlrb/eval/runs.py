@@ -67,9 +67,10 @@ def read_run(run_dir: str | Path) -> RunRecord:
     router = router or metrics.get("router")
     if not router:
         raise ValueError(f"{run_dir}: cannot tell which router made this run (no router.name in its config)")
-    lam = (_select(cfg, "lambda") if cfg is not None else None)
-    if lam is None:
-        lam = metrics.get("lambda")
+    if "lambda" in metrics:  # train.py records null for routers that ignore λ (KNN, OVR, baselines, ...)
+        lam = metrics["lambda"]
+    else:
+        lam = _select(cfg, "lambda") if cfg is not None else None
     return RunRecord(run_dir, str(router), None if lam is None else parse_lambda(lam), metrics)
 
 
