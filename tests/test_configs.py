@@ -52,8 +52,19 @@ def test_readme_router_example_runs(tmp_path):
     section = readme.split("### Adding a router", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     yaml_text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    import yaml
+
+    from vlrb.routers import base
+
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)  # registers the example router
+    try:
+        _run_example(yaml_text)
+    finally:
+        base._REGISTRY.pop("cheapest_accurate", None)  # keep the registry equal to conf/router/
+
+
+def _run_example(yaml_text):
     import yaml
 
     from vlrb.data.benchmark import Benchmark
