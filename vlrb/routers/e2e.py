@@ -18,11 +18,13 @@ ZOOTER, drop training samples that no model answers (dev and test are never filt
 one-hot labels (the cheapest correct model) for every router; upstream RouterDC and CosineCls instead fell back
 to uniform-over-correct labels (λ = 0) there.
 
-Training (shared `vlrb.routers.lit.fit_module`): AdamW (weight decay 0.01), linear warm-up over 10% of the steps
-then linear decay, gradient clipping 1.0, at most 5 epochs, batch 16, early stopping on dev `val/rank_score`
-(patience 2) with the best epoch's weights restored; bf16 mixed precision on a GPU unless the trainer config
-says otherwise. Inputs are read lazily (prompts from `router.bench.prompts`, images decoded in DataLoader
-workers through `router.bench.images`); train.py sets `router.bench` and `router.ctx` before `fit`.
+Training (shared `vlrb.routers.lit.fit_module`): AdamW (weight decay 0.01) at `lr` for the pretrained backbone
+and `head_lr` (1e-3) for the randomly initialised head, fusion and projections (upstream used one rate, 5e-5,
+for everything: `head_lr: null`), linear warm-up over 10% of the steps then linear decay, gradient clipping
+1.0, at most 5 epochs, batch 16, early stopping on dev `val/rank_score` (patience 2) with the best epoch's
+weights restored; bf16 mixed precision on a GPU unless the trainer config says otherwise. Inputs are read
+lazily (prompts from `router.bench.prompts`, images decoded in DataLoader workers through
+`router.bench.images`); train.py sets `router.bench` and `router.ctx` before `fit`.
 """
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ class E2ERouter(Router):
 
     Parameters (every router): backbone (a registered name, a {name, params} mapping such as a
     conf/backbone/*.yaml, or a Backbone), backbone_params (overrides), lam (λ ≥ 0 or "inf"), cost_scale (s,
-    100 upstream), lr, weight_decay, warmup_ratio, grad_clip, max_epochs, batch_size, patience (dev epochs
+    100 upstream), lr (the pretrained backbone), head_lr (the randomly initialised head, fusion and projections;
+    None = lr, i.e. one rate for everything as upstream — the default 1e-3 lets a new head learn within a few
+    epochs of a small benchmark), weight_decay, warmup_ratio, grad_clip, max_epochs, batch_size, patience (dev epochs
     without improvement), dropout, predict_batch_size (default 4 × batch_size, as upstream), precision
     ("auto": bf16-mixed on a GPU, fp32 on CPU, unless ctx.trainer sets `precision`), seed.
     """
@@ -67,7 +71,8 @@ class E2ERouter(Router):
     drop_no_correct: ClassVar[bool] = True
 
     def __init__(self, backbone: Any = "offline", backbone_params: dict | None = None, lam: float | str = 10000.0,
-                 cost_scale: float = 100.0, lr: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
+                 cost_scale: float = 100.0, lr: float = 5e-5, head_lr: float | None = 1e-3,
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.1,
                  grad_clip: float | None = 1.0, max_epochs: int = 5, batch_size: int = 16, patience: int | None = 2,
                  dropout: float = 0.1, predict_batch_size: int | None = None, precision: str = "auto",
                  seed: int = 42):
@@ -79,6 +84,7 @@ class E2ERouter(Router):
         self.lam, self.cost_scale = lam, float(cost_scale)
         self.lr, self.weight_decay, self.warmup_ratio, self.grad_clip = float(lr), float(weight_decay), \
             float(warmup_ratio), grad_clip
+        self.head_lr = None if head_lr is None else float(head_lr)
         self.max_epochs, self.batch_size = int(max_epochs), int(batch_size)
         self.patience = None if patience is None else int(patience)
         self.dropout, self.predict_batch_size, self.precision, self.seed = float(dropout), predict_batch_size, \
@@ -128,11 +134,13 @@ class E2ERouter(Router):
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             info = self._train(train_loader, dev_loader, ctx)
         self.module.cpu().eval()
+        if getattr(self.module.backbone, "cache", None) is not None:
+            self.module.backbone.cache.clear()  # a training-time aid only (see predict_scores)
         stats = self.module.image_stats
         stats.report("train")
         self.fit_info = {
             **info, "n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
-            "images": stats.summary(),  # per stage: samples seen, no_image, decode_failed (placeholder used)
+            "images": _flat(stats.summary()),  # <stage>_{samples,no_image,decode_failed}: placeholder counts
             "label_diagnostics": label_diagnostics(arrays["targets"], train.Y[keep], train.C[keep]),
             "backbone": self.module.backbone.describe(), **self._extra_info(),
             "fit_seconds": time.perf_counter() - t0,
@@ -178,10 +186,13 @@ class E2ERouter(Router):
                                                     enabled=self._bf16(ctx, device)):
             for batch in loader:
                 module.image_stats.update(stage, batch)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                # without its rows a batch bypasses the training-time frozen-prefix cache: routing a request
+                # is always computed in full (honest throughput, no memory growth)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+                         if k not in ("row", "image_status")}
                 out.append(module(batch).float().cpu())
         module.image_stats.report(stage)
-        self.fit_info.setdefault("images", {})[stage] = module.image_stats.summary().get(stage, {})
+        self.fit_info.setdefault("images", {}).update(_flat({stage: module.image_stats.summary().get(stage, {})}))
         if not out:
             return np.zeros((0, self.n_models), dtype=np.float32)
         return torch.cat(out).numpy()
@@ -228,8 +239,12 @@ class E2ERouter(Router):
         from vlrb.backbones import create_backbone
 
         torch.manual_seed(self.seed)
-        backbone = create_backbone(self.backbone, **self.backbone_params)
-        opt = dict(lr=self.lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
+        params = dict(self.backbone_params)
+        given = self.backbone.get("params") or {} if isinstance(self.backbone, dict) else {}
+        if isinstance(self.backbone, (str, dict)) and "seed" not in params and "seed" not in given:
+            params["seed"] = self.seed  # the router's seed also fixes the backbone's random parts
+        backbone = create_backbone(self.backbone, **params)
+        opt = dict(lr=self.lr, head_lr=self.head_lr, weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
                    grad_clip=self.grad_clip)
         return self._head_module(backbone, int(self.n_models), opt)
 
@@ -396,6 +411,11 @@ class RouterDCRouter(E2ERouter):
 
 
 # ============================================================================================ helpers
+def _flat(summary: dict[str, dict[str, int]]) -> dict[str, int]:
+    """{stage: {k: n}} -> {"<stage>_<k>": n}: one level, as train.py flattens fit_info into metrics."""
+    return {f"{stage}_{k}": v for stage, d in summary.items() for k, v in d.items()}
+
+
 def _is_mapping(x: Any) -> bool:
     if isinstance(x, Mapping):
         return True

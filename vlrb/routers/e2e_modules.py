@@ -23,14 +23,35 @@ CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # RouterDC (VL-RouterBench port): CL
 class E2EModule(RoutingModule):
     """backbone -> head -> (B, K) logits. Counts placeholder images; logs every named loss part."""
 
-    def __init__(self, backbone: Backbone, n_models: int, **opt):
+    def __init__(self, backbone: Backbone, n_models: int, head_lr: float | None = None, **opt):
         super().__init__(optimizer="adamw", **opt)
+        self.head_lr = head_lr
         self.backbone = backbone
         self.n_models = int(n_models)
         self.image_stats = ImageStats()
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.head(self.backbone(batch).float())
+
+    def configure_optimizers(self):
+        """AdamW with two rates: `lr` for the pretrained backbone, `head_lr` for the randomly initialised parts
+        (the routing head and the backbone's `new_modules`); linear warm-up then linear decay, per step."""
+        new_ids = {id(p) for m in self.backbone.new_modules() for p in m.parameters()}
+        in_backbone = {id(p) for p in self.backbone.parameters()}
+        groups = {"pretrained": [], "new": []}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups["new" if id(p) in new_ids or id(p) not in in_backbone else "pretrained"].append(p)
+        head_lr = self.lr if self.head_lr is None else self.head_lr
+        opt = torch.optim.AdamW([{"params": groups["pretrained"], "lr": self.lr},
+                                 {"params": groups["new"], "lr": head_lr}], weight_decay=self.weight_decay)
+        if not self.warmup_ratio:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = max(1, int(self.warmup_ratio * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def head(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

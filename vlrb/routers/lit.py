@@ -162,8 +162,9 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContex
     if best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    module.fit_info = {"epochs": trainer.current_epoch, "best_val_rank_score": float(ckpt.best_model_score or float("nan")),
-                       "checkpoint": best}
+    score = ckpt.best_model_score  # a tensor; 0.0 is a valid best score, so test for None explicitly
+    module.fit_info = {"epochs": trainer.current_epoch,
+                       "best_val_rank_score": float("nan") if score is None else float(score), "checkpoint": best}
     return module
 
 

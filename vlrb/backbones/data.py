@@ -1,0 +1,110 @@
+"""The raw-input pipeline of end-to-end routers: prompts and first images, read lazily per sample.
+
+`RawDataset.__getitem__` reads one prompt and decodes one image (so DataLoader workers decode in parallel),
+runs the backbone's processor, and attaches per-row arrays (targets, Y, C, cluster ids, ...). Each item
+carries its benchmark row and an image status (0 = image, 1 = no image, 2 = failed to decode); both of the
+latter get the mid-grey placeholder. `ImageStats` counts them per split from the batches, so the counts
+are right whichever worker decoded the image.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vlrb.backbones.base import Processor
+from vlrb.data.images import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+IMAGE_OK, IMAGE_MISSING, IMAGE_FAILED = 0, 1, 2
+
+
+class RawDataset(Dataset):
+    """Rows `rows` of a benchmark: (prompt, image) through `processor`, plus `arrays[k][j]` for item j."""
+
+    def __init__(self, prompts: Sequence[str], images, rows: Sequence[int], processor: Processor, **arrays):
+        rows = np.asarray(rows, dtype=np.int64)
+        self.prompts = [prompts[i] for i in rows]  # only this split's prompts travel to the workers
+        self.images, self.rows, self.processor = images, rows, processor
+        for k, v in arrays.items():
+            if len(v) != len(rows):
+                raise ValueError(f"{k}: {len(v)} rows for {len(rows)} samples")
+        self.arrays = {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> dict:
+        row = int(self.rows[j])
+        status = IMAGE_OK
+        try:
+            img = self.images[row] if self.images is not None else None
+            if img is None:
+                status = IMAGE_MISSING
+        except ImageDecodeError as e:
+            log.debug("placeholder image for row %d: %s", row, e)
+            img, status = None, IMAGE_FAILED
+        item = self.processor(self.prompts[j], img)
+        item["row"] = row
+        item["image_status"] = status
+        for k, v in self.arrays.items():
+            item[k] = v[j]
+        return item
+
+
+class Collate:
+    """Processor collation for the model inputs; everything else is stacked."""
+
+    def __init__(self, processor: Processor):
+        self.processor = processor
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.processor.collate(items)
+        for k in items[0]:
+            if k not in ("input_ids", "pixel_values"):
+                batch[k] = torch.stack([torch.as_tensor(it[k]) for it in items])
+        return batch
+
+
+def make_loader(ds: RawDataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=Collate(ds.processor), persistent_workers=num_workers > 0 and shuffle,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+class ImageStats:
+    """Which benchmark rows used the placeholder image, per stage ("train", "val", "predict")."""
+
+    def __init__(self):
+        self.missing: dict[str, set[int]] = {}
+        self.failed: dict[str, set[int]] = {}
+        self.seen: dict[str, set[int]] = {}
+        self._reported: dict[str, tuple[int, int]] = {}
+
+    def update(self, stage: str, batch: dict) -> None:
+        if "image_status" not in batch:
+            return
+        status = batch["image_status"].detach().cpu().numpy()
+        rows = batch["row"].detach().cpu().numpy()
+        self.seen.setdefault(stage, set()).update(rows.tolist())
+        self.missing.setdefault(stage, set()).update(rows[status == IMAGE_MISSING].tolist())
+        self.failed.setdefault(stage, set()).update(rows[status == IMAGE_FAILED].tolist())
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {s: {"samples": len(self.seen[s]), "no_image": len(self.missing.get(s, ())),
+                    "decode_failed": len(self.failed.get(s, ()))} for s in sorted(self.seen)}
+
+    def report(self, stage: str) -> None:
+        """Log the stage's placeholder counts (once per change: repeated predictions do not repeat it)."""
+        s = self.summary().get(stage)
+        if not s or self._reported.get(stage) == (s["no_image"], s["decode_failed"]):
+            return
+        self._reported[stage] = (s["no_image"], s["decode_failed"])
+        if s["no_image"] or s["decode_failed"]:
+            log.warning("%s: %d of %d samples have no image and %d failed to decode; all use the mid-grey "
+                        "placeholder image", stage, s["no_image"], s["samples"], s["decode_failed"])
