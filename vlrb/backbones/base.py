@@ -234,20 +234,11 @@ def offline_env() -> None:
 
 def resolve_local(name_or_path: str, what: str) -> Path:
     """A local folder for an HF id: the folder itself or its snapshot in the local HF cache. Never downloads."""
-    p = Path(os.path.expanduser(str(name_or_path)))
-    if p.is_dir():
-        return p
-    offline_env()
-    try:
-        from huggingface_hub import snapshot_download
+    from vlrb.hf import local_snapshot
 
-        return Path(snapshot_download(str(name_or_path), local_files_only=True))
-    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
-        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        raise BackboneUnavailableError(
-            f"{what} {name_or_path!r} is not available offline: it is neither a local folder nor in the Hugging Face "
-            f"cache ({cache}; {type(e).__name__}). Nothing is downloaded at run time. Put the model folder on this "
-            f"machine and pass its path, or {OFFLINE_HINT}.") from None
+    offline_env()
+    return local_snapshot(name_or_path, BackboneUnavailableError, what,
+                          f"Put the model folder on this machine and pass its path, or {OFFLINE_HINT}.")
 
 
 def packaged_minilm_dir() -> Path:

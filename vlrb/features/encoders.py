@@ -79,20 +79,11 @@ def _stem(name_or_path: str) -> str:
 
 def resolve_hf_path(name_or_path: str, modality: str) -> Path:
     """A local folder for an HF id: the folder itself, or its snapshot in the local HF cache. Never downloads."""
-    p = Path(os.path.expanduser(str(name_or_path)))
-    if p.is_dir():
-        return p
-    try:
-        from huggingface_hub import snapshot_download
+    from vlrb.hf import local_snapshot
 
-        return Path(snapshot_download(str(name_or_path), local_files_only=True))
-    except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
-        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        raise EncoderUnavailableError(
-            f"{modality} encoder {name_or_path!r} is not available offline: it is neither a local folder nor in "
-            f"the Hugging Face cache ({cache}; {type(e).__name__}). Nothing is downloaded at run time. Copy the "
-            f"model folder here and pass its path (encoder.{modality}.name_or_path=/path/to/folder), or {OFFLINE_HINT}."
-        ) from None
+    return local_snapshot(name_or_path, EncoderUnavailableError, f"{modality} encoder",
+                          f"Copy the model folder here and pass its path "
+                          f"(encoder.{modality}.name_or_path=/path/to/folder), or {OFFLINE_HINT}.")
 
 
 def _offline_env() -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from vlrb.backbones import Backbone
 from vlrb.backbones.data import ImageStats
 from vlrb.routers import losses
-from vlrb.routers.lit import RoutingModule, TrainContext
+from vlrb.routers.lit import RoutingModule, TrainContext, with_warmup
 
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # RouterDC (VL-RouterBench port): CLIP's temperature init
 
@@ -45,13 +45,7 @@ class E2EModule(RoutingModule):
         head_lr = self.lr if self.head_lr is None else self.head_lr
         opt = torch.optim.AdamW([{"params": groups["pretrained"], "lr": self.lr},
                                  {"params": groups["new"], "lr": head_lr}], weight_decay=self.weight_decay)
-        if not self.warmup_ratio:
-            return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = max(1, int(self.warmup_ratio * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_warmup(opt, self, self.warmup_ratio)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

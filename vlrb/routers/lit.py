@@ -88,13 +88,18 @@ class RoutingModule(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         else:
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        if not self.warmup_ratio:
-            return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = max(1, int(self.warmup_ratio * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return with_warmup(opt, self, self.warmup_ratio)
+
+
+def with_warmup(opt, module: L.LightningModule, warmup_ratio: float):
+    """Linear warm-up over the first `warmup_ratio` of all steps, then linear decay to 0 (the BERT schedule)."""
+    if not warmup_ratio:
+        return opt
+    total = max(1, int(module.trainer.estimated_stepping_batches))  # only read when attached to a Trainer
+    warm = max(1, int(warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
