@@ -68,6 +68,8 @@ def test_mathv_costs_from_tokens_and_prices(mathv_bench):
     assert (bm.meta["input_tokens"] > 256).all()  # prompt tokens + 256 for the image
     bounds = json.loads((root / "data" / "matrices" / "cost_bounds.json").read_text())
     assert bounds["cmax_model"] == "GPT-4_text"
+    costs = pd.read_csv(root / "reports" / "token_statistics" / "token_based_costs.csv")
+    np.testing.assert_allclose(costs["input_cost"] + costs["output_cost"], costs["total_cost"], rtol=1e-5)
 
 
 def test_rebuild_with_unchanged_inputs_is_a_noop(mathv, mathv_bench):

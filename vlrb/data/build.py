@@ -268,6 +268,8 @@ class Built:
     tokens_actual: np.ndarray  # (N, K) bool: counted from a real prediction
     failed: np.ndarray  # (N, K) bool
     report: dict
+    price_in: np.ndarray | None = None  # (K,) $ per 1M tokens; None when the records carried their own cost
+    price_out: np.ndarray | None = None
 
 
 def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, DatasetSpec]) -> Built:
@@ -332,6 +334,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     est = np.asarray([OUTPUT_TOKEN_ESTIMATES.get(t, DEFAULT_OUTPUT_TOKEN_ESTIMATE) for t in task], np.int64)
     out_tok = np.where(has_pred, out_tok, est[:, None])
 
+    p_in = p_out = None
     if cost_given is not None:
         C = cost_given.astype(np.float32)
     else:
@@ -359,7 +362,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
         "estimated_output_tokens": {m: int((~has_pred[:, j]).sum()) for j, m in enumerate(models) if (~has_pred[:, j]).any()},
         "tokenizer": tokenizer_name(),
     })
-    return Built(Y, S.astype(np.float32), C, models, meta, smp, out_tok, has_pred, failed, report)
+    return Built(Y, S.astype(np.float32), C, models, meta, smp, out_tok, has_pred, failed, report, p_in, p_out)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -443,20 +446,14 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
     pacsv.write_csv(pa.table({"sample_id": sid_col, "model": models_col, "output_tokens": b.tokens_out.reshape(-1),
                               "is_actual": b.tokens_actual.reshape(-1)}), tdir / "output_tokens_per_model.csv")
     in_rep = np.repeat(m["input_tokens"].to_numpy(), K)
-    if b.report.get("cost_from") == "records":
+    out_flat = b.tokens_out.reshape(-1)
+    if b.price_in is not None:  # costs from tokens x prices: split into their input and output parts
+        in_cost = in_rep * np.tile(b.price_in, N) / 1e6
+        out_cost = out_flat * np.tile(b.price_out, N) / 1e6
+    else:  # the records carried a total cost only
         in_cost = out_cost = np.full(N * K, np.nan)
-    else:
-        from vlrb.pricing import Price  # noqa: F401  (costs recomputed below from C is not separable)
-        in_cost = out_cost = None
-    total = b.C.reshape(-1).astype(np.float64)
-    cols = {"sample_id": sid_col, "model": models_col, "total_input_tokens": in_rep,
-            "output_tokens": b.tokens_out.reshape(-1), "total_cost": total}
-    if in_cost is not None:
-        cols.update(input_cost=in_cost, output_cost=out_cost)
-    elif "_prices" in b.report:
-        p_in = np.tile(np.asarray(b.report["_prices"]["in"]), N)
-        p_out = np.tile(np.asarray(b.report["_prices"]["out"]), N)
-        cols.update(input_cost=in_rep * p_in / 1e6, output_cost=b.tokens_out.reshape(-1) * p_out / 1e6)
+    cols = {"sample_id": sid_col, "model": models_col, "total_input_tokens": in_rep, "output_tokens": out_flat,
+            "input_cost": in_cost, "output_cost": out_cost, "total_cost": b.C.reshape(-1).astype(np.float64)}
     pacsv.write_csv(pa.table(cols), tdir / "token_based_costs.csv")
     by_ds = m.groupby("dataset").agg(samples=("sample_id", "size"), input_tokens=("input_tokens", "sum"),
                                      mean_input_tokens=("input_tokens", "mean"))
@@ -604,8 +601,6 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
     timings["read"] = time.perf_counter() - t
     t = time.perf_counter()
     b = assemble(inp, data_cfg, prices, specs)
-    if prices is not None and b.report.get("cost_from") != "records":
-        b.report["_prices"] = {"in": [prices[m].input_per_1m for m in b.models], "out": [prices[m].output_per_1m for m in b.models]}
     timings["assemble"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -622,7 +617,8 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
             "fingerprint": fp, "build_version": BUILD_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "reader": reader, "n_samples": int(b.Y.shape[0]), "n_models": int(b.Y.shape[1]), "models": b.models,
             "inputs": [{"path": f, "bytes": os.path.getsize(f), "sha256": file_digest(f)} for f in files],
-            "prices": {m: [prices[m].input_per_1m, prices[m].output_per_1m] for m in b.models} if prices and reader != "records" or (prices and "cost" not in inp.records) else None,
+            "prices": {m: [float(i), float(o)] for m, i, o in zip(b.models, b.price_in, b.price_out)}
+            if b.price_in is not None else None,
             "python": platform.python_version(),
         }
         timings["hash_inputs"] = time.perf_counter() - t
