@@ -111,6 +111,13 @@ class Router:
         if "features" in self.inputs and split.X is None:
             raise ValueError(f"{self.label} needs features: attach them with split.with_features(X)")
 
+    def _training_rows(self, train: Split, drop_no_correct: bool = True) -> np.ndarray:
+        """Rows a router learns from: upstream drops samples no model answers (dev and test never are)."""
+        keep = np.asarray(train.Y).astype(bool).any(1) if drop_no_correct else np.ones(len(train), dtype=bool)
+        if not keep.any():
+            raise ValueError(f"{self.label}: no training sample has a correct model")
+        return keep
+
     @staticmethod
     def _features(split: Split) -> np.ndarray:
         """split.X as a C-contiguous float32 matrix (no copy when it already is one)."""

@@ -113,9 +113,7 @@ class E2ERouter(Router):
         L.seed_everything(self.seed, workers=True, verbose=False)
 
         targets = soft_labels(train.Y, train.C, self.lam, cost_scale=self.cost_scale)
-        keep = train.Y.astype(bool).any(1) if self.drop_no_correct else np.ones(len(train), dtype=bool)
-        if not keep.any():
-            raise ValueError(f"{self.label}: no training sample has a correct model")
+        keep = self._training_rows(train, self.drop_no_correct)
         arrays = self._train_targets(train, targets, keep)
         self.module = self._build_module()
         proc = self.module.backbone.processor
@@ -428,13 +426,6 @@ def _is_mapping(x: Any) -> bool:
 
 
 def _plain(cfg: Any) -> dict:
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from vlrb.features.encoders import as_dict
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
+    return as_dict(cfg)

@@ -89,11 +89,6 @@ def distance_weights(dist: np.ndarray) -> np.ndarray:
     return w
 
 
-def _answerable(split: Split) -> np.ndarray:
-    """Rows with at least one correct model: the only ones the feature routers train on."""
-    return np.asarray(split.Y).any(1)
-
-
 def _check_weights(weights: str) -> str:
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -113,9 +108,7 @@ class KNNRouter(Router):
     def fit(self, train: Split, dev: Split | None = None) -> "KNNRouter":
         t0 = time.perf_counter()
         self._remember_models(train)
-        keep = _answerable(train)
-        if not keep.any():
-            raise ValueError(f"{self.label}: no training sample has a correct model")
+        keep = self._training_rows(train)
         self._build(self._features(train)[keep], hard_labels(train.Y[keep], train.C[keep]))
         self.fit_info = {"n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
                          "fit_seconds": time.perf_counter() - t0}
@@ -190,9 +183,7 @@ class PRkNNRouter(Router):
     def fit(self, train: Split, dev: Split | None = None) -> "PRkNNRouter":
         t0 = time.perf_counter()
         self._remember_models(train)
-        keep = _answerable(train)
-        if not keep.any():
-            raise ValueError(f"{self.label}: no training sample has a correct model")
+        keep = self._training_rows(train)
         self._build(self._features(train)[keep], np.asarray(train.Y)[keep], np.asarray(train.C)[keep])
         self.fit_info = {"n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
                          "fit_seconds": time.perf_counter() - t0}

@@ -125,8 +125,7 @@ class NetRouter(Router):
     # ------------------------------------------------------------ training
     def training_rows(self, split: Split) -> np.ndarray:
         """Boolean mask of the training rows used (those with a correct model, unless drop_no_correct=False)."""
-        Y = np.asarray(split.Y)
-        return Y.any(1) if self.drop_no_correct else np.ones(len(Y), dtype=bool)
+        return self._training_rows(split, self.drop_no_correct)
 
     def targets(self, Y: np.ndarray, C: np.ndarray) -> np.ndarray:
         """The soft labels of rows (Y, C) (SPEC.md §7; one-hot on the cheapest correct model at λ = ∞)."""
@@ -153,8 +152,6 @@ class NetRouter(Router):
         self._remember_models(train)
         ctx = self._context(train)
         keep = self.training_rows(train)
-        if not keep.any():
-            raise ValueError(f"{self.label}: no training sample has a correct model")
         X = self._features(train)[keep]
         Y, C = np.asarray(train.Y)[keep], np.asarray(train.C)[keep]
         t = self.targets(Y, C)

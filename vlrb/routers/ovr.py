@@ -35,9 +35,7 @@ class OVRRouter(Router):
         t0 = time.perf_counter()
         self._remember_models(train)
         Y = np.asarray(train.Y) > 0
-        keep = Y.any(1)  # upstream drops samples that no model answers
-        if not keep.any():
-            raise ValueError(f"{self.label}: no training sample has a correct model")
+        keep = self._training_rows(train)
         X, Y = self._features(train)[keep], Y[keep]
         K, D = Y.shape[1], X.shape[1]
         W = np.zeros((K, D), dtype=np.float32)
