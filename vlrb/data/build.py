@@ -79,25 +79,31 @@ def model_pool(data_cfg, prices: PriceTable | None) -> tuple[list[str] | None, s
 
 # ----------------------------------------------------------------------------- the VLMEvalKit reader
 
+def discover_vlmevalkit(data_cfg, prices: PriceTable, specs: dict[str, DatasetSpec]):
+    """Walk the work dir, mapping model folders onto the price table's pool (aliases resolved)."""
+    from vlrb.data import vlmevalkit as vk
+
+    pool, excluded = model_pool(data_cfg, prices)
+
+    def canonical(folder: str):
+        m = prices.canonical(folder)
+        return m if m in pool else None
+
+    return vk.discover(data_cfg.raw_dir, canonical, specs, excluded)
+
+
 def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discovery=None) -> Inputs:
     from vlrb.data import vlmevalkit as vk
     from vlrb.data.tsv import find_tsv, read_tsv_index
 
     specs = dataset_specs(data_cfg)
-    pool, excluded = model_pool(data_cfg, prices)
     explicit = bool(data_cfg.get("models"))
-
-    def canonical(folder: str):
-        m = prices.canonical(folder)
-        return m if (m is not None and m in pool) else None
-
-    disc = discovery or vk.discover(data_cfg.raw_dir, canonical, specs, excluded)
+    disc = discovery or discover_vlmevalkit(data_cfg, prices, specs)
     if disc.unknown_models and not explicit:
         name = sorted(disc.unknown_models)[0]
         raise BuildError(f"{data_cfg.raw_dir}/{name}: " + missing_price_message(name, prices.source))
     tasks, missing_files = vk.plan(disc, specs)
-    results = vk.read_all(tasks, workers=int(data_cfg.get("workers") or 1), progress=progress,
-                          threshold=float(data_cfg.get("binarize_threshold", 0.5)))
+    results = vk.read_all(tasks, workers=int(data_cfg.get("workers") or 1), progress=progress)
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -106,8 +112,8 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
     frames, prompts, file_notes = [], {}, []
     for r in results:
         rec = r["records"]
-        sid = r["dataset"] + "/" + rec["raw_id"].where(~rec["raw_id"].str.contains("/", regex=False), "")
-        sid = np.where(rec["raw_id"].str.contains("/", regex=False), rec["raw_id"], sid)  # ids with '/' kept as is
+        raw = rec["raw_id"]
+        sid = np.where(raw.str.contains("/", regex=False), raw, r["dataset"] + "/" + raw)  # ids with '/' kept as is
         frames.append(pd.DataFrame({"sample_id": sid, "dataset": r["dataset"], "model_id": r["model"],
                                     "raw_id": rec["raw_id"].to_numpy(), "score": rec["score"].to_numpy(),
                                     "failed": rec["failed"].to_numpy(), "output_tokens": rec["output_tokens"].to_numpy(),
@@ -573,13 +579,11 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
     disc = None
     if reader == "vlmevalkit":
         from vlrb.data import vlmevalkit as vk
-        pool, excluded = model_pool(data_cfg, prices)
-        canonical = lambda k: (lambda m: m if m in pool else None)(prices.canonical(k))  # noqa: E731
-        disc = vk.discover(data_cfg.raw_dir, canonical, specs, excluded)
+        disc = discover_vlmevalkit(data_cfg, prices, specs)
         tasks, _ = vk.plan(disc, specs)
         from vlrb.data.tsv import find_tsv
         files = sorted({str(p) for t in tasks for p in (t.eval_file, t.pred_file, t.judge_cache) if p}
-                       | {str(find_tsv(data_cfg.get("tsv_dir"), d)) for d in specs if find_tsv(data_cfg.get("tsv_dir"), d)})
+                       | {str(p) for p in (find_tsv(data_cfg.get("tsv_dir"), d) for d in specs) if p})
     elif reader == "records":
         files = [str(data_cfg.records)] if Path(str(data_cfg.records)).exists() else []
     else:

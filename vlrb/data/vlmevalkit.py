@@ -224,7 +224,7 @@ def _id_column(df: pd.DataFrame, path: Path) -> str:
     return col
 
 
-def read_task(task: Task, binarize_threshold: float = 0.5) -> dict:
+def read_task(task: Task) -> dict:
     """Read one (model, dataset): raw scores, failed flags, output tokens and prompts, one row per sample."""
     df = read_table(task.eval_file) if task.eval_file else read_table(task.pred_file)
     path = task.eval_file or task.pred_file
@@ -250,8 +250,8 @@ def read_task(task: Task, binarize_threshold: float = 0.5) -> dict:
     except correctness.CorrectnessError as e:
         raise ReaderError(f"{path}: {e}") from None
     preds = df["prediction"] if "prediction" in df.columns else pd.Series([None] * len(df))
-    failed = correctness.failed_mask(preds.astype(object).where(preds.notna(), None).astype(str)) & preds.notna().to_numpy()
     has_pred = preds.notna().to_numpy()
+    failed = np.asarray(correctness.failed_mask(preds.fillna("").astype(str))) & has_pred
     out_tokens = count_many(p if h else None for p, h in zip(preds.tolist(), has_pred))
     pcol = next((c for c in PROMPT_COLUMNS if c in df.columns), None)
     prompts = df[pcol].astype(object).where(df[pcol].notna(), "").astype(str).to_numpy() if pcol else np.full(len(df), "", object)
@@ -276,19 +276,18 @@ def _attach_judge_cache(df: pd.DataFrame, cache: Path) -> pd.DataFrame:
     return df.assign(hit=[hits.get(k) for k in ids])
 
 
-def _read_task_safe(args):
-    task, thr = args
+def _read_task_safe(task: Task):
     try:
-        return read_task(task, thr)
+        return read_task(task)
     except ReaderError as e:
         return {"error": str(e), "model": task.model, "dataset": task.dataset}
 
 
-def read_all(tasks: list[Task], workers: int = 2, progress: bool = True, threshold: float = 0.5) -> list[dict]:
+def read_all(tasks: list[Task], workers: int = 2, progress: bool = True) -> list[dict]:
     """Read every task, in `workers` processes (xlsx parsing and token counting are CPU-bound)."""
     from tqdm.auto import tqdm
 
-    jobs = [(t, threshold) for t in tasks]
+    jobs = list(tasks)
     bar = dict(total=len(jobs), desc="reading VLMEvalKit files", unit="file", disable=not progress)
     if workers <= 1 or len(jobs) < 4:
         return [_read_task_safe(j) for j in tqdm(jobs, **bar)]
@@ -296,7 +295,7 @@ def read_all(tasks: list[Task], workers: int = 2, progress: bool = True, thresho
 
     _encoder()  # load the BPE ranks once (~2-6 s) before forking, instead of once per worker
     # biggest files first keeps both processes busy to the end
-    order = sorted(range(len(jobs)), key=lambda i: -(jobs[i][0].eval_file or jobs[i][0].pred_file).stat().st_size)
+    order = sorted(range(len(jobs)), key=lambda i: -(jobs[i].eval_file or jobs[i].pred_file).stat().st_size)
     results: list = [None] * len(jobs)
     with ProcessPoolExecutor(max_workers=workers) as ex:
         for i, res in tqdm(zip(order, ex.map(_read_task_safe, [jobs[i] for i in order], chunksize=1)), **bar):
