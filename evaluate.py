@@ -20,10 +20,11 @@ from omegaconf import DictConfig  # noqa: E402
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     from vlrb.eval.report import evaluate_from_config
+    from vlrb.io import UnsafeTargetError
 
     try:
         res = evaluate_from_config(cfg, conf_dir=ROOT / "conf")
-    except FileNotFoundError as e:  # no benchmark / no runs dir: say what to do, without a traceback
+    except (FileNotFoundError, UnsafeTargetError) as e:  # no benchmark / no runs dir: say what to do, without a traceback
         raise SystemExit(f"error: {e}") from None
     real = res.leaderboard[res.leaderboard["router"] != "oracle"]
     return float(real["rank_score"].max()) if len(real) else float("nan")  # objective for sweepers

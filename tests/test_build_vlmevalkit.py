@@ -157,7 +157,7 @@ def test_corrupt_xlsx_is_an_error_and_the_previous_build_survives(work, tmp_path
     with pytest.raises(BuildError, match="LLaVA-v1.5-7B_MathVision_MINI_gpt-4o-mini.xlsx: cannot read"):
         _build(work, root)
     assert (root / "data" / "matrices" / "Y.npz").read_bytes() == before
-    assert not list(tmp_path.glob(".b.*"))  # no half-written build left behind
+    assert not list(tmp_path.glob(".b.*.building"))  # no half-written build left behind (.b.lock stays: 0 bytes)
 
 
 def test_missing_correctness_column_names_it(work, tmp_path):

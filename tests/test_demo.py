@@ -251,7 +251,7 @@ def test_atomic_replace_and_no_half_written_dir(tmp_path, monkeypatch):
         demo.generate_demo(out, samples_per_dataset=2, seed=9, workers=1, progress=False,
                            datasets=["MMStar"])
     assert _file_bytes(out) == before  # the previous good folder is untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.lock", "w"]  # no temp folder left (the lock is 0 bytes)
 
 
 # --------------------------------------------------------------------------- the latent-skill model

@@ -20,16 +20,24 @@ def generate_demo_if_missing(data_cfg, progress: bool = True) -> None:
         return
     raw = Path(data_cfg.raw_dir)
     out = raw.parent
-    if raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
+    from vlrb.data.demo import generate_demo, is_demo_dir
+
+    if is_demo_dir(out) and raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
         return
-    from vlrb.data.demo import generate_demo
 
     n = gen.get("samples_per_dataset")
     _say(f"generating the demo work dir in {out} ({'full scale' if n is None else f'{n} samples per dataset'}) ...")
     generate_demo(out, samples_per_dataset=n, full=n is None, seed=int(gen.get("seed", 0)),
                   datasets=list(data_cfg.datasets) if data_cfg.get("datasets") else None,
                   workers=int(data_cfg.get("workers") or 2), progress=progress,
-                  image_size=int(gen.get("image_size", 96)))
+                  image_size=int(gen.get("image_size", 96)), if_missing=True)
+
+
+def may_create_parents(cfg) -> bool:
+    """A data.root under the project's data folder may create missing parents; anywhere else the parent
+    must exist, so a typo does not silently create a deep new path."""
+    root, home = Path(cfg.data.root).resolve(), Path(cfg.paths.data_dir).resolve()
+    return root.is_relative_to(home)
 
 
 def print_summary(root) -> None:
@@ -49,6 +57,7 @@ def print_summary(root) -> None:
 
 def run_build(cfg: DictConfig) -> int:
     from vlrb.data.build import BuildError, build
+    from vlrb.io import UnsafeTargetError
     from vlrb.pricing import PriceTable, PricingError
 
     stage = cfg.get("stage", "data")
@@ -59,7 +68,8 @@ def run_build(cfg: DictConfig) -> int:
         if stage in ("data", "all"):
             generate_demo_if_missing(cfg.data, progress=cfg.get("progress", True))
             prices = PriceTable.from_config(cfg.get("pricing")) if cfg.data.get("reader") != "records" or cfg.get("pricing") else None
-            manifest = build(cfg.data, prices, force=bool(cfg.get("force")), progress=cfg.get("progress", True), log=_say)
+            manifest = build(cfg.data, prices, force=bool(cfg.get("force")), progress=cfg.get("progress", True), log=_say,
+                             create_parents=may_create_parents(cfg))
             if not manifest.get("up_to_date"):
                 _say(f"built in {manifest['timings_s']['total']:.1f} s ({manifest['timings_s']})")
             print_summary(cfg.data.root)
@@ -75,7 +85,7 @@ def run_build(cfg: DictConfig) -> int:
                     _say(f"{mod} features: {st.get('name')} ({st.get('dim')}-d, {st.get('n_samples')} samples, "
                          f"{st.get('status')}; {st.get('throughput_items_s') or 0:.1f} items/s on {st.get('device')}) "
                          f"-> {st.get('path')}")
-    except (BuildError, PricingError, FileNotFoundError) as e:
+    except (BuildError, PricingError, UnsafeTargetError, FileNotFoundError) as e:
         _say(f"error: {e}")
         return 1
     return 0

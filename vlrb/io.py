@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.exists():
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
+            os.chmod(tmp, shared_mode())  # mkstemp creates 0600; artifacts follow the umask like any file
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -52,27 +53,117 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory under a temporary name; swap it in for `path` only when the block succeeds.
+class UnsafeTargetError(ValueError):
+    """A folder vlrb was asked to write is not one it may replace (it would lose someone's files)."""
 
-    The previous directory stays intact until the very end, so a failed build never destroys a good one.
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def shared_mode(dir: bool = False) -> int:
+    """The permission bits a plain `open`/`mkdir` would give under the user's umask (mkstemp/mkdtemp give 0600/0700)."""
+    return (0o777 if dir else 0o666) & ~_umask()
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Exclusive lock for everything that writes the folder `path` (one lock file beside it).
+
+    Two builds of one data.root, or two first-time demo generations, run one after the other instead of
+    mixing their files. The lock is released by the OS when a process dies, so it never goes stale.
     """
+    import fcntl
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".building", dir=path.parent))
+    lock = path.parent / f".{path.name}.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, shared_mode())
     try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"waiting for another vlrb process writing {path} ...")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)  # closing releases the lock
+
+
+def new_temp_dir(dest: Path) -> Path:
+    """A fresh, uniquely named folder beside `dest` to build it in (never shared between processes)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".building", dir=dest.parent))
+    os.chmod(tmp, shared_mode(dir=True))
+    return tmp
+
+
+def remove_stale_temp_dirs(dest: Path) -> list[Path]:
+    """Remove what killed builds of `dest` left beside it. Call only while holding `folder_lock(dest)`:
+    then no live process owns such a folder."""
+    stale = [p for pat in (f".{glob.escape(dest.name)}.*.building", f".{glob.escape(dest.name)}.old-*")
+             for p in dest.parent.glob(pat) if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def swap_dir(tmp: Path, dest: Path, carry: tuple[str, ...] = ()) -> None:
+    """Put the finished folder `tmp` in place of `dest`; the old one goes only after the new one is there.
+
+    `carry`: paths relative to `dest` copied into the new folder first (e.g. features extracted earlier).
+    """
+    old = None
+    if dest.exists():
+        for rel in carry:
+            src = dest / rel
+            if src.exists():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                if (tmp / rel).exists():
+                    shutil.rmtree(tmp / rel)
+                shutil.copytree(src, tmp / rel, symlinks=True)
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_target_dir(dest: Path, *, is_ours: Callable[[Path], bool], what: str, key: str,
+                     create_parents: bool = False) -> None:
+    """Refuse to replace a folder vlrb did not create, and refuse to invent deep new paths from a typo.
+
+    `dest` may be missing (it will be created), empty, or a folder `is_ours` recognises; anything else is an
+    error that names `key` (the config key that chose the folder). Without `create_parents`, the parent
+    folder must exist already.
+    """
+    if dest.exists():
+        if not dest.is_dir():
+            raise UnsafeTargetError(f"{key}={dest} is a file, not a folder; point {key} at a new or empty folder")
+        if any(dest.iterdir()) and not is_ours(dest):
+            raise UnsafeTargetError(
+                f"{key}={dest} is an existing folder that is not {what}; vlrb never replaces a folder it did not "
+                f"create. Point {key} at a new or empty folder (or at an earlier vlrb build)")
+    elif not dest.parent.is_dir() and not create_parents:
+        missing = dest.parent
+        while not missing.parent.is_dir():
+            missing = missing.parent
+        raise UnsafeTargetError(f"{key}={dest}: the folder {missing} does not exist (a typo?); "
+                                f"create the parent folder first if this path is meant")
+
+
+def claim_run_dir(path: str | os.PathLike) -> None:
+    """Mark a run directory as taken by this process; a second run that landed in the same directory
+    stops here instead of overwriting the first one's results."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path / ".vlrb-run", "x") as f:
+            f.write(f"{os.getpid()}\n")
+    except FileExistsError:
+        raise UnsafeTargetError(f"run directory {path} is already used by another run; start the run again "
+                                f"(or set hydra.run.dir to a new folder)") from None
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

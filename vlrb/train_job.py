@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from vlrb.io import write_json
+from vlrb.io import claim_run_dir, write_json
 
 log = logging.getLogger("vlrb.train")
 
@@ -32,13 +32,13 @@ def ensure_benchmark(cfg: DictConfig):
     if not (root / "data" / "matrices" / "Y.npz").exists():
         if cfg.data.get("generate") is None:
             raise FileNotFoundError(f"no built benchmark at {root}; run `python build_data.py data={cfg.data.name} ...` first")
-        from vlrb.cli import generate_demo_if_missing
+        from vlrb.cli import generate_demo_if_missing, may_create_parents
         from vlrb.data.build import build
         from vlrb.pricing import PriceTable
 
         _say(f"no benchmark at {root}: building the demo first")
         generate_demo_if_missing(cfg.data)
-        build(cfg.data, PriceTable.from_config(cfg.pricing), log=_say)
+        build(cfg.data, PriceTable.from_config(cfg.pricing), log=_say, create_parents=may_create_parents(cfg))
     return Benchmark.load(root)
 
 
@@ -205,6 +205,7 @@ def run_train(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    claim_run_dir(output_dir)  # never write over another run's results
     try:
         metrics = train(cfg, output_dir)
         return float(metrics.get(cfg.get("optimized_metric", "val/rank_score"), float("nan")))

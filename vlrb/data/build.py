@@ -11,9 +11,10 @@ import json
 import os
 import pickle
 import platform
+import re
 import shutil
-import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pandas as pd
 from vlrb.data.datasets import DATASETS, DEFAULT_OUTPUT_TOKEN_ESTIMATE, IMAGE_TOKENS, OUTPUT_TOKEN_ESTIMATES, DatasetSpec
 from vlrb.data.splits import random_split, stratified_split
 from vlrb.data.tokens import count_many, tokenizer_name
-from vlrb.io import file_digest, stat_fingerprint, write_json
+from vlrb.io import (check_target_dir, file_digest, folder_lock, new_temp_dir, remove_stale_temp_dirs,
+                     stat_fingerprint, swap_dir, write_json)
 from vlrb.pricing import PriceTable, missing_price_message
 
 BUILD_VERSION = 1
+FORMAT_MARKER = "vlrb-benchmark"  # manifest.json["format"]: how a folder is recognised as a vlrb build
 PRESERVED = ("EMBEDDINGS", "reports/features")  # derived later from the benchmark; kept across rebuilds
 
 
@@ -52,6 +55,9 @@ def dataset_specs(data_cfg) -> dict[str, DatasetSpec]:
     for key, e in (data_cfg.get("extra_datasets") or {}).items():
         try:
             extra[key] = DatasetSpec(key, e.get("task_type", "vqa_mc"), e.get("group", "Other"), e["family"])
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", extra[key].task_type):
+                raise BuildError(f"data.extra_datasets.{key}.task_type={extra[key].task_type!r}: use letters, digits, "
+                                 f"'_' and '-' only (it names a folder under BENCHMARKS/)")
         except KeyError:
             raise BuildError(f"data.extra_datasets.{key} needs a `family` (mcq, yorn, vqa, anls, ocrbench, "
                              f"mathvista, mathvision, mathverse)") from None
@@ -373,6 +379,29 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
 
 # ----------------------------------------------------------------------------- writing
 
+_PLAIN_STEM = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def dataset_file_stems(names) -> dict[str, str]:
+    """The file stem of each dataset under BENCHMARKS/ and ORACLE/score/.
+
+    Upstream writes `<dataset lower case>`; a name that is not a plain file name (`lmms-lab/MMStar`,
+    `../x`) or that two datasets share in lower case (`MMStar`, `mmstar`) gets a slug plus a short hash
+    of the exact name, so no dataset can write outside its folder or over another's file.
+    """
+    names = list(names)
+    lower = Counter(n.lower() for n in names)
+    stems = {}
+    for n in names:
+        low = n.lower()
+        if _PLAIN_STEM.fullmatch(low) and lower[low] == 1:
+            stems[n] = low
+        else:
+            slug = re.sub(r"[^a-z0-9_-]+", "_", low).strip("_")[:60] or "dataset"
+            stems[n] = f"{slug}-{hashlib.sha1(n.encode()).hexdigest()[:8]}"
+    return stems
+
+
 def _jsonl(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -411,6 +440,7 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
     K = len(b.models)
     odir = out / "ORACLE" / "score"
     odir.mkdir(parents=True, exist_ok=True)
+    stems = dataset_file_stems(b.meta["dataset"].unique())
     for ds, rows in b.meta.groupby("dataset", sort=True):
         spec = specs.get(ds)
         task = spec.task_type if spec else "unknown"
@@ -429,11 +459,11 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
                 assets = []
             recs.append({"sample_id": sid, "dataset": ds, "task_type": task,
                          "modality": ["image", "text"] if assets else ["text"], "prompt": prompt, "assets": assets})
-        _jsonl(out / "BENCHMARKS" / task / f"{ds.lower()}_samples.jsonl", recs)
+        _jsonl(out / "BENCHMARKS" / task / f"{stems[ds]}_samples.jsonl", recs)
         pd.DataFrame({"sample_id": np.repeat(rows["sample_id"].to_numpy(), K),
                       "model_id": np.tile(np.asarray(b.models, dtype=object), len(idx)),
                       "quality_raw": b.Y[idx].reshape(-1).astype(np.int64),
-                      "quality": b.scores[idx].reshape(-1).astype(np.float64)}).to_parquet(odir / f"{ds.lower()}.parquet", index=False)
+                      "quality": b.scores[idx].reshape(-1).astype(np.float64)}).to_parquet(odir / f"{stems[ds]}.parquet", index=False)
     for split in ("train", "dev", "test"):
         _jsonl(out / "SPLITS" / f"{split}.jsonl",
                ({"sample_id": s} for s in b.meta.loc[b.meta["split"] == split, "sample_id"]))
@@ -568,9 +598,42 @@ def _fingerprint(data_cfg, prices: PriceTable | None, files: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress: bool = True, log=print) -> dict:
-    """Build (or confirm up to date) the benchmark at data_cfg.root. Returns the manifest."""
+def is_benchmark_dir(path: Path) -> bool:
+    """True for a folder vlrb built (its manifest carries the format marker; older vlrb builds a fingerprint)."""
+    try:
+        m = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and (m.get("format") == FORMAT_MARKER or {"fingerprint", "build_version"} <= m.keys())
+
+
+def check_root(root: Path, create_parents: bool = False) -> None:
+    """data.root may be new, empty or an earlier vlrb build: never a folder with someone else's files."""
+    check_target_dir(root, is_ours=is_benchmark_dir, what="a vlrb benchmark (no manifest.json with "
+                     f"format={FORMAT_MARKER!r})", key="data.root", create_parents=create_parents)
+
+
+def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress: bool = True, log=print,
+          create_parents: bool = False) -> dict:
+    """Build (or confirm up to date) the benchmark at data_cfg.root. Returns the manifest.
+
+    data.root must be new, empty or an earlier vlrb build (anything else is refused, never replaced); its
+    parent must exist unless `create_parents`. One build per root at a time (a lock beside it); what killed
+    builds left behind is removed first.
+    """
     root = Path(data_cfg.root)
+    check_root(root, create_parents)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(root, log):
+        check_root(root)  # again under the lock: another process may have written it meanwhile
+        stale = remove_stale_temp_dirs(root)
+        if stale:
+            log(f"removed {len(stale)} unfinished build folder(s) left by an interrupted build: "
+                f"{', '.join(p.name for p in stale)}")
+        return _build_locked(root, data_cfg, prices, force, progress, log)
+
+
+def _build_locked(root: Path, data_cfg, prices, force: bool, progress: bool, log) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     specs = dataset_specs(data_cfg)
@@ -608,8 +671,7 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
     timings["assemble"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".building", dir=root.parent))
+    tmp = new_temp_dir(root)
     try:
         write_benchmark(b, tmp, specs)
         res, text = integrity_report(b)
@@ -618,7 +680,8 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
         timings["write"] = time.perf_counter() - t
         t = time.perf_counter()
         manifest = {
-            "fingerprint": fp, "build_version": BUILD_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "format": FORMAT_MARKER, "fingerprint": fp, "build_version": BUILD_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "reader": reader, "n_samples": int(b.Y.shape[0]), "n_models": int(b.Y.shape[1]), "models": b.models,
             "inputs": [{"path": f, "bytes": os.path.getsize(f), "sha256": file_digest(f)} for f in files],
             "prices": {m: [float(i), float(o)] for m, i, o in zip(b.models, b.price_in, b.price_out)}
@@ -628,7 +691,7 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
         timings["hash_inputs"] = time.perf_counter() - t
         manifest["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_json(tmp / "manifest.json", manifest)
-        _commit(tmp, root)
+        swap_dir(tmp, root, carry=PRESERVED)  # features extracted from the previous build are carried over
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -636,21 +699,3 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
     manifest["up_to_date"] = False
     manifest["integrity"] = res
     return manifest
-
-
-def _commit(tmp: Path, root: Path) -> None:
-    """Swap the new build in; features extracted from the previous build are carried over."""
-    old = None
-    if root.exists():
-        for rel in PRESERVED:
-            src = root / rel
-            if src.exists():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                if (tmp / rel).exists():
-                    shutil.rmtree(tmp / rel)
-                shutil.copytree(src, tmp / rel, symlinks=True)
-        old = root.with_name(f".{root.name}.old-{os.getpid()}")
-        os.replace(root, old)
-    os.replace(tmp, root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

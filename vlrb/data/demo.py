@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from vlrb.data.datasets import DATASETS
+from vlrb.io import check_target_dir, folder_lock, new_temp_dir, remove_stale_temp_dirs, swap_dir
 
 # --------------------------------------------------------------------------- public constants
 
@@ -1448,34 +1449,52 @@ def plan_demo(*, samples_per_dataset: int | None = 100, full: bool = False, seed
     return {k: plan_dataset(k, n, seed, api_failure_rate) for k, n in counts.items() if n > 0}
 
 
+TRUTH_FILE = "demo_truth.parquet"
+
+
+def is_demo_dir(path: Path) -> bool:
+    """A folder written by `generate_demo` (it always holds the planned truth)."""
+    return (Path(path) / TRUTH_FILE).is_file()
+
+
 def generate_demo(out_dir: Path, *, samples_per_dataset: int | None = 100, full: bool = False,
                   seed: int = 0, datasets: list[str] | None = None, workers: int = 2,
                   progress: bool = True, image_size: int = 96,
-                  api_failure_rate: float = API_FAILURE_RATE) -> dict:
+                  api_failure_rate: float = API_FAILURE_RATE, if_missing: bool = False) -> dict:
     """Write a demo VLMEvalKit work dir, LMUData TSVs and the planned truth under `out_dir`.
 
     `samples_per_dataset` caps each dataset (None or `full=True`: FULL_SCALE_COUNTS).
-    The folder is built under a temporary name and renamed at the end, so an interrupted run
-    never leaves a half-written `out_dir`; an existing `out_dir` is replaced.
-    Returns {"raw_dir", "tsv_dir", "truth", "n_samples"} (paths inside the final `out_dir`).
+    The folder is built under a unique temporary name and renamed at the end, under a lock, so an
+    interrupted or concurrent run never leaves a half-written `out_dir`; an existing demo folder is
+    replaced, any other non-empty folder is refused.
+    `if_missing`: keep an existing demo folder (checked under the lock, so concurrent first runs
+    generate it once). Returns {"raw_dir", "tsv_dir", "truth", "n_samples"} (paths inside `out_dir`).
     """
     out_dir = Path(out_dir)
     plans = plan_demo(samples_per_dataset=samples_per_dataset, full=full, seed=seed,
                       datasets=datasets, api_failure_rate=api_failure_rate)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():  # left over from an interrupted run
-        shutil.rmtree(tmp)
-    (tmp / "LMUData").mkdir(parents=True)
-    (tmp / "vlmeval").mkdir()
-    try:
-        results = _run_tasks(plans, tmp, seed, image_size, workers, progress)
-        _truth_frame(plans, results).to_parquet(tmp / "demo_truth.parquet", index=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _replace_dir(tmp, out_dir)
-    return {"raw_dir": out_dir / "vlmeval", "tsv_dir": out_dir / "LMUData",
-            "truth": out_dir / "demo_truth.parquet",
+    check_target_dir(out_dir, is_ours=is_demo_dir, what="a generated demo work dir (no demo_truth.parquet)",
+                     key="the demo folder", create_parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir):
+        if if_missing and is_demo_dir(out_dir):  # another process generated it while we waited
+            return _demo_paths(out_dir, plans)
+        remove_stale_temp_dirs(out_dir)
+        tmp = new_temp_dir(out_dir)  # unique per process: concurrent generations never share files
+        try:
+            (tmp / "LMUData").mkdir()
+            (tmp / "vlmeval").mkdir()
+            results = _run_tasks(plans, tmp, seed, image_size, workers, progress)
+            _truth_frame(plans, results).to_parquet(tmp / TRUTH_FILE, index=False)
+            swap_dir(tmp, out_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return _demo_paths(out_dir, plans)
+
+
+def _demo_paths(out_dir: Path, plans: dict) -> dict:
+    return {"raw_dir": out_dir / "vlmeval", "tsv_dir": out_dir / "LMUData", "truth": out_dir / TRUTH_FILE,
             "n_samples": sum(len(p.samples) for p in plans.values())}
 
 
@@ -1531,15 +1550,3 @@ def _truth_frame(plans: dict[str, _DatasetPlan], results: dict[str, dict[str, np
             parts.append(pd.DataFrame({"sample_id": ids, "model_id": model,
                                        "score": results[model][key].astype(np.float64)}))
     return pd.concat(parts, ignore_index=True)
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished folder into place; the old one goes only after the new one is there."""
-    old = out_dir.with_name(out_dir.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)

@@ -19,7 +19,7 @@ from vlrb.data.benchmark import Benchmark, Split
 from vlrb.eval.leaderboard import leaderboard_row, make_leaderboard, write_leaderboard, write_per_dataset
 from vlrb.eval.pareto import pareto_plot
 from vlrb.eval.runs import find_runs, rescore_choices, select_runs
-from vlrb.io import write_json, write_with
+from vlrb.io import claim_run_dir, write_json, write_with
 from vlrb.routers import create_router, get_router_class
 from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, bootstrap_weights,
                                   paired_bootstrap, per_dataset_metrics, rank_score, route_metrics, router_throughput)
@@ -199,6 +199,7 @@ def evaluate_from_config(cfg: Any, conf_dir: str | Path | None = None) -> EvalRe
     from vlrb.eval.wandb_utils import init_wandb, log_tables_and_images
 
     out_dir = Path(cfg.paths.output_dir)
+    claim_run_dir(out_dir)
     try:
         bench = Benchmark.load(cfg.data.root)
     except FileNotFoundError as e:

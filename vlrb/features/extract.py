@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlrb.features.encoders import Encoder, _section, as_dict, encoder_class
-from vlrb.io import atomic_path, write_json
+from vlrb.io import atomic_path, folder_lock, write_json
 
 SCHEMA_VERSION = 1
 MODALITIES = ("text", "vision")
@@ -262,12 +262,13 @@ def extract_features(bench, encoder_cfg: Any, *, root: str | Path | None = None,
     if root is None:
         raise ValueError("extract_features: the benchmark has no root folder; pass root=")
     out = {}
-    for mod in modalities:
-        if mod not in MODALITIES:
-            raise ValueError(f"unknown modality {mod!r}; expected text or vision")
-        sec = _section(cfg, mod)
-        enc = (encoders or {}).get(mod)
-        out[mod] = _extract_one(bench, mod, sec, RunOptions.from_cfg(cfg, sec), root, enc, force, progress)
+    with folder_lock(root):  # a rebuild of the same root waits, and does not carry half-written features
+        for mod in modalities:
+            if mod not in MODALITIES:
+                raise ValueError(f"unknown modality {mod!r}; expected text or vision")
+            sec = _section(cfg, mod)
+            enc = (encoders or {}).get(mod)
+            out[mod] = _extract_one(bench, mod, sec, RunOptions.from_cfg(cfg, sec), root, enc, force, progress)
     return out
 
 
