@@ -7,7 +7,6 @@ generated demo (data=demo, the default), and extract features (stage=features).
     python build_data.py stage=features encoder=default
 """
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -18,9 +17,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(config_path="conf", config_name="build", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from vlrb.cli import run_build
+    from vlrb.jobs import build
 
-    sys.exit(run_build(cfg))
+    build.main(cfg)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,7 @@ predictions.parquet into the Hydra run directory (logs/evaluate/runs/<time>/).
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
@@ -19,15 +18,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from vlrb.eval.report import evaluate_from_config
-    from vlrb.io import UnsafeTargetError
+    from vlrb.jobs import evaluate
 
-    try:
-        res = evaluate_from_config(cfg, conf_dir=ROOT / "conf")
-    except (FileNotFoundError, UnsafeTargetError) as e:  # no benchmark / no runs dir: say what to do, without a traceback
-        raise SystemExit(f"error: {e}") from None
-    real = res.leaderboard[res.leaderboard["router"] != "oracle"]
-    return float(real["rank_score"].max()) if len(real) else float("nan")  # objective for sweepers
+    return evaluate.main(cfg)
 
 
 if __name__ == "__main__":

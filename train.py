@@ -10,9 +10,9 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from vlrb.train_job import run_train
+    from vlrb.jobs import train
 
-    return run_train(cfg)
+    return train.main(cfg)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def main() -> None:
         cfg = compose("build", overrides=["data=demo_full", f"data.name={name}",
                                           f"data.generate.samples_per_dataset={args.samples_per_dataset or 'null'}",
                                           f"data.workers={args.workers}", "paths.root_dir=" + str(ROOT)], return_hydra_config=False)
-    from vlrb.cli import generate_demo_if_missing
+    from vlrb.jobs.build import generate_demo_if_missing
     from vlrb.data.build import build
     from vlrb.pricing import PriceTable
 

@@ -19,7 +19,7 @@ from vlrb.backbones.base import encoder_layers
 from vlrb.backbones.data import IMAGE_FAILED, IMAGE_MISSING, IMAGE_OK, Collate, ImageStats, RawDataset
 from vlrb.data.benchmark import Benchmark
 from vlrb.data.images import ImageLoader
-from vlrb.routers import create_router, get_router_class, load_router
+from vlrb.routers import create_router, get_router_class, read_router
 from vlrb.routers import losses
 from vlrb.routers.lit import TrainContext
 from vlrb.routing.soft_labels import soft_labels
@@ -333,7 +333,7 @@ def test_save_load_roundtrip(bench, tmp_path):
     r.fit(bench.split("train"), bench.split("dev"))
     r.save(tmp_path / "router")
     assert (tmp_path / "router" / "router.json").exists() and (tmp_path / "router" / "weights.pt").exists()
-    back = load_router(tmp_path / "router")
+    back = read_router(tmp_path / "router")
     back.bench = bench
     assert type(back) is type(r) and back.get_params() == r.get_params() and back.models == r.models
     test = bench.split("test")

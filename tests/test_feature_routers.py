@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from vlrb.data.benchmark import Benchmark, compute_cost_bounds
-from vlrb.routers import create_router, get_router_class, list_routers, load_router
+from vlrb.routers import create_router, get_router_class, list_routers, read_router
 from vlrb.routers import lit, mlp
 from vlrb.routers.knn import copeland_scores, copeland_wins
 from vlrb.routing.metrics import route_metrics
@@ -101,7 +101,7 @@ def test_every_feature_router_fits_predicts_and_round_trips(data, name, tmp_path
     router.save(tmp_path / "r")
     files = {p.name for p in (tmp_path / "r").iterdir()}
     assert "router.json" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
-    again = load_router(tmp_path / "r")
+    again = read_router(tmp_path / "r")
     assert type(again) is type(router) and again.get_params() == router.get_params()
     np.testing.assert_array_equal(again.predict_scores(test), scores)
     with pytest.raises(ValueError, match="features"):
@@ -375,4 +375,4 @@ def test_knn_with_another_metric_uses_sklearn_and_round_trips(data, tmp_path):
     _, s = data
     r = create_router("knn", metric="euclidean").fit(s["train"])
     r.save(tmp_path / "k")
-    np.testing.assert_array_equal(load_router(tmp_path / "k").predict_scores(s["test"]), r.predict_scores(s["test"]))
+    np.testing.assert_array_equal(read_router(tmp_path / "k").predict_scores(s["test"]), r.predict_scores(s["test"]))

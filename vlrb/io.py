@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from vlrb.errors import VlrbError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -53,7 +55,7 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-class UnsafeTargetError(ValueError):
+class UnsafeTargetError(VlrbError, ValueError):
     """A folder vlrb was asked to write is not one it may replace (it would lose someone's files)."""
 
 

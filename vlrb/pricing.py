@@ -7,8 +7,10 @@ from typing import Mapping
 
 import yaml
 
+from vlrb.errors import VlrbError
 
-class PricingError(ValueError):
+
+class PricingError(VlrbError, ValueError):
     pass
 
 

@@ -36,9 +36,20 @@ class Split:
     input_tokens: np.ndarray  # (n,) tokens the routed request carries (prompt + 256 per image)
     models: list[str] = field(default_factory=list)
     X: np.ndarray | None = None  # (n, D) fused features, attached by feature-level pipelines
+    source: "Benchmark | None" = field(default=None, repr=False, compare=False)  # prompts/images of rows `idx`
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    @classmethod
+    def for_inputs(cls, n: int, models: Sequence[str], X: np.ndarray | None = None) -> "Split":
+        """A split of `n` new requests (no labels): what `route`/`predict_scores` need to score raw inputs."""
+        k = len(models)
+        zeros = np.zeros((n, k), np.float32)
+        return cls(name="inputs", idx=np.arange(n), Y=zeros.astype(np.int8), C=zeros, scores=zeros,
+                   sample_ids=np.asarray([f"input/{i}" for i in range(n)], dtype=object),
+                   datasets=np.full(n, "", dtype=object), groups=np.full(n, "", dtype=object),
+                   input_tokens=np.zeros(n, np.int64), models=list(models), X=X)
 
     def with_features(self, X: np.ndarray) -> "Split":
         if len(X) != len(self.idx):
@@ -149,7 +160,7 @@ class Benchmark:
         return Split(name=name, idx=idx, Y=self.Y[idx], C=self.C[idx], scores=self.scores[idx],
                      sample_ids=m["sample_id"].to_numpy()[idx], datasets=m["dataset"].to_numpy()[idx],
                      groups=np.asarray(groups)[idx], input_tokens=np.asarray(tokens, np.int64)[idx],
-                     models=self.models)
+                     models=self.models, source=self)
 
     @cached_property
     def samples(self) -> pd.DataFrame:

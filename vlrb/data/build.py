@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlrb.errors import VlrbError
 from vlrb.data.datasets import DATASETS, DEFAULT_OUTPUT_TOKEN_ESTIMATE, IMAGE_TOKENS, OUTPUT_TOKEN_ESTIMATES, DatasetSpec
 from vlrb.data.splits import random_split, stratified_split
 from vlrb.data.tokens import count_many, tokenizer_name
@@ -33,7 +34,7 @@ FORMAT_MARKER = "vlrb-benchmark"  # manifest.json["format"]: how a folder is rec
 PRESERVED = ("EMBEDDINGS", "reports/features")  # derived later from the benchmark; kept across rebuilds
 
 
-class BuildError(ValueError):
+class BuildError(VlrbError, ValueError):
     pass
 
 

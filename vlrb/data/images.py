@@ -132,3 +132,42 @@ class ImageLoader(Sequence):
             raise ImageDecodeError(f"{self._name(i)}: {e}") from None
         except OSError as e:
             raise ImageDecodeError(f"{self._name(i)}: cannot read image {self.refs[i]!r} ({e})") from None
+
+
+class ImageList(Sequence):
+    """Images given by a caller (route_raw, a server): each a file path, raw bytes, a PIL image, a
+    `data:image/...;base64,` URI or None; `images[i]` -> PIL RGB or None, ImageDecodeError when it does not decode."""
+
+    def __init__(self, items: Sequence, max_pixels: int | None = None):
+        self.items = list(items)
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        x = self.items[i]
+        if x is None:
+            return None
+        if isinstance(x, Image.Image):
+            img = x
+        elif isinstance(x, str) and x.startswith("data:"):
+            if not x.startswith("data:image/"):
+                raise ImageDecodeError(f"image {i}: a data URI that is not an image ({x[:30]!r})")
+            return self._checked(decode_b64_image(x.split(",", 1)[-1]), i)
+        else:
+            try:
+                img = Image.open(io.BytesIO(x) if isinstance(x, (bytes, bytearray)) else x)
+                self._checked(img, i)  # refuse a decompression bomb before decoding it
+                img.load()
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise ImageDecodeError(f"image {i}: does not decode ({type(e).__name__}: {e})") from None
+        return self._checked(img.convert("RGB") if img.mode != "RGB" else img, i)
+
+    def _checked(self, img, i: int):
+        if self.max_pixels and img.width * img.height > self.max_pixels:
+            raise ImageDecodeError(f"image {i}: {img.width}x{img.height} exceeds the {self.max_pixels} pixel limit")
+        return img
+

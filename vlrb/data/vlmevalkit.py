@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlrb.errors import VlrbError
 from vlrb.data import correctness
 from vlrb.data.datasets import DatasetSpec
 from vlrb.data.tokens import count_many
@@ -26,7 +27,7 @@ PROMPT_COLUMNS = ("question", "prompt", "Question", "Prompt", "text", "query")
 ID_COLUMNS = ("sample_id", "id", "index")
 
 
-class ReaderError(ValueError):
+class ReaderError(VlrbError, ValueError):
     """A VLMEvalKit input that cannot be read; the message names the file and what was expected."""
 
 

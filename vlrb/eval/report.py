@@ -6,7 +6,6 @@ and the paired win/tie/loss comparisons use identical resamples).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ from vlrb.data.benchmark import Benchmark, Split
 from vlrb.eval.leaderboard import leaderboard_row, make_leaderboard, write_leaderboard, write_per_dataset
 from vlrb.eval.pareto import pareto_plot
 from vlrb.eval.runs import find_runs, rescore_choices, select_runs
-from vlrb.io import claim_run_dir, write_json, write_with
-from vlrb.routers import create_router, get_router_class
+from vlrb.io import write_json, write_with
+from vlrb.routers import Router
 from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, bootstrap_weights,
                                   paired_bootstrap, per_dataset_metrics, rank_score, route_metrics, router_throughput)
 
@@ -52,19 +51,6 @@ class EvalResult:
     paths: dict[str, Path]
 
 
-def router_params(name: str, conf_dir: str | Path | None, fit_on: str | None = None) -> dict[str, Any]:
-    """`params` of conf/router/<name>.yaml, with `fit_on` overridden where the router takes it."""
-    params: dict[str, Any] = {}
-    if conf_dir is not None and (Path(conf_dir) / "router" / f"{name}.yaml").exists():
-        from omegaconf import OmegaConf
-
-        node = OmegaConf.load(Path(conf_dir) / "router" / f"{name}.yaml").get("params")
-        params = dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
-    if fit_on is not None and "fit_on" in inspect.signature(get_router_class(name).__init__).parameters:
-        params["fit_on"] = fit_on
-    return params
-
-
 def single_model_table(test: Split, cost_bounds: Mapping[str, Any], beta: float = DEFAULT_BETA) -> pd.DataFrame:
     """Each model alone on the test split: the points of the Pareto plot."""
     acc = np.asarray(test.Y, np.float64).mean(0)
@@ -73,13 +59,12 @@ def single_model_table(test: Split, cost_bounds: Mapping[str, Any], beta: float 
                          "rank_score": rank_score(acc, cost, cost_bounds["cmin"], cost_bounds["cmax"], beta)})
 
 
-def score_baselines(bench: Benchmark, names: Sequence[str], *, fit_on: str = "train", conf_dir=None,
-                    indices: np.ndarray, beta: float = DEFAULT_BETA,
+def score_baselines(bench: Benchmark, routers: Sequence[Router], *, indices: np.ndarray, beta: float = DEFAULT_BETA,
                     throughput: Mapping[str, Any] | None = None) -> list[Scored]:
+    """Fit each (training-free) router on the split its `fit_on` names and score it on test."""
     test = bench.split("test")
     out = []
-    for name in names:
-        router = create_router(name, **router_params(name, conf_dir, fit_on))
+    for router in routers:
         fit_split = bench.split(getattr(router, "fit_on", "train"))
         router.fit(fit_split, bench.split("dev"))
         choices = router.route(test)
@@ -122,19 +107,19 @@ def _compare_to(scored: list[Scored], ref_label: str, test: Split, cost_bounds, 
                                                        indices=indices)["outcome"]
 
 
-def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequence[str] = (),
-                       fit_on: str = "train", runs: str | Path | None = None, n_bootstrap: int = 1000,
-                       seed: int = 42, beta: float = DEFAULT_BETA, conf_dir=None,
+def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequence[Router] = (),
+                       runs: str | Path | None = None, n_bootstrap: int = 1000,
+                       seed: int = 42, beta: float = DEFAULT_BETA,
                        throughput: Mapping[str, Any] | None = None, plot: bool = True) -> EvalResult:
-    """Score baselines and runs on test once and write every artifact into out_dir."""
+    """Score the (unfitted) baseline routers and the runs found under `runs` on test once, and write every
+    artifact into out_dir."""
     out_dir = Path(out_dir)
     test = bench.split("test")
     if len(test) == 0:
         raise ValueError("the benchmark's test split is empty: nothing to evaluate")
     # one resample matrix shared by every router: the CIs and the comparisons are paired
     indices = bootstrap_weights(bootstrap_indices(len(test), n_bootstrap, seed))
-    scored = score_baselines(bench, baselines, fit_on=fit_on, conf_dir=conf_dir, indices=indices, beta=beta,
-                             throughput=throughput)
+    scored = score_baselines(bench, baselines, indices=indices, beta=beta, throughput=throughput)
     if runs:
         taken = {s.label for s in scored}
         for s in score_runs(bench, runs, indices=indices, beta=beta):
@@ -190,38 +175,3 @@ def _predictions(test: Split, scored: list[Scored]) -> pd.DataFrame:
         "lambda": np.nan if s.lam is None else s.lam, "model_id": models[s.choices],
         "correct": test.Y[rows, s.choices].astype(np.int8), "cost": test.C[rows, s.choices]}) for s in scored],
         ignore_index=True)
-
-
-def evaluate_from_config(cfg: Any, conf_dir: str | Path | None = None) -> EvalResult:
-    """`evaluate.py`: load the benchmark named by cfg.data.root, evaluate, log to W&B when configured, print."""
-    from omegaconf import OmegaConf
-
-    from vlrb.eval.wandb_utils import init_wandb, log_tables_and_images
-
-    out_dir = Path(cfg.paths.output_dir)
-    claim_run_dir(out_dir)
-    try:
-        bench = Benchmark.load(cfg.data.root)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"no built benchmark at {cfg.data.root}: run `python build_data.py "
-                                f"data={cfg.data.get('name', 'demo')}` first (or point data.root at one)") from e
-    run = init_wandb(cfg.get("logger"), config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate",
-                     save_dir=out_dir)
-    try:
-        tp = cfg.get("throughput")
-        res = evaluate_benchmark(
-            bench, out_dir, baselines=list(cfg.baselines or []), fit_on=cfg.fit_on, runs=cfg.get("runs"),
-            n_bootstrap=int(cfg.bootstrap), seed=int(cfg.seed), beta=float(cfg.beta), conf_dir=conf_dir,
-            throughput=dict(tp) if tp else None)
-        log_tables_and_images(run, tables={"leaderboard": res.leaderboard, "per_dataset": res.per_dataset,
-                                           "single_models": res.single_models},
-                              images={"pareto": res.paths["pareto"]} if "pareto" in res.paths else None,
-                              summary={k: v for k, v in res.metrics.items() if k.count("/") <= 2})  # per-dataset: in the table
-    finally:
-        if run is not None:
-            run.finish()
-    print(res.paths["md"].read_text())
-    print(f"Leaderboard: {res.paths['csv']}")
-    if "pareto" in res.paths:
-        print(f"Pareto plot: {res.paths['pareto']}")
-    return res

@@ -124,6 +124,15 @@ class FeatureScaler:
     def fit_transform(self, X_train: np.ndarray) -> np.ndarray:
         return self.fit(X_train).transform(X_train)
 
+    @classmethod
+    def from_arrays(cls, mean: np.ndarray, scale: np.ndarray) -> "FeatureScaler":
+        """A fitted scaler from its saved mean and scale (a trained router's scaler.npz)."""
+        sc = cls()
+        sc.scaler.mean_, sc.scaler.scale_ = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        sc.scaler.var_ = sc.scaler.scale_ ** 2
+        sc.scaler.n_features_in_ = len(sc.scaler.mean_)
+        return sc
+
 
 def fit_transform_splits(X: np.ndarray, bench, splits=("train", "dev", "test"), *, return_scaler: bool = False):
     """Scale full-benchmark features X (N, D): fit on bench's train rows, transform every split.

@@ -9,13 +9,14 @@ looks the same from outside:
 
 The registry name is also the config name: `router=<name>` loads `conf/router/<name>.yaml`.
 
-A fitted router is saved to a directory with `router.save(path)` and read back with `load_router(path)`
+A fitted router is saved to a directory with `router.save(path)` and read back with `read_router(path)`
 (or `Cls.load(path)`): `router.json` (name, params, models, fit_info) beside `state.npz` or `weights.pt`.
 Safe formats only — np.load(allow_pickle=False), torch.load(weights_only=True), never pickle.
 """
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 from pathlib import Path
@@ -39,6 +40,17 @@ class Router:
     name: ClassVar[str] = "router"  # set by @register_router
     inputs: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = False
+    uses_lambda: ClassVar[bool] = False  # True: trained on the soft labels, so its `lam` parameter matters
+    saves_state: ClassVar[bool] = True  # False: nothing learned worth a router/ folder (training-free baselines)
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Routers are built from config (`_target_` + keyword arguments); the arguments are kept as given, so a
+        # saved router can be rebuilt exactly (router.json) and logged, with no signature inspection.
+        if args:
+            raise TypeError(f"{cls.__name__}: pass router parameters by keyword (got {len(args)} positional)")
+        self = super().__new__(cls)
+        self._params = dict(kwargs)
+        return self
 
     def __init__(self) -> None:
         self.n_models: int | None = None
@@ -47,7 +59,10 @@ class Router:
 
     # -------------------------------------------------------------------- to implement
     def fit(self, train: Split, dev: Split | None = None) -> "Router":
-        """Learn from `train`; `dev` may only steer early stopping or checkpoint choice. Returns self."""
+        """Learn from `train`; `dev` may only steer early stopping or checkpoint choice. Returns self.
+
+        Trainable routers (`trainable = True`) take a third argument, `ctx` (vlrb.routers.lit.FitContext): the
+        run's trainer, callbacks, loggers and data-loading settings."""
         self._remember_models(train)
         return self
 
@@ -86,11 +101,8 @@ class Router:
         return validate_choices(scores.argmax(1), n, k, what=self.label)
 
     def get_params(self) -> dict[str, Any]:
-        """Constructor parameters, for logging (sklearn convention: stored under the same attribute name)."""
-        import inspect
-
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "args", "kwargs")]
-        return {p: getattr(self, p) for p in names if hasattr(self, p)}
+        """The keyword arguments the router was built with (its defaults fill in the rest)."""
+        return dict(self._params)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -132,7 +144,10 @@ STATE_NPZ = "state.npz"
 
 
 def _jsonable(v: Any) -> Any:
-    """Params/fit_info for router.json: inf -> "inf", numpy scalars -> Python, tuples -> lists."""
+    """Params/fit_info for router.json: inf -> "inf", numpy scalars -> Python, tuples -> lists, a partial
+    (e.g. a backbone from `conf/backbone/`) -> its `_target_` config, so `instantiate` rebuilds it."""
+    if isinstance(v, functools.partial) and isinstance(v.func, type):
+        return {"_target_": f"{v.func.__module__}.{v.func.__qualname__}", "_partial_": True, **_jsonable(v.keywords)}
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -155,6 +170,13 @@ def write_router_meta(router: Router, path: Path, **extra: Any) -> Path:
             "fit_info": router.fit_info, **extra}
     write_json(path / ROUTER_JSON, _jsonable(meta))
     return path
+
+
+def router_from_meta(meta: dict[str, Any]) -> Router:
+    """A new, unfitted router with the class and parameters recorded in router.json."""
+    from hydra.utils import instantiate
+
+    return instantiate({"_target_": meta["class"], **meta.get("params", {})}, _convert_="all")
 
 
 def read_router_meta(path: Path) -> dict[str, Any]:
@@ -184,9 +206,17 @@ def restore_common(router: Router, meta: dict[str, Any]) -> None:
     router.fit_info = dict(meta.get("fit_info") or {})
 
 
-def load_router(path: Path) -> Router:
-    """Any saved router: router.json names its registry entry, whose class reads the rest."""
-    return get_router_class(read_router_meta(path)["name"]).load(Path(path))
+def read_router(path: Path) -> Router:
+    """Any router written by `router.save(path)`: router.json names its class, which reads the rest.
+
+    (`vlrb.load_router` reads a whole trained-router artifact: this plus the feature recipe and prices.)"""
+    from hydra.utils import get_class
+
+    meta = read_router_meta(path)
+    cls = get_class(meta["class"]) if "class" in meta else get_router_class(meta["name"])
+    if not (isinstance(cls, type) and issubclass(cls, Router)):
+        raise ValueError(f"{path}: router.json names {meta.get('class')!r}, which is not a vlrb Router")
+    return cls.load(Path(path))
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -29,6 +29,7 @@ class Baseline(Router):
     """A training-free router; `fit_on` says which split `fit` should receive (train by default)."""
 
     fits_data: ClassVar[bool] = True  # False: fitting reads nothing, so fit_on is irrelevant
+    saves_state: ClassVar[bool] = False
 
     def __init__(self, fit_on: str = "train") -> None:
         super().__init__()

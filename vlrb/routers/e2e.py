@@ -23,14 +23,12 @@ and `head_lr` (1e-3) for the randomly initialised head, fusion and projections (
 for everything: `head_lr: null`), linear warm-up over 10% of the steps then linear decay, gradient clipping
 1.0, at most 5 epochs, batch 16, early stopping on dev `val/rank_score` (patience 2) with the best epoch's
 weights restored; bf16 mixed precision on a GPU unless the trainer config says otherwise. Inputs are read
-lazily (prompts from `router.bench.prompts`, images decoded in DataLoader workers through
-`router.bench.images`); train.py sets `router.bench` and `router.ctx` before `fit`.
+lazily from the benchmark the splits come from (`split.source`): prompts, and images decoded in DataLoader
+workers. `fit(train, dev, ctx)` takes the run's trainer, loggers and `num_workers` from `ctx`.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -40,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, write_router_meta
+from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, router_from_meta, write_router_meta
 from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
 
 if TYPE_CHECKING:  # torch, Lightning and the backbones load on first fit/load, not at registry time
@@ -48,7 +46,7 @@ if TYPE_CHECKING:  # torch, Lightning and the backbones load on first fit/load, 
 
     from vlrb.backbones import Backbone
     from vlrb.routers.e2e_modules import E2EModule
-    from vlrb.routers.lit import TrainContext
+    from vlrb.routers.lit import FitContext
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -57,8 +55,8 @@ WEIGHTS_FILE = "weights.pt"
 class E2ERouter(Router):
     """Shared fit / predict / save / load of the end-to-end routers; subclasses add the head and labels.
 
-    Parameters (every router): backbone (a registered name, a {name, params} mapping such as a
-    conf/backbone/*.yaml, or a Backbone), backbone_params (overrides), lam (λ ≥ 0 or "inf"), cost_scale (s,
+    Parameters (every router): backbone (a registered name, a factory such as the partial that
+    `conf/backbone/*.yaml` instantiates to, or a Backbone), backbone_params (overrides), lam (λ ≥ 0 or "inf"), cost_scale (s,
     100 upstream), lr (the pretrained backbone), head_lr (the randomly initialised head, fusion and projections;
     None = lr, i.e. one rate for everything as upstream — the default 1e-3 lets a new head learn within a few
     epochs of a small benchmark), weight_decay, warmup_ratio, grad_clip, max_epochs, batch_size, patience (dev epochs
@@ -68,6 +66,7 @@ class E2ERouter(Router):
 
     inputs: ClassVar[tuple[str, ...]] = ("raw",)
     trainable: ClassVar[bool] = True
+    uses_lambda: ClassVar[bool] = True
     drop_no_correct: ClassVar[bool] = True
 
     def __init__(self, backbone: Any = "offline", backbone_params: dict | None = None, lam: float | str = 10000.0,
@@ -77,7 +76,7 @@ class E2ERouter(Router):
                  dropout: float = 0.1, predict_batch_size: int | None = None, precision: str = "auto",
                  seed: int = 42):
         super().__init__()
-        # a name, a {name, params} mapping (plain or OmegaConf), or a ready Backbone object
+        # a name, a {name, params} mapping, a factory (a partial from conf/backbone/) or a ready Backbone
         self.backbone = _plain(backbone) if _is_mapping(backbone) else backbone
         self.backbone_params = _plain(backbone_params)
         parse_lambda(lam)  # validate early
@@ -89,8 +88,6 @@ class E2ERouter(Router):
         self.patience = None if patience is None else int(patience)
         self.dropout, self.predict_batch_size, self.precision, self.seed = float(dropout), predict_batch_size, \
             precision, int(seed)
-        self.bench = None  # set by train.py: the Benchmark whose prompts/images the split rows index
-        self.ctx: TrainContext | None = None  # set by train.py: trainer presets, loggers, output dir
         self.module: E2EModule | None = None
 
     # ------------------------------------------------------------------ to implement
@@ -102,7 +99,7 @@ class E2ERouter(Router):
         return {"targets": targets[keep]}
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, train: Split, dev: Split | None = None) -> "E2ERouter":
+    def fit(self, train: Split, dev: Split | None = None, ctx: FitContext | None = None) -> "E2ERouter":
         import lightning as L
 
         from vlrb.backbones.data import RawDataset, make_loader
@@ -120,7 +117,7 @@ class E2ERouter(Router):
         prompts, images = bench.prompts, bench.images
         train_ds = RawDataset(prompts, images, train.idx[keep], proc, Y=train.Y[keep], C=train.C[keep], **arrays)
 
-        ctx = self._context()
+        ctx = self._context(ctx, bench)
         workers, pin = int(ctx.num_workers), self._device(ctx).type == "cuda"
         train_loader = make_loader(train_ds, self.batch_size, shuffle=True, num_workers=workers, seed=self.seed,
                                    pin_memory=pin)
@@ -145,40 +142,40 @@ class E2ERouter(Router):
         }
         return self
 
-    def _train(self, train_loader, dev_loader, ctx: TrainContext) -> dict:
+    def _train(self, train_loader, dev_loader, ctx: FitContext) -> dict:
         """Lightning fit: early stopping + best-epoch reload on dev, or the full budget without dev."""
-        from vlrb.routers.e2e_modules import fit_without_dev
-        from vlrb.routers.lit import fit_module
+        from vlrb.routers.lit import fit_module, fit_without_dev
 
         # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it
         max_epochs = ctx.trainer.get("max_epochs") or self.max_epochs
         if dev_loader is None:  # nothing to select on: train the full epoch budget, keep the last weights
             return fit_without_dev(self.module, train_loader, ctx, max_epochs)
         patience = self.patience if self.patience is not None else ctx.patience
-        with tempfile.TemporaryDirectory(prefix="vlrb-e2e-") as tmp:  # checkpoints of a standalone fit
-            run_ctx = ctx if ctx.output_dir else dataclasses.replace(ctx, output_dir=tmp)
-            fit_module(self.module, train_loader, dev_loader, run_ctx, max_epochs=max_epochs, patience=patience)
-        info = dict(self.module.fit_info)
-        if not ctx.output_dir:
-            info.pop("checkpoint", None)  # it lived in the temporary directory
-        return info
+        fit_module(self.module, train_loader, dev_loader, ctx, max_epochs=max_epochs, patience=patience)
+        return dict(self.module.fit_info)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
-        """(n, K) logits (float32)."""
+    def predict_scores(self, split: Split, ctx: FitContext | None = None) -> np.ndarray:
+        """(n, K) logits (float32) of the split's rows (prompts and images of `split.source`)."""
+        bench = self._require_bench(split)
+        return self.predict_raw(bench.prompts, bench.images, split.idx, ctx=ctx, stage=f"predict_{split.name}")
+
+    def predict_raw(self, prompts, images, rows=None, *, ctx: FitContext | None = None,
+                    stage: str = "predict") -> np.ndarray:
+        """(n, K) logits for rows `rows` (default: all) of `prompts` and `images` (anything indexable that gives a
+        PIL image or None per row: a Benchmark's image loader, or `vlrb.data.images.ImageList` of raw inputs)."""
         import torch
 
         from vlrb.backbones.data import RawDataset, make_loader
 
         if self.module is None:
             raise RuntimeError(f"{self.label}: call fit() (or load()) before predict_scores()")
-        bench = self._require_bench(split)
-        ctx = self._context()
+        rows = np.arange(len(prompts)) if rows is None else rows
+        ctx = self._context(ctx)
         device = self._device(ctx)
         module = self.module.eval().to(device)
-        ds = RawDataset(bench.prompts, bench.images, split.idx, module.backbone.processor)
+        ds = RawDataset(prompts, images, rows, module.backbone.processor)
         loader = make_loader(ds, self._predict_bs(), shuffle=False, num_workers=int(ctx.num_workers),
                              pin_memory=device.type == "cuda")
-        stage = f"predict_{split.name}"
         out = []
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=self._bf16(ctx, device)):
@@ -210,18 +207,17 @@ class E2ERouter(Router):
         tmp.replace(path / WEIGHTS_FILE)
 
     @classmethod
-    def load(cls, path: str | Path, bench=None) -> "E2ERouter":
-        """Rebuild from `save()` (weights read with `weights_only=True`); `bench` is needed to predict."""
+    def load(cls, path: str | Path) -> "E2ERouter":
+        """Rebuild from `save()` (weights read with `weights_only=True`)."""
         import torch
 
         meta = read_router_meta(Path(path))
-        router = cls(**meta["params"])
+        router = router_from_meta(meta)
         restore_common(router, meta)
         router.module = router._build_module()
         state = torch.load(Path(path) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         router.module.load_state_dict(state)
         router.module.eval()
-        router.bench = bench
         return router
 
     def init_module(self, models: list[str]) -> E2EModule:
@@ -253,23 +249,26 @@ class E2ERouter(Router):
         return int(self.predict_batch_size or 4 * self.batch_size)
 
     def _require_bench(self, *splits: Split):
-        if self.bench is None:
-            raise RuntimeError(f"{self.name}: end-to-end routers read prompts and images: set `router.bench` to the "
-                               "Benchmark the splits come from before fit()/predict_scores()")
-        n = self.bench.n_samples
+        """The benchmark whose prompts and images the splits' rows index (one for all of them)."""
+        sources = {id(s.source): s.source for s in splits}
+        if any(b is None for b in sources.values()) or len(sources) != 1:
+            raise RuntimeError(f"{self.name}: end-to-end routers read prompts and images: give splits made by "
+                               "`Benchmark.split(...)` of one benchmark (split.source)")
+        bench = next(iter(sources.values()))
+        n = bench.n_samples
         for s in splits:
             if len(s.idx) and (s.idx.min() < 0 or s.idx.max() >= n):
                 raise ValueError(f"{self.name}: split {s.name!r} indexes rows beyond the benchmark's {n}")
-        return self.bench
+        return bench
 
-    def _context(self) -> TrainContext:
-        """train.py's ctx, or a standalone one (any GPU, no logger, the benchmark's cost bounds); the trainer's
+    def _context(self, ctx: FitContext | None, bench=None) -> FitContext:
+        """The run's ctx, or a standalone one (any GPU, no logger, the benchmark's cost bounds); the trainer's
         precision resolved: bf16-mixed on a GPU when `precision: auto` and the trainer config sets none."""
-        from vlrb.routers.lit import TrainContext
+        from vlrb.routers.lit import FitContext
 
-        ctx = self.ctx or TrainContext(trainer={"accelerator": "auto", "devices": 1}, seed=self.seed)
-        if ctx.cost_bounds is None and self.bench is not None:
-            ctx = dataclasses.replace(ctx, cost_bounds=self.bench.cost_bounds)
+        ctx = ctx or FitContext(trainer={"accelerator": "auto", "devices": 1}, seed=self.seed)
+        if ctx.cost_bounds is None and bench is not None:
+            ctx = dataclasses.replace(ctx, cost_bounds=bench.cost_bounds)
         trainer = dict(ctx.trainer)
         if trainer.get("precision") is None:
             trainer.pop("precision", None)
@@ -280,7 +279,7 @@ class E2ERouter(Router):
         return dataclasses.replace(ctx, trainer=trainer)
 
     @staticmethod
-    def _device(ctx: TrainContext) -> torch.device:
+    def _device(ctx: FitContext) -> torch.device:
         import torch
 
         acc = str(ctx.trainer.get("accelerator", "auto")).lower()
@@ -289,20 +288,8 @@ class E2ERouter(Router):
         return torch.device("cuda")
 
     @staticmethod
-    def _bf16(ctx: TrainContext, device: torch.device) -> bool:
+    def _bf16(ctx: FitContext, device: torch.device) -> bool:
         return device.type == "cuda" and "bf16" in str(ctx.trainer.get("precision", "bf16"))
-
-
-def _inherit_params(cls):
-    """Show the shared E2ERouter parameters (passed through **kw) in the subclass's __init__ signature, which
-    train.py (which of lam/seed/patience to pass) and `get_params` (what to log and save) read."""
-    own = inspect.signature(cls.__init__)
-    params = [p for p in own.parameters.values() if p.kind != p.VAR_KEYWORD]
-    names = {p.name for p in params}
-    params += [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(E2ERouter.__init__).parameters.values()
-               if p.name not in names and p.name != "self"]
-    cls.__init__.__signature__ = own.replace(parameters=params)
-    return cls
 
 
 @register_router("vlc")
@@ -316,7 +303,6 @@ class VLCRouter(E2ERouter):
 
 
 @register_router("zooter")
-@_inherit_params
 class ZooterRouter(E2ERouter):
     """Backbone -> Dropout -> Linear(H, K), KL(batchmean) to tag-smoothed soft labels; keeps every sample.
 
@@ -351,7 +337,6 @@ class ZooterRouter(E2ERouter):
 
 
 @register_router("cosinecls")
-@_inherit_params
 class CosineClsRouter(E2ERouter):
     """Cosine classifier: s·cos(h, w_m) over normalised features and class weights, soft cross-entropy.
 
@@ -372,7 +357,6 @@ class CosineClsRouter(E2ERouter):
 
 
 @register_router("routerdc")
-@_inherit_params
 class RouterDCRouter(E2ERouter):
     """RouterDC: model embeddings + learnable temperature; sample–LLM + sample–sample contrastive losses.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, save_arrays
+from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
 
 
 def _l2(X: np.ndarray) -> np.ndarray:
@@ -61,7 +61,7 @@ class KMeansRouter(Router):
     @classmethod
     def load(cls, path: Path) -> "KMeansRouter":
         meta, a = load_arrays(path)
-        router = cls(**meta["params"])
+        router = router_from_meta(meta)
         restore_common(router, meta)
         router.prototypes_ = a["prototypes"]
         return router

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, save_arrays
+from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
 from vlrb.routing.soft_labels import hard_labels
 
 WEIGHTS = ("distance", "uniform")
@@ -137,7 +137,7 @@ class KNNRouter(Router):
     @classmethod
     def load(cls, path: Path) -> "KNNRouter":
         meta, a = load_arrays(path)
-        router = cls(**meta["params"])
+        router = router_from_meta(meta)
         restore_common(router, meta)
         router._build(a["X"], a["labels"], normalised=router.metric == "cosine")
         return router
@@ -208,7 +208,7 @@ class PRkNNRouter(Router):
     @classmethod
     def load(cls, path: Path) -> "PRkNNRouter":
         meta, a = load_arrays(path)
-        router = cls(**meta["params"])
+        router = router_from_meta(meta)
         restore_common(router, meta)
         router._build(a["X"], a["Y"], a["C"], normalised=router.metric == "cosine")
         return router

@@ -23,19 +23,56 @@ from vlrb.routing.metrics import rank_score
 
 
 @dataclass
-class TrainContext:
-    """What train.py hands a trainable router besides the data: trainer presets, loggers, where to write."""
+class FitContext:
+    """What a run hands a trainable router's `fit` besides the data (train.py builds it from config).
+
+    trainer:     Lightning Trainer keyword arguments, with `_target_` (conf/trainer/); instantiated per fit
+    callbacks:   {name: config} (conf/callbacks/); `model_checkpoint` and `early_stopping` are completed per
+                 fit (a temporary checkpoint folder, the router's patience), the others instantiated as they are
+    loggers:     Lightning loggers, already built (conf/logger/)
+    num_workers: DataLoader worker processes for routers that decode images
+    """
 
     trainer: dict = field(default_factory=lambda: {"accelerator": "cpu", "devices": 1, "max_epochs": 10})
+    callbacks: dict = field(default_factory=dict)
     loggers: list = field(default_factory=list)
-    output_dir: str | None = None
     cost_bounds: dict | None = None
     beta: float = 0.1
     patience: int = 3
-    batch_size: int = 1024
     num_workers: int = 0
     seed: int = 42
     progress: bool = False
+
+    def make_trainer(self, callbacks: list, **overrides):
+        """A Lightning Trainer from the trainer config (its `_target_`), the given callbacks and the run's loggers."""
+        from hydra.utils import instantiate
+
+        kw = {k: v for k, v in dict(self.trainer).items() if v is not None}
+        kw.setdefault("_target_", "lightning.pytorch.Trainer")
+        kw.update(overrides)
+        kw.setdefault("enable_progress_bar", self.progress)
+        kw.setdefault("enable_model_summary", False)
+        return instantiate(kw, callbacks=callbacks, logger=self.loggers or False)
+
+    def selection_callbacks(self, ckpt_dir: str, patience: int) -> tuple[list, object]:
+        """[checkpoint, early stopping, extra callbacks] on val/rank_score, and the checkpoint callback."""
+        from hydra.utils import instantiate
+
+        cfg = {k: dict(v) for k, v in dict(self.callbacks).items() if v is not None}
+        ckpt_cfg = {**DEFAULT_CHECKPOINT, **cfg.pop("model_checkpoint", {}), "dirpath": ckpt_dir}
+        stop_cfg = {**DEFAULT_EARLY_STOPPING, **cfg.pop("early_stopping", {}), "patience": patience}
+        for c in (ckpt_cfg, stop_cfg):  # dev selects, test reports: nothing else may steer the choice
+            if not str(c.get("monitor", "")).startswith("val/"):
+                raise ValueError(f"callbacks: {c['_target_']} must monitor a val/* metric, not {c.get('monitor')!r}")
+        ckpt = instantiate(ckpt_cfg)
+        return [ckpt, instantiate(stop_cfg), *(instantiate(c) for c in cfg.values())], ckpt
+
+
+DEFAULT_CHECKPOINT = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "monitor": "val/rank_score",
+                      "mode": "max", "filename": "best", "save_top_k": 1, "save_weights_only": True,
+                      "enable_version_counter": False}
+DEFAULT_EARLY_STOPPING = {"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/rank_score",
+                          "mode": "max", "min_delta": 1e-4}
 
 
 class RoutingModule(L.LightningModule):
@@ -140,37 +177,52 @@ class TensorBatches:
             yield {k: v[j] for k, v in self.ds.arrays.items()}
 
 
-def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContext, *, max_epochs: int | None = None,
+def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext, *, max_epochs: int | None = None,
                patience: int | None = None) -> RoutingModule:
-    """Train with early stopping + checkpointing on val/rank_score; return the module with the best weights."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    """Train with early stopping + checkpointing on val/rank_score; return the module with the best weights.
+
+    The checkpoint lives in a temporary folder only until the best weights are reloaded: a run stores its
+    weights once, in the saved router (router/weights.pt)."""
+    import tempfile
 
     if ctx.cost_bounds:
         module.cmin, module.cmax = float(ctx.cost_bounds["cmin"]), float(ctx.cost_bounds["cmax"])
     module.beta = ctx.beta
-    ckpt_dir = Path(ctx.output_dir or ".") / "checkpoints"
-    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/rank_score", mode="max",
-                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
-    callbacks = [ckpt, EarlyStopping(monitor="val/rank_score", mode="max", min_delta=1e-4,
-                                     patience=ctx.patience if patience is None else patience)]
-    kw: dict[str, Any] = {k: v for k, v in dict(ctx.trainer).items() if v is not None}
-    if "max_epochs" not in kw:  # the trainer preset (e.g. debug=fast) wins over the router's own default
+    kw: dict[str, Any] = {"num_sanity_val_steps": 0}
+    if ctx.trainer.get("max_epochs") is None:  # the trainer preset (e.g. debug=fast) wins over the router's own
         kw["max_epochs"] = max_epochs if max_epochs is not None else 10
-    if module.grad_clip:
-        kw.setdefault("gradient_clip_val", module.grad_clip)
-    kw.setdefault("enable_progress_bar", ctx.progress)
-    kw.setdefault("enable_model_summary", False)
-    kw.setdefault("num_sanity_val_steps", 0)
-    trainer = L.Trainer(logger=ctx.loggers or False, callbacks=callbacks, default_root_dir=ctx.output_dir, **kw)
-    trainer.fit(module, train_loader, val_loader)
-    best = ckpt.best_model_path
-    if best and Path(best).exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+    if module.grad_clip and ctx.trainer.get("gradient_clip_val") is None:
+        kw["gradient_clip_val"] = module.grad_clip
+    with tempfile.TemporaryDirectory(prefix="vlrb-ckpt-") as tmp:
+        callbacks, ckpt = ctx.selection_callbacks(tmp, ctx.patience if patience is None else patience)
+        trainer = ctx.make_trainer(callbacks, default_root_dir=tmp, **kw)
+        trainer.fit(module, train_loader, val_loader)
+        best = ckpt.best_model_path
+        if best and Path(best).exists():
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
     score = ckpt.best_model_score  # a tensor; 0.0 is a valid best score, so test for None explicitly
     module.fit_info = {"epochs": trainer.current_epoch,
-                       "best_val_rank_score": float("nan") if score is None else float(score), "checkpoint": best}
+                       "best_val_rank_score": float("nan") if score is None else float(score)}
     return module
+
+
+def fit_without_dev(module: RoutingModule, train_loader, ctx: FitContext, max_epochs: int) -> dict:
+    """No dev split: nothing to select on, so train the full epoch budget and keep the last weights."""
+    import tempfile
+    import warnings
+
+    kw: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
+    if ctx.trainer.get("max_epochs") is None:
+        kw["max_epochs"] = max_epochs
+    if module.grad_clip and ctx.trainer.get("gradient_clip_val") is None:
+        kw["gradient_clip_val"] = module.grad_clip
+    with tempfile.TemporaryDirectory(prefix="vlrb-fit-") as tmp:
+        trainer = ctx.make_trainer([], default_root_dir=tmp, **kw)
+        with warnings.catch_warnings():  # "validation_step but no val_dataloader": intended here
+            warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+            trainer.fit(module, train_loader)
+    return {"epochs": trainer.current_epoch, "best_val_rank_score": None}  # nothing was validated
 
 
 @torch.inference_mode()

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
 from vlrb.data.benchmark import Split, compute_cost_bounds
-from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, write_router_meta
+from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, router_from_meta, write_router_meta
 from vlrb.routing.soft_labels import SCHEMES, label_diagnostics, parse_lambda, soft_labels
 
 if TYPE_CHECKING:  # torch/Lightning are imported on first fit/load, not at registry time
-    from vlrb.routers.lit import RoutingModule, TrainContext
+    from vlrb.routers.lit import FitContext, RoutingModule
 
 WEIGHTS_FILE = "weights.pt"
 VAL_BATCH = 8192  # dev scoring batch: large, it is inference only
@@ -97,6 +95,7 @@ class NetRouter(Router):
 
     inputs = ("features",)
     trainable = True
+    uses_lambda = True
     module_name: ClassVar[str]  # a key of _nets()
 
     def __init__(self, lam: float | str = 1000.0, cost_scale: float = 100.0, scheme: str = "exp",
@@ -112,7 +111,6 @@ class NetRouter(Router):
         self.batch_size = None if batch_size is None else int(batch_size)
         self.max_epochs, self.patience = int(max_epochs), None if patience is None else int(patience)
         self.drop_no_correct, self.seed = bool(drop_no_correct), int(seed)
-        self.ctx: TrainContext | None = None  # set by train.py before fit; None: a default CPU context
         self.module_: RoutingModule | None = None
 
     # ------------------------------------------------------------ what subclasses provide
@@ -131,26 +129,24 @@ class NetRouter(Router):
         """The soft labels of rows (Y, C) (SPEC.md §7; one-hot on the cheapest correct model at λ = ∞)."""
         return soft_labels(Y, C, self.lam, cost_scale=self.cost_scale, scheme=self.scheme, fallback="cheapest")
 
-    def _context(self, train: Split) -> "TrainContext":
-        from vlrb.routers.lit import TrainContext
+    def _context(self, ctx: "FitContext | None", train: Split) -> "FitContext":
+        from vlrb.routers.lit import FitContext
 
-        if self.ctx is not None:
-            ctx = self.ctx
-        else:  # standalone use: CPU, no logger, cost bounds of the training split
-            ctx = TrainContext(trainer={"accelerator": "cpu", "devices": 1}, seed=self.seed)
+        if ctx is None:  # standalone use: CPU, no logger, cost bounds of the training split
+            ctx = FitContext(trainer={"accelerator": "cpu", "devices": 1}, seed=self.seed)
         if ctx.cost_bounds is None:
             ctx = dataclasses.replace(ctx, cost_bounds=compute_cost_bounds(train.C, train.models or
                                                                            [str(j) for j in range(train.Y.shape[1])]))
         return ctx
 
-    def fit(self, train: Split, dev: Split | None = None) -> "NetRouter":
+    def fit(self, train: Split, dev: Split | None = None, ctx: "FitContext | None" = None) -> "NetRouter":
         import torch
 
-        from vlrb.routers.lit import DictDataset, fit_module
+        from vlrb.routers.lit import DictDataset, fit_module, fit_without_dev
 
         t0 = time.perf_counter()
         self._remember_models(train)
-        ctx = self._context(train)
+        ctx = self._context(ctx, train)
         keep = self.training_rows(train)
         X = self._features(train)[keep]
         Y, C = np.asarray(train.Y)[keep], np.asarray(train.C)[keep]
@@ -171,14 +167,10 @@ class NetRouter(Router):
             # dev only steers early stopping / checkpoint choice; it is never filtered (SPEC.md §7)
             val_ds = DictDataset(x=self._features(dev), Y=np.asarray(dev.Y), C=np.asarray(dev.C))
             val_loader = make_loader(val_ds, VAL_BATCH, shuffle=False, seed=self.seed, ctx=ctx)
-            with tempfile.TemporaryDirectory(prefix="vlrb-fit-") as tmp:  # checkpoints of a standalone fit
-                run_ctx = ctx if ctx.output_dir else dataclasses.replace(ctx, output_dir=tmp)
-                module = fit_module(module, train_loader, val_loader, run_ctx, max_epochs=max_epochs, patience=patience)
+            module = fit_module(module, train_loader, val_loader, ctx, max_epochs=max_epochs, patience=patience)
             info = dict(module.fit_info)
-            if not ctx.output_dir:
-                info.pop("checkpoint", None)  # it lived in the temporary directory
         else:
-            info = _fit_without_dev(module, train_loader, ctx, max_epochs)
+            info = fit_without_dev(module, train_loader, ctx, max_epochs)
         self._set_module(module)
         self.in_dim_ = int(X.shape[1])
         self.fit_info = {**info, "n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
@@ -238,7 +230,7 @@ class NetRouter(Router):
         import torch
 
         meta = read_router_meta(path)
-        router = cls(**meta["params"])
+        router = router_from_meta(meta)
         restore_common(router, meta)
         router.in_dim_ = int(meta["in_dim"])
         module = router.make_module(router.in_dim_, router.n_models)
@@ -255,7 +247,7 @@ def is_distributed(trainer: dict) -> bool:
     return "ddp" in str(trainer.get("strategy") or "") or int(trainer.get("num_nodes") or 1) > 1 or many
 
 
-def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int, ctx: "TrainContext"):
+def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int, ctx: "FitContext"):
     """Whole-tensor minibatches (`TensorBatches`, ~100x less overhead than a DataLoader on features), or a
     plain DataLoader when the trainer may be distributed: Lightning then shards it with a DistributedSampler
     (it cannot shard TensorBatches, so every rank would see every sample)."""
@@ -267,19 +259,6 @@ def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int, ctx: "TrainCon
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=ctx.num_workers,
                                            generator=torch.Generator().manual_seed(seed))
     return TensorBatches(ds, batch_size, shuffle=shuffle, seed=seed)
-
-
-def _fit_without_dev(module: "RoutingModule", train_loader, ctx: "TrainContext", max_epochs: int) -> dict:
-    """No dev split: no early stopping, train the full epoch budget and keep the last weights."""
-    import lightning as L
-
-    kw = {"enable_progress_bar": ctx.progress, "enable_model_summary": False, **ctx.trainer,
-          "max_epochs": max_epochs, "limit_val_batches": 0, "enable_checkpointing": False}
-    trainer = L.Trainer(logger=ctx.loggers or False, default_root_dir=ctx.output_dir or tempfile.gettempdir(), **kw)
-    with warnings.catch_warnings():  # "validation_step but no val_dataloader": intended here
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(module, train_loader)
-    return {"epochs": trainer.current_epoch, "best_val_rank_score": None}  # nothing was validated
 
 
 @register_router("linear")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, save_arrays
+from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
 
 
 @register_router("ovr")
@@ -76,7 +76,7 @@ class OVRRouter(Router):
     @classmethod
     def load(cls, path: Path) -> "OVRRouter":
         meta, a = load_arrays(path)
-        router = cls(**meta["params"])
+        router = router_from_meta(meta)
         restore_common(router, meta)
         router._set_state(a["coef"], a["intercept"], a["constant"])
         return router

@@ -1,0 +1,102 @@
+"""How a feature-level router's inputs are made: encoder pair, fusion and the train-fitted scaler, in one object.
+
+At training time `FeatureRecipe.fit(bench, encoder_cfg, fusion)` reads the cached embeddings, fuses them and
+fits the scaler on the train rows; the trained router artifact stores the recipe (`recipe.json` +
+`scaler.npz`), so a router that left its run directory turns new prompts and images into the very features
+it was trained on (`recipe.encode(prompts, images)`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlrb.features.encoders import as_dict
+from vlrb.features.fusion import DEFAULT_FUSION, FeatureScaler, fuse, load_features
+
+RECIPE_JSON = "recipe.json"
+SCALER_NPZ = "scaler.npz"
+
+
+@dataclass
+class FeatureRecipe:
+    encoder: dict  # the resolved encoder config (conf/encoder/<name>.yaml)
+    fusion: str = DEFAULT_FUSION
+    text_weight: float = 0.5
+    scaler: FeatureScaler | None = None
+    _encoders: dict = field(default_factory=dict, repr=False)  # built on first encode()
+
+    @classmethod
+    def from_config(cls, encoder_cfg: Any, fusion: str | None = None) -> "FeatureRecipe":
+        enc = as_dict(encoder_cfg)
+        return cls(encoder=enc, fusion=fusion or enc.get("fusion") or DEFAULT_FUSION,
+                   text_weight=float(enc.get("text_weight", 0.5)))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return {"only_text": ("text",), "only_image": ("vision",)}.get(self.fusion, ("text", "vision"))
+
+    # ------------------------------------------------------------------ training time
+    def fit_splits(self, bench, splits: Sequence[str] = ("train", "dev", "test")) -> dict[str, np.ndarray]:
+        """Fused features of the benchmark's cached embeddings, scaler fitted on the train rows only;
+        returns {split: (n, D) float32}."""
+        X = load_features(bench, self.encoder, self.fusion, text_weight=self.text_weight)
+        train = bench.splits["train"]
+        if len(train) == 0:
+            raise ValueError("no training rows to fit the feature scaler on")
+        self.scaler = FeatureScaler().fit(X[train])
+        return {s: self.scaler.transform(X[bench.splits[s]]) for s in splits}
+
+    def transform_bench(self, bench, split: str) -> np.ndarray:
+        """Features of one split of a benchmark with cached embeddings, through the fitted scaler."""
+        X = load_features(bench, self.encoder, self.fusion, text_weight=self.text_weight)
+        return self._scale(X[bench.splits[split]])
+
+    # ------------------------------------------------------------------ new inputs
+    def encode(self, prompts: Sequence[str], images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
+        """(n, D) scaled features of raw prompts and images (an image: None, a path, bytes or a PIL image)."""
+        from vlrb.data.images import ImageList
+        from vlrb.features.extract import encode_items
+
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images (use None for no image)")
+        emb = {}
+        sources = {"text": list(prompts), "vision": ImageList(images)}
+        for mod in self.modalities:
+            emb[mod] = encode_items(self._encoder(mod), mod, sources[mod], batch_size=batch_size)
+        X = fuse(emb.get("text"), emb.get("vision"), self.fusion, self.text_weight)
+        return self._scale(X)
+
+    def _encoder(self, mod: str):
+        if mod not in self._encoders:
+            from vlrb.features.encoders import build_encoder
+
+            self._encoders[mod] = build_encoder(self.encoder, mod).eval()
+        return self._encoders[mod]
+
+    def _scale(self, X: np.ndarray) -> np.ndarray:
+        if self.scaler is None:
+            raise RuntimeError("the feature scaler is not fitted (FeatureRecipe.fit_splits first)")
+        return self.scaler.transform(X)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        from vlrb.io import write_json, write_with
+
+        path = Path(path)
+        write_json(path / RECIPE_JSON, {"encoder": self.encoder, "fusion": self.fusion,
+                                        "text_weight": self.text_weight})
+        sc = self.scaler.scaler
+        write_with(path / SCALER_NPZ, lambda p: np.savez(open(p, "wb"), mean=sc.mean_, scale=sc.scale_))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureRecipe":
+        path = Path(path)
+        meta = json.loads((path / RECIPE_JSON).read_text())
+        with np.load(path / SCALER_NPZ, allow_pickle=False) as z:
+            scaler = FeatureScaler.from_arrays(z["mean"], z["scale"])
+        return cls(encoder=meta["encoder"], fusion=meta["fusion"], text_weight=float(meta["text_weight"]),
+                   scaler=scaler)

@@ -1,0 +1,128 @@
+"""`build_data.py`: build a benchmark (stage=data) and extract its features (stage=features); and the one
+public call through which train and evaluate get a benchmark (`load_benchmark`)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vlrb.errors import ConfigError
+from vlrb.jobs.common import run_job, to_plain
+
+log = logging.getLogger("vlrb.build")
+
+
+def _say(msg: str) -> None:
+    log.info(msg)
+
+
+def main(cfg: DictConfig) -> None:
+    """Hydra task of build_data.py."""
+    run_job(run_build, cfg)
+
+
+def generate_demo_if_missing(data_cfg, progress: bool = True) -> None:
+    """data=demo: generate the VLMEvalKit-style work dir once (it is an input, like real logs)."""
+    gen = data_cfg.get("generate")
+    if gen is None:
+        return
+    raw = Path(data_cfg.raw_dir)
+    out = raw.parent
+    from vlrb.data.demo import generate_demo, is_demo_dir
+
+    if is_demo_dir(out) and raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
+        return
+
+    n = gen.get("samples_per_dataset")
+    _say(f"generating the demo work dir in {out} ({'full scale' if n is None else f'{n} samples per dataset'}) ...")
+    generate_demo(out, samples_per_dataset=n, full=n is None, seed=int(gen.get("seed", 0)),
+                  datasets=list(data_cfg.datasets) if data_cfg.get("datasets") else None,
+                  workers=int(data_cfg.get("workers") or 2), progress=progress,
+                  image_size=int(gen.get("image_size", 96)), if_missing=True)
+
+
+def may_create_parents(cfg) -> bool:
+    """A data.root under the project's data folder may create missing parents; anywhere else the parent
+    must exist, so a typo does not silently create a deep new path."""
+    root, home = Path(cfg.data.root).resolve(), Path(cfg.paths.data_dir).resolve()
+    return root.is_relative_to(home)
+
+
+def print_summary(root) -> None:
+    from vlrb.data.benchmark import Benchmark
+
+    bm = Benchmark.load(root)
+    s = bm.summary()
+    _say(f"\nbenchmark: {Path(root).resolve()}")
+    _say(f"samples {s['n_samples']}  models {s['n_models']}  splits {s['splits']}")
+    _say(f"{'model':32s} {'accuracy':>9s} {'$/10K':>9s}")
+    for m, r in s["per_model"].items():
+        _say(f"{m:32s} {r['accuracy'] * 100:8.2f}% {r['avg_cost'] * 1e4:9.3f}")
+    _say(f"best single model: {s['best_single_model']} ({s['best_single_accuracy'] * 100:.2f}%)")
+    _say(f"oracle accuracy:   {s['oracle_accuracy'] * 100:.2f}%")
+    _say(f"report: {Path(root) / 'reports' / 'data_integrity' / 'validation_report.txt'}")
+
+
+def run_build(cfg: DictConfig) -> None:
+    from vlrb.data.benchmark import Benchmark
+    from vlrb.features.extract import extract_features
+
+    stage = cfg.get("stage", "data")
+    if stage not in ("data", "features", "all"):
+        raise ConfigError(f"stage must be data, features or all (got {stage!r})")
+    progress = bool(cfg.get("progress", True))
+    if stage in ("data", "all"):
+        manifest = build_benchmark(cfg, force=bool(cfg.get("force")), progress=progress)
+        if not manifest.get("up_to_date"):
+            _say(f"built in {manifest['timings_s']['total']:.1f} s ({manifest['timings_s']})")
+        print_summary(cfg.data.root)
+    if stage in ("features", "all"):
+        bm = Benchmark.load(cfg.data.root)
+        stats = extract_features(bm, to_plain(cfg.encoder), root=cfg.data.root, force=bool(cfg.get("force")),
+                                 progress=progress)
+        for mod, st in stats.items():
+            _log_features(mod, st)
+
+
+def build_benchmark(cfg: DictConfig, *, force: bool = False, progress: bool = True) -> dict:
+    """Generate the demo's raw files when missing (data=demo), then build data.root (a no-op when up to date)."""
+    from vlrb.data.build import build
+    from vlrb.pricing import PriceTable
+
+    generate_demo_if_missing(cfg.data, progress=progress)
+    prices = PriceTable.from_config(cfg.get("pricing")) if cfg.data.get("reader") != "records" or cfg.get("pricing") else None
+    return build(cfg.data, prices, force=force, progress=progress, log=_say, create_parents=may_create_parents(cfg))
+
+
+def load_benchmark(cfg: DictConfig, *, encoder=None):
+    """The benchmark at data.root for train/evaluate. The demo is generated and built first when missing;
+    with `encoder`, its features are extracted when missing or stale (both logged as such)."""
+    from vlrb.data.benchmark import Benchmark
+    from vlrb.data.build import is_benchmark_dir
+
+    root = Path(cfg.data.root)
+    if not (root / "data" / "matrices" / "Y.npz").exists():
+        if cfg.data.get("generate") is None:
+            raise ConfigError(f"data.root={root} holds no built benchmark; build it first: "
+                              f"python build_data.py data={cfg.data.get('name', '...')} data.root={root} ...")
+        _say(f"no benchmark at {root}: building the demo first")
+        build_benchmark(cfg, progress=sys.stderr.isatty())
+    elif not is_benchmark_dir(root):
+        log.debug("%s was not built by vlrb (no manifest); reading it as an original VL-RouterBench folder", root)
+    bench = Benchmark.load(root)
+    if encoder is not None:
+        from vlrb.features.extract import extract_features
+
+        for mod, st in extract_features(bench, to_plain(encoder), root=root, progress=sys.stderr.isatty()).items():
+            if isinstance(st, dict) and st.get("status") != "cached":
+                _log_features(mod, st, why="missing or stale: extracted now, cached for later runs")
+    return bench
+
+
+def _log_features(mod: str, st, why: str = "") -> None:
+    if isinstance(st, dict):
+        _say(f"{mod} features: {st.get('name')} ({st.get('dim')}-d, {st.get('n_samples')} samples, "
+             f"{st.get('status')}; {st.get('throughput_items_s') or 0:.1f} items/s on {st.get('device')}) "
+             f"-> {st.get('path')}" + (f" [{why}]" if why else ""))

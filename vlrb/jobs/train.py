@@ -1,0 +1,226 @@
+"""`train.py`: one run = config -> benchmark (+ features) -> router built from its `_target_` -> fit with
+dev-based selection -> dev and test scored once -> metrics.json, predictions.parquet and a self-contained
+`router/` in the run directory -> the configured loggers."""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from vlrb.errors import ConfigError
+from vlrb.io import claim_run_dir, write_json
+from vlrb.jobs.common import output_dir, run_job, sweep_name, to_plain
+
+log = logging.getLogger("vlrb.train")
+
+
+def main(cfg: DictConfig) -> float:
+    """Hydra task: returns the optimised metric (NaN for a failed job of a sweep)."""
+    return run_job(_run, cfg, default=float("nan"))
+
+
+def _run(cfg: DictConfig) -> float:
+    validate(cfg)
+    out = output_dir()
+    claim_run_dir(out)  # never write over another run's results
+    try:
+        metrics = train(cfg, out)
+    finally:
+        _finish_wandb()
+    return float(metrics.get(cfg.get("optimized_metric", "val/rank_score"), float("nan")))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need nothing loaded: a bad value fails in a second, not after the data is read."""
+    from vlrb.routing.soft_labels import parse_lambda
+
+    try:
+        parse_lambda(cfg["lambda"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"lambda={cfg['lambda']!r}: {e}") from None
+    router = cfg.get("router")
+    if not router or "_target_" not in router:
+        raise ConfigError("router: choose one with router=<name> (conf/router/); its config needs a _target_")
+    if cfg.get("backbone") is not None and "backbone" not in router:
+        raise ConfigError(f"backbone={_choice('backbone')}: router={_choice('router')} takes no backbone "
+                          "(only the end-to-end routers routerdc, cosinecls, zooter and vlc do)")
+    if int(cfg.get("num_workers", 0)) < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
+
+
+def _choice(group: str) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group))
+    return "?"
+
+
+def build_router(router_cfg):
+    """The router its config describes (`_target_` + keyword arguments), the one path for train and evaluate."""
+    from hydra.utils import instantiate
+
+    from vlrb.routers import Router
+
+    router = instantiate(router_cfg, _convert_="all")
+    if not isinstance(router, Router):
+        raise ConfigError(f"router._target_={router_cfg._target_} is not a vlrb Router")
+    return router
+
+
+def build_loggers(cfg: DictConfig, out: Path, run_name: str) -> list:
+    """Lightning loggers from `logger=`; W&B picks offline mode when no account is configured."""
+    from hydra.utils import instantiate
+
+    from vlrb.eval.wandb_utils import resolve_wandb_mode
+
+    loggers = []
+    for key, lg in (cfg.get("logger") or {}).items():
+        if not isinstance(lg, DictConfig) or "_target_" not in lg:
+            continue
+        kw = {}
+        if key == "wandb":
+            mode = resolve_wandb_mode(lg.get("mode"))
+            if mode == "disabled":
+                continue
+            kw = {"offline": bool(lg.get("offline")) or mode == "offline", "name": lg.get("name") or run_name,
+                  "save_dir": str(out)}
+            if sweep_name():  # every run of one multirun shares a W&B group, so the dashboard compares them
+                kw["group"] = f"{lg.get('group') or cfg.task_name}-{sweep_name()}"
+            lg = OmegaConf.masked_copy(lg, [k for k in lg if k != "mode"])
+        loggers.append(instantiate(lg, **kw))
+    return loggers
+
+
+def prepare_data(cfg: DictConfig, router):
+    """The benchmark (the demo is built first when missing) and the run's `RoutingData` for this router."""
+    from vlrb.jobs.build import load_benchmark
+    from vlrb.routing.data import RoutingData
+
+    needs_features = "features" in router.inputs
+    bench = load_benchmark(cfg, encoder=cfg.encoder if needs_features else None)
+    data = RoutingData.prepare(bench, router.inputs, encoder=to_plain(cfg.encoder) if needs_features else None,
+                               fusion=cfg.get("fusion"), num_workers=int(cfg.get("num_workers", 2)))
+    if len(data["train"]) == 0:
+        raise ConfigError(f"the benchmark at {cfg.data.root} has an empty train split: nothing to fit")
+    return data
+
+
+def train(cfg: DictConfig, out: Path) -> dict:
+    import lightning as L
+
+    from vlrb.artifact import save_trained_router
+    from vlrb.routers.lit import FitContext
+    from vlrb.routing.metrics import route_metrics, router_throughput
+    from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    t0 = time.perf_counter()
+    router = build_router(cfg.router)
+    data = prepare_data(cfg, router)
+    bench, lam = data.bench, parse_lambda(cfg["lambda"])
+    ctx = FitContext(trainer=to_plain(cfg.trainer), callbacks=to_plain(cfg.get("callbacks") or {}),
+                     loggers=build_loggers(cfg, out, f"{router.name}-lam{cfg['lambda']}"),
+                     cost_bounds=bench.cost_bounds, beta=float(cfg.scoring.beta), seed=int(cfg.seed),
+                     num_workers=data.num_workers, progress=sys.stderr.isatty())
+    train_split = data["train"]
+    # the shared label definition, logged with every run (what the trainable routers are fitted to)
+    diag = label_diagnostics(soft_labels(train_split.Y, train_split.C, lam), train_split.Y, train_split.C)
+    fit_on = getattr(router, "fit_on", "train")  # baselines: fit_on=test reproduces upstream (labelled)
+    log.info("training %s on %d %s samples (λ=%s)", router.label, len(data[fit_on]), fit_on,
+             cfg["lambda"] if router.uses_lambda else "unused")
+    t_fit = time.perf_counter()
+    if router.trainable:  # networks take the run's trainer, callbacks and loggers
+        router.fit(data[fit_on], data["dev"], ctx)
+    else:
+        router.fit(data[fit_on], data["dev"])
+    fit_s = time.perf_counter() - t_fit
+
+    metrics: dict = {"router": router.name, "label": router.label,
+                     "lambda": (lam if math.isfinite(lam) else "inf") if router.uses_lambda else None,
+                     "fit_seconds": fit_s}
+    preds = []
+    for name, prefix in (("dev", "val/"), ("test", "test/")):  # test is scored exactly once, after fitting
+        sp = data[name]
+        choice = router.route(sp)
+        metrics.update(route_metrics(sp, choice, bench.cost_bounds, prefix=prefix, beta=float(cfg.scoring.beta)))
+        rows = np.arange(len(sp))
+        preds.append(pd.DataFrame({"sample_id": sp.sample_ids, "split": name,
+                                   "model_id": np.asarray(bench.models, dtype=object)[choice],
+                                   "correct": sp.Y[rows, choice].astype(np.int8),
+                                   "cost": sp.C[rows, choice].astype(np.float64)}))
+    tp = cfg.scoring.get("throughput")
+    if tp:
+        thr = router_throughput(router, data["test"], batch_size=int(tp.batch_size), warmup=int(tp.warmup),
+                                runs=int(tp.runs))
+        metrics.update({f"test/throughput_{k}": v for k, v in thr.items()})
+    metrics.update({f"labels/{k}": v for k, v in diag.items()})
+    metrics.update(_flat_fit_info(router.fit_info))
+    metrics["total_seconds"] = time.perf_counter() - t0
+
+    predictions = pd.concat(preds, ignore_index=True)
+    write_json(out / "metrics.json", metrics)
+    predictions.to_parquet(out / "predictions.parquet", index=False)
+    if cfg.get("save_router", True) and router.saves_state:
+        save_trained_router(router, out / "router", recipe=data.recipe, prices=_prices(bench),
+                            mean_cost=dict(zip(bench.models, map(float, train_split.C.mean(0)))),
+                            lam=metrics["lambda"], config=cfg)
+    _log_final(ctx.loggers, cfg, metrics, predictions)
+    log.info("val/rank_score %.2f  test/accuracy %.2f%%  test/avg_cost %.3f $/10K  test/rank_score %.2f",
+             metrics["val/rank_score"] * 100, metrics["test/accuracy"] * 100, metrics["test/avg_cost"] * 1e4,
+             metrics["test/rank_score"] * 100)
+    log.info("run dir: %s", out)
+    return metrics
+
+
+def _prices(bench) -> dict | None:
+    """Per-model $ per 1M tokens from the build's manifest (None when the records carried their own cost)."""
+    import json
+
+    if bench.root is None or not (Path(bench.root) / "manifest.json").exists():
+        return None
+    prices = json.loads((Path(bench.root) / "manifest.json").read_text()).get("prices")
+    return {m: {"input_per_1m": p[0], "output_per_1m": p[1]} for m, p in prices.items()} if prices else None
+
+
+def _flat_fit_info(info: dict) -> dict:
+    out = {}
+    for k, v in (info or {}).items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"fit/{k}"] = v
+        elif isinstance(v, dict):
+            out.update({f"fit/{k}/{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool))})
+    return out
+
+
+def _log_final(loggers, cfg, metrics: dict, preds: pd.DataFrame) -> None:
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for lg in loggers:
+        try:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_metrics(scalars)
+            if type(lg).__name__ == "WandbLogger":
+                import wandb
+
+                lg.experiment.log({"predictions": wandb.Table(dataframe=preds.astype(
+                    {"model_id": str, "sample_id": str, "split": str}))})
+            lg.save()
+        except Exception as e:  # logging must never lose a finished run
+            log.warning("logger %s failed: %s", type(lg).__name__, e)
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(quiet=True)
+    except Exception:  # noqa: BLE001 - a logger problem must not hide the run's own outcome
+        pass
