@@ -140,7 +140,7 @@ def file_stems_golden(tmp_path):
 # ----------------------------------------------------------------------------- 3. concurrent first demo builds
 
 def _generate(out):
-    from vlrb.data.demo import generate_demo
+    from vlrb.demo import generate_demo
 
     generate_demo(out, samples_per_dataset=3, workers=1, progress=False, datasets=["MMStar", "OCRBench"],
                   if_missing=True)

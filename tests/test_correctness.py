@@ -15,9 +15,8 @@ from vlrb.data.correctness import (
     failed_mask,
     is_equal,
     main_rows_mask,
-    required_columns,
-    score_frame,
 )
+from vlrb.data.families import required_columns, score_frame
 
 API_FAIL = "Failed to obtain answer via API."
 LOCAL_FAIL = "Failed to obtain answer: CUDA out of memory"

@@ -17,10 +17,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlrb.data import demo
 from vlrb.data.datasets import DATASETS
+from vlrb.demo import generate_demo, plan_demo
+from vlrb.demo.images import draw_image_b64
+from vlrb.demo.render import _levenshtein
+from vlrb.demo.vocab import CLAUSES, TOPICS
+from vlrb.demo.world import API_MODELS, DEMO_MODELS, FAIL_MSG, FULL_SCALE_COUNTS, HANDWRITTEN_MATH, KINDS, RUN_FOLDER
 
-RUN = demo.RUN_FOLDER
+RUN = RUN_FOLDER
 SMALL = 20  # samples per dataset in the shared small generation
 # models of every answer style: API, thinking, bare-letter, verbose, tiny
 STYLES = ["GPT4o", "GeminiFlash2-5", "Kimi-VL-A3B-Thinking-2506", "InternVL2_5-78B",
@@ -50,7 +54,7 @@ def read_xlsx(path: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("demo") / "work"
-    return demo.generate_demo(out, samples_per_dataset=SMALL, seed=3, workers=2, progress=False)
+    return generate_demo(out, samples_per_dataset=SMALL, seed=3, workers=2, progress=False)
 
 
 def tsv_rows(path: Path) -> pd.DataFrame:
@@ -61,14 +65,14 @@ def tsv_rows(path: Path) -> pd.DataFrame:
 
 
 def test_models_and_full_scale_counts():
-    assert len(demo.DEMO_MODELS) == 17
-    assert demo.DEMO_MODELS["GPT4o"] == (2.50, 10.00)
-    assert demo.DEMO_MODELS["GeminiFlash2-5"] == (0.30, 2.40)
-    assert demo.DEMO_MODELS["Janus-Pro-1B"] == (0.05, 0.05)
-    assert demo.DEMO_MODELS["InternVL2_5-78B"] == (1.00, 1.50)
-    assert set(demo.FULL_SCALE_COUNTS) == set(DATASETS)
-    assert sum(demo.FULL_SCALE_COUNTS.values()) == 30_540
-    assert all(demo.FULL_SCALE_COUNTS[k] <= NOMINAL[k] for k in NOMINAL)
+    assert len(DEMO_MODELS) == 17
+    assert DEMO_MODELS["GPT4o"] == (2.50, 10.00)
+    assert DEMO_MODELS["GeminiFlash2-5"] == (0.30, 2.40)
+    assert DEMO_MODELS["Janus-Pro-1B"] == (0.05, 0.05)
+    assert DEMO_MODELS["InternVL2_5-78B"] == (1.00, 1.50)
+    assert set(FULL_SCALE_COUNTS) == set(DATASETS)
+    assert sum(FULL_SCALE_COUNTS.values()) == 30_540
+    assert all(FULL_SCALE_COUNTS[k] <= NOMINAL[k] for k in NOMINAL)
 
 
 # --------------------------------------------------------------------------- layout
@@ -78,9 +82,9 @@ def test_layout_run_folder_and_symlinks(small):
     raw, tsv = small["raw_dir"], small["tsv_dir"]
     assert small["n_samples"] == SMALL * len(DATASETS)
     assert sorted(p.stem for p in tsv.glob("*.tsv")) == sorted(DATASETS)
-    assert sorted(p.name for p in raw.iterdir()) == sorted(demo.DEMO_MODELS)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(DEMO_MODELS)
     assert not raw.parent.with_name(raw.parent.name + ".tmp").exists()
-    for m in demo.DEMO_MODELS:
+    for m in DEMO_MODELS:
         run = raw / m / RUN
         expected = set()
         for d, spec in DATASETS.items():
@@ -168,7 +172,7 @@ def _ids(d: str, df: pd.DataFrame) -> list[str]:
 
 def test_files_encode_the_truth_under_the_correctness_rules(small):
     """Every (sample, model) score in demo_truth is what VLMEvalKit's rules give on the files."""
-    from vlrb.data.correctness import score_frame
+    from vlrb.data.families import score_frame
 
     truth = pd.read_parquet(small["truth"]).set_index(["sample_id", "model_id"])["score"]
     assert len(truth) == small["n_samples"] * 17
@@ -181,11 +185,11 @@ def test_files_encode_the_truth_under_the_correctness_rules(small):
 
 def test_fractional_scores_follow_vqa_and_anls_rules(tmp_path):
     """Independent of the project's rules: TextVQA = mean(match), ANLS = 1 - min(distance) if >= 0.5."""
-    res = demo.generate_demo(tmp_path / "w", samples_per_dataset=60, seed=5, workers=1,
-                             progress=False, datasets=["TextVQA_VAL", "DocVQA_VAL"])
+    res = generate_demo(tmp_path / "w", samples_per_dataset=60, seed=5, workers=1,
+                        progress=False, datasets=["TextVQA_VAL", "DocVQA_VAL"])
     truth = pd.read_parquet(res["truth"]).set_index(["sample_id", "model_id"])["score"]
     fractions = set()
-    for m in demo.DEMO_MODELS:
+    for m in DEMO_MODELS:
         for d in ["TextVQA_VAL", "DocVQA_VAL"]:
             df = read_xlsx(res["raw_dir"] / m / f"{m}_{d}_results.xlsx")
             match = [ast.literal_eval(x) for x in df["eval_match"]]
@@ -202,10 +206,10 @@ def test_fractional_scores_follow_vqa_and_anls_rules(tmp_path):
 
 def test_ocrbench_truth_is_the_substring_rule(small):
     truth = pd.read_parquet(small["truth"]).set_index(["sample_id", "model_id"])["score"]
-    for m in demo.DEMO_MODELS:
+    for m in DEMO_MODELS:
         df = read_xlsx(small["raw_dir"] / m / f"{m}_OCRBench.xlsx")
         for sid, pred, answers, cat in zip(_ids("OCRBench", df), df["prediction"], df["answer"], df["category"]):
-            if cat == demo.HANDWRITTEN_MATH:
+            if cat == HANDWRITTEN_MATH:
                 norm = lambda s: s.strip().replace("\n", " ").replace(" ", "")  # noqa: E731
             else:
                 norm = lambda s: s.lower().strip().replace("\n", " ")  # noqa: E731
@@ -223,33 +227,33 @@ def _file_bytes(root: Path) -> dict[str, bytes]:
 
 def test_deterministic_for_a_seed_whatever_the_workers(tmp_path):
     kw = dict(samples_per_dataset=2, seed=11, progress=False)
-    a = demo.generate_demo(tmp_path / "a", workers=1, **kw)
-    b = demo.generate_demo(tmp_path / "b", workers=2, **kw)
+    a = generate_demo(tmp_path / "a", workers=1, **kw)
+    b = generate_demo(tmp_path / "b", workers=2, **kw)
     assert _file_bytes(tmp_path / "a") == _file_bytes(tmp_path / "b")
     pd.testing.assert_frame_equal(pd.read_parquet(a["truth"]), pd.read_parquet(b["truth"]))
-    c = demo.generate_demo(tmp_path / "c", workers=1, **{**kw, "seed": 12}, datasets=["MMStar"])
+    c = generate_demo(tmp_path / "c", workers=1, **{**kw, "seed": 12}, datasets=["MMStar"])
     assert (a["tsv_dir"] / "MMStar.tsv").read_bytes() != (c["tsv_dir"] / "MMStar.tsv").read_bytes()
 
 
 def test_a_dataset_does_not_depend_on_the_others_selected(tmp_path, small):
-    only = demo.generate_demo(tmp_path / "o", samples_per_dataset=SMALL, seed=3, workers=1,
-                              progress=False, datasets=["OCRBench"])
+    only = generate_demo(tmp_path / "o", samples_per_dataset=SMALL, seed=3, workers=1,
+                         progress=False, datasets=["OCRBench"])
     assert [p.name for p in only["tsv_dir"].iterdir()] == ["OCRBench.tsv"]
     assert (only["tsv_dir"] / "OCRBench.tsv").read_bytes() == (small["tsv_dir"] / "OCRBench.tsv").read_bytes()
 
 
 def test_atomic_replace_and_no_half_written_dir(tmp_path, monkeypatch):
     out = tmp_path / "w"
-    demo.generate_demo(out, samples_per_dataset=2, workers=1, progress=False, datasets=["MMStar"])
+    generate_demo(out, samples_per_dataset=2, workers=1, progress=False, datasets=["MMStar"])
     before = _file_bytes(out)
 
     def crash(*a, **k):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(demo, "_truth_frame", crash)
+    monkeypatch.setattr("vlrb.demo.generate._truth_frame", crash)
     with pytest.raises(RuntimeError):
-        demo.generate_demo(out, samples_per_dataset=2, seed=9, workers=1, progress=False,
-                           datasets=["MMStar"])
+        generate_demo(out, samples_per_dataset=2, seed=9, workers=1, progress=False,
+                      datasets=["MMStar"])
     assert _file_bytes(out) == before  # the previous good folder is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == [".w.lock", "w"]  # no temp folder left (the lock is 0 bytes)
 
@@ -270,14 +274,14 @@ def test_oracle_far_above_the_best_single_model(small):
 
 def test_a_router_that_reads_the_question_beats_every_single_model():
     """Choose a model per (dataset, topic word in the question, number of clauses), fitted on half."""
-    plans = demo.plan_demo(samples_per_dataset=300, seed=1)
-    topic_kind = {t: k for k, ts in demo._TOPICS.items() for t in ts}
+    plans = plan_demo(samples_per_dataset=300, seed=1)
+    topic_kind = {t: k for k, ts in TOPICS.items() for t in ts}
     keys, y = [], []
     for d, plan in plans.items():
         for s, row in zip(plan.samples, plan.correct):
             q = s.row["question"]
             kind = next((k for t, k in topic_kind.items() if t in q), "?")
-            keys.append((d, kind, sum(c in q for c in demo._CLAUSES) >= 2))
+            keys.append((d, kind, sum(c in q for c in CLAUSES) >= 2))
             y.append(row)
     y = np.array(y)
     train = np.arange(len(y)) % 2 == 0
@@ -302,35 +306,35 @@ def test_image_kinds_are_visually_distinct():
         return np.concatenate([arr.mean((0, 1)), arr.std((0, 1)), [edges], layout])
 
     feats = defaultdict(list)
-    for kind in range(len(demo.KINDS)):
+    for kind in range(len(KINDS)):
         for i in range(12):
-            topic = demo._TOPICS[demo.KINDS[kind]][i % 8]
-            feats[kind].append(features(demo.draw_image_b64(kind, random.Random(i).random(), topic, i)))
+            topic = TOPICS[KINDS[kind]][i % 8]
+            feats[kind].append(features(draw_image_b64(kind, random.Random(i).random(), topic, i)))
     centroids = {k: np.mean(v, 0) for k, v in feats.items()}
     hits = sum(min(centroids, key=lambda c: np.linalg.norm(f - centroids[c])) == k
                for k, v in feats.items() for f in v)
-    assert hits / (12 * len(demo.KINDS)) >= 0.9
+    assert hits / (12 * len(KINDS)) >= 0.9
 
 
 # --------------------------------------------------------------------------- predictions
 
 
 def test_failed_api_calls(tmp_path):
-    res = demo.generate_demo(tmp_path / "w", samples_per_dataset=20, seed=2, workers=1,
-                             progress=False, api_failure_rate=0.2, datasets=["MMStar", "DocVQA_VAL"])
+    res = generate_demo(tmp_path / "w", samples_per_dataset=20, seed=2, workers=1,
+                        progress=False, api_failure_rate=0.2, datasets=["MMStar", "DocVQA_VAL"])
     truth = pd.read_parquet(res["truth"]).set_index(["sample_id", "model_id"])["score"]
-    for m in demo.DEMO_MODELS:
+    for m in DEMO_MODELS:
         for d in ["MMStar", "DocVQA_VAL"]:
             df = read_xlsx(res["raw_dir"] / m / f"{m}_{d}.xlsx")
-            failed = df["prediction"] == demo.FAIL_MSG
-            if m in demo.API_MODELS:
+            failed = df["prediction"] == FAIL_MSG
+            if m in API_MODELS:
                 assert failed.any()
                 assert (truth.loc[[(i, m) for i in _ids(d, df[failed])]] == 0).all()
             else:
                 assert not failed.any()
     # at the default rate: about 0.3% of the API models' predictions at full scale
-    plans = demo.plan_demo(full=True)
-    api = [list(demo.DEMO_MODELS).index(m) for m in demo.API_MODELS]
+    plans = plan_demo(full=True)
+    api = [list(DEMO_MODELS).index(m) for m in API_MODELS]
     rate = np.concatenate([p.failed[:, api] for p in plans.values()]).mean()
     assert 0.0015 <= rate <= 0.0045
 
@@ -362,7 +366,7 @@ def test_levenshtein_matches_the_textbook_dp():
     for _ in range(2000):
         a = "".join(rnd.choice("ab c$.1") for _ in range(rnd.randint(0, 25)))
         b = "".join(rnd.choice("ab c$.1") for _ in range(rnd.randint(0, 25)))
-        assert demo._levenshtein(a, b) == dp(a, b)
+        assert _levenshtein(a, b) == dp(a, b)
 
 
 def test_the_reader_recovers_the_planned_truth(small, tmp_path):
@@ -378,11 +382,11 @@ def test_the_reader_recovers_the_planned_truth(small, tmp_path):
                                 tsv_dir=str(small["tsv_dir"]), root=str(tmp_path / "b"), datasets=None, models=None,
                                 binarize_threshold=0.5, split="random", split_seed=42, strict=False, workers=1))
     prices = PriceTable.from_mapping({"pricing": {m: {"input_price_per_1m": i, "output_price_per_1m": o}
-                                                  for m, (i, o) in demo.DEMO_MODELS.items()}})
+                                                  for m, (i, o) in DEMO_MODELS.items()}})
     build(cfg, prices, progress=False, log=lambda *a: None)
     bm = Benchmark.load(tmp_path / "b")
     truth = pd.read_parquet(small["truth"]).pivot(index="sample_id", columns="model_id", values="score")
     truth = truth.reindex(index=bm.sample_ids, columns=bm.models)
-    assert bm.n_samples == small["n_samples"] and bm.models == sorted(demo.DEMO_MODELS)
+    assert bm.n_samples == small["n_samples"] and bm.models == sorted(DEMO_MODELS)
     np.testing.assert_allclose(bm.scores, truth.to_numpy(), atol=1e-6)
     assert bm.images.has_image.all() and bm.images[0].size[0] > 0

@@ -23,6 +23,7 @@ import pandas as pd
 
 from vlrb.errors import VlrbError
 from vlrb.data.datasets import DATASETS, DEFAULT_OUTPUT_TOKEN_ESTIMATE, IMAGE_TOKENS, OUTPUT_TOKEN_ESTIMATES, DatasetSpec
+from vlrb.data.families import FAMILIES
 from vlrb.data.splits import random_split, stratified_split
 from vlrb.data.tokens import count_many, tokenizer_name
 from vlrb.io import (check_target_dir, file_digest, folder_lock, new_temp_dir, remove_stale_temp_dirs,
@@ -60,8 +61,7 @@ def dataset_specs(data_cfg) -> dict[str, DatasetSpec]:
                 raise BuildError(f"data.extra_datasets.{key}.task_type={extra[key].task_type!r}: use letters, digits, "
                                  f"'_' and '-' only (it names a folder under BENCHMARKS/)")
         except KeyError:
-            raise BuildError(f"data.extra_datasets.{key} needs a `family` (mcq, yorn, vqa, anls, ocrbench, "
-                             f"mathvista, mathvision, mathverse)") from None
+            raise BuildError(f"data.extra_datasets.{key} needs a `family` ({', '.join(FAMILIES)})") from None
     known = {**DATASETS, **extra}
     wanted = list(data_cfg.get("datasets") or DATASETS) + [k for k in extra if k not in (data_cfg.get("datasets") or [])]
     unknown = [d for d in wanted if d not in known]

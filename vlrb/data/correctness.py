@@ -1,6 +1,6 @@
 """Per-sample correctness for every VLMEvalKit dataset family (VLMEVALKIT_FORMAT.md §1.3).
 
-`score_frame(family, df)` turns one evaluation file (already read into a DataFrame) into a raw
+Each family's scorer (vlrb.data.families) turns one evaluation file (read into a DataFrame) into a raw
 score in [0, 1] per row. Families whose file carries a per-sample column (mcq `hit`, yorn and
 mathverse `score`, vqa/anls `eval_match`) are read vectorised; the families without one
 (ocrbench, mathvista, mathvision) are recomputed row by row with VLMEvalKit's own rules at
@@ -24,20 +24,6 @@ import numpy as np
 import pandas as pd
 
 FAILED_MARKERS = ("Failed to obtain answer via API.", "Failed to obtain answer")
-
-# Each family's needed columns, as groups of alternatives (first = preferred).
-_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "mcq": (("hit",),),
-    "yorn": (("score",),),
-    "vqa": (("eval_match", "eval_score"),),
-    # eval_score is a mean *distance* for ANLS datasets, so there is no fallback (the ANLS trap)
-    "anls": (("eval_match",),),
-    "ocrbench": (("prediction",), ("answer",), ("category",)),
-    "mathvista": (("res",), ("answer",), ("question_type",), ("answer_type",), ("choices",),
-                  ("answer_option",)),
-    "mathvision": (("res",), ("answer",), ("choices",)),
-    "mathverse": (("score",),),
-}
 
 # MathVista float answers: VLMEvalKit b55f788e compares float(res) == float(answer) exactly, and so
 # do we by default (parity with the labels VL-RouterBench was built from). True rounds both to the
@@ -63,21 +49,6 @@ def failed_mask(predictions: pd.Series) -> np.ndarray:
     return mask
 
 
-def required_columns(family: str) -> tuple[str, ...]:
-    """The (preferred) columns that a family's evaluation file must have."""
-    return tuple(group[0] for group in _groups(family, ""))
-
-
-def score_frame(family: str, df: pd.DataFrame, dataset: str = "") -> np.ndarray:
-    """Raw score in [0, 1] per row of an evaluation file; failed predictions score 0."""
-    cols = _resolve_columns(family, df, dataset)
-    scores = np.asarray(_SCORERS[family](df, cols, dataset), dtype=np.float64)
-    scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0)
-    if "prediction" in df.columns:
-        scores[failed_mask(df["prediction"])] = 0.0
-    return scores
-
-
 def main_rows_mask(df: pd.DataFrame) -> np.ndarray:
     """MMBench circular: True for the main rows (the ones VLMEvalKit's result file keeps)."""
     if "index" not in df.columns:
@@ -93,36 +64,6 @@ def main_rows_mask(df: pd.DataFrame) -> np.ndarray:
 def binarize(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """0/1 correctness from raw (possibly fractional) scores: score >= threshold."""
     return (np.asarray(scores, dtype=np.float64) >= threshold).astype(np.int8)
-
-
-# --------------------------------------------------------------------------- columns
-
-
-def _groups(family: str, dataset: str) -> tuple[tuple[str, ...], ...]:
-    try:
-        return _COLUMNS[family]
-    except KeyError:
-        raise CorrectnessError(
-            f"{_label(family, dataset)}: unknown correctness family; known: {', '.join(_COLUMNS)}"
-        ) from None
-
-
-def _label(family: str, dataset: str) -> str:
-    return f"{dataset} ({family})" if dataset else f"({family})"
-
-
-def _resolve_columns(family: str, df: pd.DataFrame, dataset: str) -> list[str]:
-    """The first present column of each alternative group, or a CorrectnessError."""
-    chosen = []
-    for group in _groups(family, dataset):
-        present = [c for c in group if c in df.columns]
-        if not present:
-            raise CorrectnessError(
-                f"{_label(family, dataset)}: evaluation file lacks column '{group[0]}'; "
-                f"expected one of {list(group)}; columns present: {list(df.columns)}"
-            )
-        chosen.append(present[0])
-    return chosen
 
 
 # --------------------------------------------------------------------------- vectorised families
@@ -584,15 +525,3 @@ def _is_missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
     return isinstance(value, float) and math.isnan(value)
-
-
-_SCORERS: dict[str, Callable[[pd.DataFrame, list[str], str], np.ndarray]] = {
-    "mcq": _score_hit,
-    "yorn": _score_hit,
-    "mathverse": _score_hit,
-    "vqa": _score_vqa,
-    "anls": _score_anls,
-    "ocrbench": _score_ocrbench,
-    "mathvista": _score_mathvista,
-    "mathvision": _score_mathvision,
-}

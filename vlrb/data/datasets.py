@@ -12,10 +12,9 @@ class DatasetSpec:
     key: str  # exact VLMEvalKit spelling, also the sample-id prefix
     task_type: str  # BENCHMARKS/<task_type>/ folder (SPEC.md §1.3)
     group: str  # task group of the paper: General, STEM, Charts & OCR
-    family: str  # correctness rule family (VLMEVALKIT_FORMAT.md §1.3)
+    family: str  # correctness rule family: a key of vlrb.data.families.FAMILIES
 
 
-# family names: mcq, yorn, vqa, anls, ocrbench, mathvista, mathvision, mathverse
 DATASETS: dict[str, DatasetSpec] = {
     s.key: s
     for s in [
@@ -42,20 +41,6 @@ OUTPUT_TOKEN_ESTIMATES = {"vqa_mc": 10, "classification": 10, "vqa_oe": 50, "ocr
 DEFAULT_OUTPUT_TOKEN_ESTIMATE = 100
 
 IMAGE_TOKENS = 256  # flat input-token charge per image (SPEC.md §3)
-
-# The per-sample evaluation file of each family, as a suffix after "<model>_<dataset>".
-# Globs, because judge names vary ("openai", "gpt-4o-mini", "gpt-4-turbo", "exact_matching").
-EVAL_FILE_SUFFIXES = {
-    "mcq": ["_*_result.xlsx"],
-    "yorn": ["_auxmatch.xlsx"],
-    "vqa": ["_results.xlsx"],
-    "anls": ["_results.xlsx"],
-    "ocrbench": [".xlsx"],  # no per-sample eval file: recomputed from the prediction file
-    "mathvista": ["_*.xlsx"],  # judge file "<M>_<D>_<judge>.xlsx" with `res`
-    "mathvision": ["_*.xlsx"],
-    "mathverse": ["_*_score.xlsx"],  # stage-2 file with `score`
-}
-
 
 def spec(key: str) -> DatasetSpec:
     try:

@@ -19,6 +19,7 @@ import pandas as pd
 from vlrb.errors import VlrbError
 from vlrb.data import correctness
 from vlrb.data.datasets import DatasetSpec
+from vlrb.data.families import Family, get_family, score_frame
 from vlrb.data.tokens import count_many
 
 RUN_DIR = re.compile(r"^T(\d{8})_G([0-9a-fA-F]*)$")
@@ -118,26 +119,22 @@ def _follow_link_standin(path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- file selection
 
-def _is_eval_file(family: str, suffix: str) -> bool:
-    s = suffix
-    if family == "mcq":
-        return bool(re.fullmatch(r"_.+_result\.xlsx", s))
-    if family == "yorn":
-        return s == "_auxmatch.xlsx"
-    if family in ("vqa", "anls"):
-        return s == "_results.xlsx"
-    if family == "ocrbench":
-        return s in PRED_SUFFIXES
-    if family in ("mathvista", "mathvision"):
-        return bool(re.fullmatch(r"_[^_]+\.xlsx", s))  # "<judge>.xlsx", e.g. gpt-4o-mini
-    if family == "mathverse":
-        return bool(re.fullmatch(r"_[^_]+_score\.xlsx", s))
-    raise ReaderError(f"unknown correctness family {family!r}")
+def _is_eval_file(fam: Family, suffix: str) -> bool:
+    if fam.eval_file is None:  # no evaluation file: the prediction file is scored
+        return suffix in PRED_SUFFIXES
+    return bool(fam.eval_file.fullmatch(suffix))
 
 
-def _is_judge_cache(family: str, suffix: str) -> bool:
-    """MCQ judge caches `<M>_<D>_<judge>_result.pkl` (dict index -> {hit, log}): a fallback source of `hit`."""
-    return family == "mcq" and bool(re.fullmatch(r"_.+_result\.pkl", suffix))
+def _is_judge_cache(fam: Family, suffix: str) -> bool:
+    """A judge's cache (MCQ: `<M>_<D>_<judge>_result.pkl`, index -> {hit, log}): a fallback source of scores."""
+    return fam.judge_cache is not None and bool(fam.judge_cache.fullmatch(suffix))
+
+
+def _family(name: str, dataset: str) -> Family:
+    try:
+        return get_family(name, dataset)
+    except correctness.CorrectnessError as e:
+        raise ReaderError(str(e)) from None
 
 
 @dataclass
@@ -158,7 +155,7 @@ def plan(disc: Discovery, datasets: dict[str, DatasetSpec]) -> tuple[list[Task],
         by_pair.setdefault((f.model, f.dataset), []).append(f)
     tasks, missing = [], []
     for (model, ds), files in sorted(by_pair.items()):
-        fam = datasets[ds].family
+        fam = _family(datasets[ds].family, ds)
         runs = sorted({f.run_key for f in files}, reverse=True)
         chosen = None
         for rk in runs:
@@ -167,9 +164,9 @@ def plan(disc: Discovery, datasets: dict[str, DatasetSpec]) -> tuple[list[Task],
             pred = next((f for f in in_run if f.suffix in PRED_SUFFIXES), None)
             cache = next((f for f in in_run if _is_judge_cache(fam, f.suffix)), None)
             if ev or (cache and pred):
-                if fam == "ocrbench":
+                if fam.eval_file is None:
                     ev = [pred] if pred else ev
-                chosen = Task(model, ds, fam, ev[0].path if ev else None, pred.path if pred else None,
+                chosen = Task(model, ds, fam.name, ev[0].path if ev else None, pred.path if pred else None,
                               cache.path if cache else None, rk[1])
                 break
         if chosen is None:
@@ -247,7 +244,7 @@ def read_task(task: Task) -> dict:
     valid = ids != ""
     n_dup = int(pd.Series(ids[valid]).duplicated().sum())
     try:
-        scores = correctness.score_frame(task.family, df, dataset=task.dataset)
+        scores = score_frame(task.family, df, dataset=task.dataset)
     except correctness.CorrectnessError as e:
         raise ReaderError(f"{path}: {e}") from None
     preds = df["prediction"] if "prediction" in df.columns else pd.Series([None] * len(df))

@@ -30,7 +30,7 @@ def generate_demo_if_missing(data_cfg, progress: bool = True) -> None:
         return
     raw = Path(data_cfg.raw_dir)
     out = raw.parent
-    from vlrb.data.demo import generate_demo, is_demo_dir
+    from vlrb.demo import generate_demo, is_demo_dir
 
     if is_demo_dir(out) and raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
         return

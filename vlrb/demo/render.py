@@ -1,0 +1,437 @@
+"""Rendering: what each model answered, and the evaluation files VLMEvalKit leaves, one renderer per family.
+
+A renderer `(plan, model, ok, fail, rng) -> Rendered` turns one model's latent correctness on one
+dataset into prediction strings in the model's style and the family's evaluation columns; each
+correctness family names its renderer in `vlrb.data.families.FAMILIES` (`Family.demo_render`).
+The scores are computed from the rendered cells with VLMEvalKit's rules, so they are what a correct
+reader must recover.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from vlrb.demo.plan import DatasetPlan
+from vlrb.demo.vocab import ANSWER_WORDS, FILLER_WORDS, OCR_CATEGORIES, SYLLABLES
+from vlrb.demo.world import FAIL_MSG, HANDWRITTEN_MATH, JUDGE, PROFILES, WORLD_SEED
+
+
+# --------------------------------------------------------------------------- prediction text
+
+class _Corpus:
+    """A long random word sequence; a filler of n words is one slice of it (no per-word loop)."""
+
+    def __init__(self, n_words: int = 300_000) -> None:
+        words = np.array(FILLER_WORDS)
+        seq = words[np.random.default_rng(WORLD_SEED).integers(0, len(words), n_words)]
+        self.text = " ".join(seq.tolist())
+        lengths = np.char.str_len(seq) + 1
+        self.starts = np.concatenate(([0], np.cumsum(lengths)))  # char offset of word i
+        self.n = n_words
+
+    def fillers(self, rng: np.random.Generator, n_words: np.ndarray) -> list[str]:
+        n_words = np.minimum(n_words, self.n // 2)
+        begin = rng.integers(0, self.n - n_words)
+        a, b = self.starts[begin], self.starts[begin + n_words] - 1
+        return [self.text[i:j] if j > i else "" for i, j in zip(a.tolist(), b.tolist())]
+
+
+@lru_cache(maxsize=1)
+def _corpus() -> _Corpus:
+    return _Corpus()
+
+
+def _filler_lengths(rng: np.random.Generator, mean: float, n: int) -> np.ndarray:
+    """Lognormal word counts with the given mean (0 -> no filler)."""
+    if mean <= 0:
+        return np.zeros(n, dtype=np.int64)
+    sigma = 0.55
+    return np.maximum(1, rng.lognormal(math.log(mean) - sigma ** 2 / 2, sigma, n)).astype(np.int64)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]  # str.capitalize would also lower-case the rest (slower)
+
+
+def _wrap(finals: list[str], model: str, group: str, rng: np.random.Generator) -> list[str]:
+    """Dress each final answer in the model's style: bare, with an explanation, or after thinking."""
+    profile = PROFILES[model]
+    style, mean = profile.style[group]
+    if style == "plain":
+        return list(finals)
+    fills = _corpus().fillers(rng, _filler_lengths(rng, mean, len(finals)))
+    if style == "lead":
+        return [f"{a}\n\n{_sentence(f)}." for a, f in zip(finals, fills)]
+    if style == "trail":
+        return [f"{_sentence(f)}.\nThe answer is {a}" for a, f in zip(finals, fills)]
+    open_tag, close_tag = profile.think or ("<think>", "</think>")
+    return [f"{open_tag}\n{_sentence(f)}.\n{close_tag}\n\n{a}" for a, f in zip(finals, fills)]
+
+
+def _predictions(finals: list[str], model: str, group: str, rng: np.random.Generator,
+                 fail: np.ndarray) -> list[str]:
+    """The prediction column: styled answers, with VLMEvalKit's message where the API call failed."""
+    return [FAIL_MSG if f else p for p, f in zip(_wrap(finals, model, group, rng), fail)]
+
+
+def _rng_word(rng: np.random.Generator, n: int) -> str:
+    return "".join(SYLLABLES[i] for i in rng.integers(0, len(SYLLABLES), n))
+
+
+def _wrong_choice(rng: np.random.Generator, options: list[str], right: str) -> str:
+    others = [o for o in options if o != right]
+    return others[int(rng.integers(len(others)))] if others else right + "x"
+
+
+# --------------------------------------------------------------------------- evaluation rules
+# The scores written to demo_truth are computed from the rendered cells with VLMEvalKit's rules,
+# so the truth is what a correct reader must recover, whatever the latent draw said.
+
+
+def _levenshtein(a: str, b: str) -> int:
+    """Edit distance, bit-parallel (Myers 1999 / Hyyro 2001): one pass of integer ops per char of b."""
+    if not a:
+        return len(b)
+    peq: dict[str, int] = {}
+    for i, ch in enumerate(a):
+        peq[ch] = peq.get(ch, 0) | (1 << i)
+    mask = (1 << len(a)) - 1
+    last = 1 << (len(a) - 1)
+    pv, mv, score = mask, 0, len(a)
+    for ch in b:
+        eq = peq.get(ch, 0)
+        xv = eq | mv
+        xh = ((((eq & pv) + pv) & mask) ^ pv) | eq
+        ph = mv | (~(xh | pv) & mask)
+        mh = pv & xh
+        if ph & last:
+            score += 1
+        elif mh & last:
+            score -= 1
+        ph = ((ph << 1) | 1) & mask
+        mh = (mh << 1) & mask
+        pv = mh | (~(xv | ph) & mask)
+        mv = ph & xv
+    return score
+
+
+@lru_cache(maxsize=200_000)
+def _anls_distance(gt: str, pred: str) -> float:
+    """VLMEvalKit anls_compute: normalised Levenshtein distance (note: lengths of the raw strings)."""
+    g = " ".join(gt.strip().lower().split())
+    p = " ".join(pred.strip().lower().split())
+    length = max(len(gt.upper()), len(pred.upper()))
+    return 0.0 if length == 0 else _levenshtein(g, p) / length
+
+
+def _relaxed_correctness(target: str, prediction: str, max_relative_change: float = 0.05) -> bool:
+    """VLMEvalKit relaxed_correctness (ChartQA)."""
+    def to_float(text: str) -> float | None:
+        try:
+            return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            return None
+
+    p, t = to_float(prediction), to_float(target)
+    if p is not None and t:
+        return abs(p - t) / abs(t) <= max_relative_change
+    return prediction.lower() == target.lower()
+
+
+def _ocrbench_hit(pred: str, golds: list[str], category: str) -> bool:
+    if category == HANDWRITTEN_MATH:
+        norm = lambda s: s.strip().replace("\n", " ").replace(" ", "")  # noqa: E731
+    else:
+        norm = lambda s: s.lower().strip().replace("\n", " ")  # noqa: E731
+    p = norm(pred)
+    return any(norm(g) in p for g in golds)
+
+
+# --------------------------------------------------------------------------- rendering per family
+
+
+@dataclass
+class Rendered:
+    predictions: list[str]
+    scores: np.ndarray
+    # evaluation files: (suffix after "<M>_<D>", extra columns in order)
+    eval_files: list[tuple[str, dict[str, list[Any]]]] = field(default_factory=list)
+    json_files: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    csv_files: list[tuple[str, list[list[Any]]]] = field(default_factory=list)
+    # VLMEvalKit's MCQ result file lower-cases column names, except single upper-case option letters
+    lower_case_columns: bool = False
+
+
+def render_mcq(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+               rng: np.random.Generator) -> Rendered:
+    letter_only = PROFILES[model].letter_only
+    finals, hits = [], []
+    for s, c in zip(plan.samples, ok):
+        opts = s.gold["options"]
+        letter = s.gold["answer"] if c else _wrong_choice(rng, list(opts), s.gold["answer"])
+        finals.append(letter if letter_only else f"{letter}. {opts[letter]}")
+        hits.append(int(c))
+    preds = _predictions(finals, model, "mcq", rng, fail)
+    logs = [f"Match Log: {p}. " if not f else "Failed to predict, thus randomly generate one. "
+            for p, f in zip(preds, fail)]
+    hits = [0 if f else h for h, f in zip(hits, fail)]
+    out = Rendered(preds, np.array(hits, dtype=float),
+                   [("_openai_result.xlsx", {"hit": hits, "log": logs})], lower_case_columns=True)
+    out.csv_files.append(("_acc.csv", _mcq_acc_rows(plan, np.array(hits))))
+    return out
+
+
+def _mcq_acc_rows(plan: DatasetPlan, hits: np.ndarray) -> list[list[Any]]:
+    """`<M>_<D>_acc.csv`: split, Overall, then per category (fractions, as VLMEvalKit writes)."""
+    splits = [s.row.get("split", "none") for s in plan.samples]
+    cats = sorted({str(s.row.get("category")) for s in plan.samples if s.row.get("category")})
+    rows: list[list[Any]] = [["split", "Overall", *cats]]
+    for sp in sorted(set(splits)):
+        mask = np.array([x == sp for x in splits])
+        per_cat = []
+        for c in cats:
+            m = mask & np.array([str(s.row.get("category")) == c for s in plan.samples])
+            per_cat.append(float(hits[m].mean()) if m.any() else 0.0)
+        rows.append([sp, float(hits[mask].mean()), *per_cat])
+    return rows
+
+
+def render_yorn(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                rng: np.random.Generator) -> Rendered:
+    finals, extracted = [], []
+    for s, c in zip(plan.samples, ok):
+        right = s.gold["answer"]
+        if c:
+            said = right
+        else:  # wrong: the opposite answer, or now and then a hedge that extracts as Unknown
+            said = "Unknown" if rng.random() < 0.1 else ("No" if right == "Yes" else "Yes")
+        extracted.append(said)
+        finals.append("I cannot tell from the image." if said == "Unknown" else said)
+    preds = _predictions(finals, model, "yorn", rng, fail)
+    extracted = ["Unknown" if f else e for e, f in zip(extracted, fail)]
+    score = [e == s.gold["answer"] for e, s in zip(extracted, plan.samples)]
+    return Rendered(preds, np.array(score, dtype=float),
+                    [("_auxmatch.xlsx", {"extracted": extracted, "score": score})])
+
+
+def _render_textvqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                    rng: np.random.Generator) -> Rendered:
+    finals = []
+    for s, c in zip(plan.samples, ok):
+        if c:
+            finals.append(s.gold["main"])
+        elif s.gold["alts"] and rng.random() < 0.3:  # a minority human answer: partial credit
+            finals.append(s.gold["alts"][int(rng.integers(len(s.gold["alts"])))])
+        else:
+            finals.append(_rng_word(rng, 2))
+    preds = _predictions(finals, model, "short", rng, fail)
+    eval_pred = ["failed to obtain answer via api" if f else a.lower() for a, f in zip(finals, fail)]
+    matches = []
+    for s, p in zip(plan.samples, eval_pred):
+        golds = s.gold["golds"]
+        # VQA accuracy: per gold answer, how many of the other nine answers equal the prediction
+        n_equal = sum(g == p for g in golds)
+        matches.append([min(1.0, (n_equal - (g == p)) / 3) for g in golds])
+    score = [float(np.mean(m)) for m in matches]
+    cols = {"eval_gt": [repr(s.gold["golds"]) for s in plan.samples], "eval_pred": eval_pred,
+            "eval_match": [repr(m) for m in matches], "eval_score": score}
+    out = Rendered(preds, np.array(score), [("_results.xlsx", cols)])
+    out.csv_files.append(("_acc.csv", [["Overall"], [100.0 * float(np.mean(score))]]))
+    return out
+
+
+def _render_chartqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                    rng: np.random.Generator) -> Rendered:
+    finals = []
+    for s, c in zip(plan.samples, ok):
+        gold = s.gold["golds"][0]
+        try:
+            value = float(gold)
+        except ValueError:
+            value = None
+        if value is None:
+            finals.append(gold if c else _wrong_choice(rng, ANSWER_WORDS["chart"], gold))
+        elif c:  # exact, or close enough for relaxed accuracy (within 5%)
+            finals.append(gold if rng.random() < 0.85 else f"{value * (1 + rng.uniform(-0.04, 0.04)):.2f}")
+        else:
+            finals.append(f"{value * rng.choice([0.5, 0.7, 1.3, 1.8]):g}")
+    preds = _predictions(finals, model, "short", rng, fail)
+    eval_pred = [FAIL_MSG if f else a.strip() for a, f in zip(finals, fail)]
+    matches = [[_relaxed_correctness(g, p) for g in s.gold["golds"]] for s, p in zip(plan.samples, eval_pred)]
+    score = [float(max(m)) for m in matches]
+    cols = {"eval_gt": [repr(s.gold["golds"]) for s in plan.samples], "eval_pred": eval_pred,
+            "eval_match": [repr(m) for m in matches], "eval_score": [float(np.mean(m)) for m in matches]}
+    out = Rendered(preds, np.array(score), [("_results.xlsx", cols)])
+    out.csv_files.append(("_acc.csv", [["Overall"], [100.0 * float(np.mean(score))]]))
+    return out
+
+
+def render_vqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+               rng: np.random.Generator) -> Rendered:
+    """ChartQA: relaxed accuracy against one gold; TextVQA: VQA accuracy against ten human answers."""
+    render = _render_chartqa if "ChartQA" in plan.key else _render_textvqa
+    return render(plan, model, ok, fail, rng)
+
+
+def _near_miss(text: str, rng: np.random.Generator) -> str:
+    """One character substituted: a typo that ANLS still partly credits."""
+    positions = [i for i, ch in enumerate(text) if ch.isalnum()]
+    if not positions:
+        return text
+    i = positions[int(rng.integers(len(positions)))]
+    repl = "7" if text[i] != "7" else "3"
+    return text[:i] + repl + text[i + 1:]
+
+
+def render_anls(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                rng: np.random.Generator) -> Rendered:
+    finals, distances = [], []
+    for s, c, f in zip(plan.samples, ok, fail):
+        golds = s.gold["golds"]
+        if f:
+            answer = FAIL_MSG
+        elif c:
+            answer = golds[0] if rng.random() < 0.85 else _near_miss(golds[0], rng)
+        else:  # a value of another shape (digits for names, a word for numbers): scores 0
+            for _ in range(6):
+                if any(ch.isdigit() for ch in golds[0][:3]):
+                    answer = _rng_word(rng, 3)
+                else:
+                    answer = f"{int(rng.integers(100, 99999))}"
+                if 1 - min(_anls_distance(g, answer) for g in golds) < 0.5:
+                    break
+        d = [_anls_distance(g, answer) for g in golds]
+        finals.append(answer)
+        distances.append(d)
+    preds = _predictions(finals, model, "short", rng, fail)
+    best = [1.0 - min(d) for d in distances]
+    score = [b if b >= 0.5 else 0.0 for b in best]
+    cols = {"eval_gt": [repr(s.gold["golds"]) for s in plan.samples], "eval_pred": finals,
+            "eval_match": [repr(d) for d in distances],
+            "eval_score": [float(np.mean(d)) for d in distances]}  # a mean *distance*, as VLMEvalKit
+    out = Rendered(preds, np.array(score), [("_results.xlsx", cols)])
+    out.csv_files.append(("_acc.csv", [["Overall"], [100.0 * float(np.mean(score))]]))
+    return out
+
+
+def render_ocrbench(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                    rng: np.random.Generator) -> Rendered:
+    finals = []
+    for s, c in zip(plan.samples, ok):
+        gold = s.gold["golds"][0]
+        if s.row["category"] == HANDWRITTEN_MATH:
+            # LaTeX spacing differs from the gold; the rule removes spaces before comparing
+            finals.append(" ".join(gold) if c else gold.replace("=", "-") + "1")
+        else:
+            finals.append(gold if c else f"{_rng_word(rng, 2).upper()}{int(rng.integers(10, 99))}")
+    preds = _predictions(finals, model, "short", rng, fail)
+    hits = [_ocrbench_hit(p, s.gold["golds"], s.row["category"]) for p, s in zip(preds, plan.samples)]
+    counts = {c: 0 for c in OCR_CATEGORIES}
+    for h, s in zip(hits, plan.samples):
+        counts[s.row["category"]] += int(h)
+    recog = sum(counts[c] for c in OCR_CATEGORIES[:6])
+    summary = {"Text Recognition": recog, "Scene Text-centric VQA": counts["Scene Text-centric VQA"],
+               "Doc-oriented VQA": counts["Doc-oriented VQA"],
+               "Key Information Extraction": counts["Key Information Extraction"],
+               HANDWRITTEN_MATH: counts[HANDWRITTEN_MATH]}
+    summary["Final Score"] = sum(summary.values())
+    summary["Final Score Norm"] = float(summary["Final Score"]) / 10
+    out = Rendered(preds, np.array(hits, dtype=float))
+    out.json_files.append(("_score.json", summary))
+    return out
+
+
+def _math_final(letter_or_value: str, is_mc: bool, model: str) -> str:
+    return f"({letter_or_value})" if is_mc and not PROFILES[model].letter_only else letter_or_value
+
+
+def _math_logs(model: str, fail: np.ndarray) -> list[str]:
+    """'Prefetch succeed' when VLMEvalKit's rules could read the bare answer, else the judge ran."""
+    plain = PROFILES[model].style["math"][0] == "plain"
+    failed = f"Try 0: output is {FAIL_MSG}, failed to parse.\nAll 5 retries failed.\n"
+    return [failed if f else ("Prefetch succeed" if plain else "Succeed") for f in fail]
+
+
+def render_mathvista(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                     rng: np.random.Generator) -> Rendered:
+    res = []
+    for s, c in zip(plan.samples, ok):
+        g = s.gold
+        if g["question_type"] == "multi_choice":
+            right = g["answer_option"]
+            res.append(right if c else _wrong_choice(rng, list("ABCD"), right))
+        elif g["answer_type"] == "integer":
+            res.append(g["answer"] if c else str(int(g["answer"]) + int(rng.choice([-3, -1, 1, 5]))))
+        else:  # a float off by a visible margin, at the item's precision
+            wrong = float(g["answer"]) + float(rng.choice([-1.5, 0.7, 2.2]))
+            res.append(g["answer"] if c else f"{wrong:.{int(g['precision'])}f}")
+    is_mc = [s.gold["question_type"] == "multi_choice" for s in plan.samples]
+    finals = [_math_final(r, mc, model) for r, mc in zip(res, is_mc)]
+    preds = _predictions(finals, model, "math", rng, fail)
+    res = ["" if f else r for r, f in zip(res, fail)]
+    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
+    out = Rendered(preds, np.array(score, dtype=float),
+                   [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
+    summary = _math_score_rows("Task&Skill", plan, "task", np.array(score))
+    out.csv_files.append((f"_{JUDGE}_score.csv", summary))
+    return out
+
+
+def render_mathvision(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                      rng: np.random.Generator) -> Rendered:
+    res = []
+    for s, c in zip(plan.samples, ok):
+        answer, choices = s.gold["answer"], s.gold["choices"]
+        if c:
+            res.append(answer)
+        elif choices:
+            res.append(_wrong_choice(rng, list("ABCDE"), answer))
+        else:
+            res.append(str(int(answer) + int(rng.choice([-4, -1, 1, 3, 10]))))
+    finals = [_math_final(r, bool(s.gold["choices"]), model) for r, s in zip(res, plan.samples)]
+    preds = _predictions(finals, model, "math", rng, fail)
+    res = ["" if f else r for r, f in zip(res, fail)]
+    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
+    out = Rendered(preds, np.array(score, dtype=float),
+                   [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
+    summary = _math_score_rows("Subject", plan, "category", np.array(score))
+    out.csv_files.append((f"_{JUDGE}_score.csv", summary))
+    return out
+
+
+def _math_score_rows(first: str, plan: DatasetPlan, by: str, hits: np.ndarray) -> list[list[Any]]:
+    """The judge summary: name, tot, prefetch, hit, prefetch_rate, acc (percent)."""
+    rows: list[list[Any]] = [[first, "tot", "prefetch", "hit", "prefetch_rate", "acc"]]
+    groups = [str(s.row[by]) for s in plan.samples]
+    for name in ["Overall", *sorted(set(groups))]:
+        mask = np.ones(len(groups), bool) if name == "Overall" else np.array([g == name for g in groups])
+        tot, hit = int(mask.sum()), int(hits[mask].sum())
+        rows.append([name, tot, 0, hit, 0.0, 100.0 * hit / max(tot, 1)])
+    return rows
+
+
+def render_mathverse(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
+                     rng: np.random.Generator) -> Rendered:
+    extract = []
+    for s, c in zip(plan.samples, ok):
+        answer = s.gold["answer"]
+        if c:
+            extract.append(answer)
+        elif s.gold["mc"]:
+            extract.append(_wrong_choice(rng, list("ABCD"), answer))
+        else:
+            extract.append(str(int(answer) + int(rng.choice([-5, -2, 1, 4]))))
+    finals = [_math_final(e, s.gold["mc"], model) for e, s in zip(extract, plan.samples)]
+    preds = _predictions(finals, model, "math", rng, fail)
+    extract = ["" if f else e for e, f in zip(extract, fail)]
+    log_extract = _math_logs(model, fail)
+    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
+    log_score = ["Prefetch succeed" if e else "Succeed" for e in extract]
+    stage1 = {"extract": extract, "log_extract": log_extract}
+    stage2 = {**stage1, "score": score, "log_score": log_score}
+    return Rendered(preds, np.array(score, dtype=float),
+                    [(f"_{JUDGE}_extract.xlsx", stage1), (f"_{JUDGE}_score.xlsx", stage2)])
