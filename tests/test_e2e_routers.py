@@ -21,7 +21,7 @@ from vlrb.data.benchmark import Benchmark
 from vlrb.data.images import ImageLoader
 from vlrb.routers import create_router, get_router_class, read_router
 from vlrb.routers import losses
-from vlrb.routers.lit import TrainContext
+from vlrb.routers.lit import FitContext
 from vlrb.routing.soft_labels import soft_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +65,8 @@ def bench():
     return tiny_bench()
 
 
-def ctx_for(tmp_path, **trainer) -> TrainContext:
-    return TrainContext(trainer={"accelerator": "cpu", "devices": 1, **trainer}, output_dir=str(tmp_path))
+def ctx_for(tmp_path, **trainer) -> FitContext:
+    return FitContext(trainer={"accelerator": "cpu", "devices": 1, **trainer})
 
 
 # ------------------------------------------------------------------------------------------ RouterDC losses
@@ -197,14 +197,16 @@ def test_backbone_registry_and_configs():
     names = list_backbones()
     for n in ("offline", "lxmert_vit", "visualbert", "uniter", "vilbert"):
         assert n in names and f"tiny_{n}" in names
-    from vlrb.backbones.base import _REGISTRY
+    from hydra.utils import get_class
 
     for f in sorted((REPO / "conf" / "backbone").glob("*.yaml")):
         cfg = yaml.safe_load(f.read_text())
-        assert cfg["name"] == f.stem
-        sig = inspect.signature(_REGISTRY[cfg["name"]].__wrapped_factory__).parameters
-        unknown = set(cfg.get("params") or {}) - set(sig)
-        assert not unknown, f"{f.name}: {unknown} are not parameters of the {cfg['name']} backbone"
+        assert cfg.pop("_partial_") is True  # the router builds it when it fits (seeded)
+        cls = get_class(cfg.pop("_target_"))
+        sig = inspect.signature(cls.__init__).parameters
+        unknown = set(cfg) - set(sig)
+        assert not unknown, f"{f.name}: {unknown} are not parameters of {cls.__name__}"
+        assert cfg.get("tiny", False) == f.stem.startswith("tiny_")
 
 
 def test_paper_backbones_fail_offline_with_a_clear_message(tmp_path, monkeypatch):
@@ -291,8 +293,8 @@ def test_placeholder_images_are_counted(bench):
                                              ("zooter", "tiny_visualbert"), ("vlc", "tiny_lxmert_vit")])
 def test_each_router_fits_one_short_epoch_and_predicts(bench, tmp_path, router, backbone):
     r = create_router(router, backbone=backbone, batch_size=8)
-    r.bench, r.ctx = bench, ctx_for(tmp_path, max_epochs=1, limit_train_batches=2)
-    r.fit(bench.split("train"), bench.split("dev"))
+    ctx = ctx_for(tmp_path, max_epochs=1, limit_train_batches=2)
+    r.fit(bench.split("train"), bench.split("dev"), ctx)
     test = bench.split("test")
     scores = r.predict_scores(test)
     assert scores.shape == (len(test), bench.n_models) and np.isfinite(scores).all()
@@ -308,17 +310,17 @@ def test_each_router_fits_one_short_epoch_and_predicts(bench, tmp_path, router, 
 def test_fast_dev_run_with_hard_labels(bench, tmp_path):
     """λ = inf means hard one-hot labels for RouterDC too (upstream fell back to uniform-over-correct)."""
     r = create_router("routerdc", backbone="tiny_offline", lam="inf", batch_size=8)
-    r.bench, r.ctx = bench, ctx_for(tmp_path, fast_dev_run=True)
-    r.fit(bench.split("train"), bench.split("dev"))
+    ctx = ctx_for(tmp_path, fast_dev_run=True)
+    r.fit(bench.split("train"), bench.split("dev"), ctx)
     assert r.fit_info["label_diagnostics"]["entropy_mean"] == 0.0
     assert r.predict_scores(bench.split("dev")).shape == (len(bench.split("dev")), bench.n_models)
 
 
 def test_full_epoch_counts_every_placeholder(bench, tmp_path):
     r = create_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
-    r.bench, r.ctx = bench, ctx_for(tmp_path)
+    ctx = ctx_for(tmp_path)
     train = bench.split("train")
-    r.fit(train, None)  # no dev: the full budget, last weights
+    r.fit(train, None, ctx)  # no dev: the full budget, last weights
     used = train.idx[train.Y.astype(bool).any(1)]
     kinds, refs = bench.images.kinds[used], bench.images.refs[used]
     want = {"train_samples": len(used), "train_no_image": int((kinds == "none").sum()),
@@ -329,12 +331,11 @@ def test_full_epoch_counts_every_placeholder(bench, tmp_path):
 
 def test_save_load_roundtrip(bench, tmp_path):
     r = create_router("cosinecls", backbone="tiny_offline", batch_size=8, lam=100)
-    r.bench, r.ctx = bench, ctx_for(tmp_path / "run", fast_dev_run=True)
-    r.fit(bench.split("train"), bench.split("dev"))
+    ctx = ctx_for(tmp_path / "run", fast_dev_run=True)
+    r.fit(bench.split("train"), bench.split("dev"), ctx)
     r.save(tmp_path / "router")
     assert (tmp_path / "router" / "router.json").exists() and (tmp_path / "router" / "weights.pt").exists()
     back = read_router(tmp_path / "router")
-    back.bench = bench
     assert type(back) is type(r) and back.get_params() == r.get_params() and back.models == r.models
     test = bench.split("test")
     np.testing.assert_allclose(back.predict_scores(test), r.predict_scores(test), rtol=1e-5, atol=1e-5)
@@ -353,21 +354,12 @@ def test_cosinecls_and_routerdc_differ_on_the_same_batch(bench):
     assert not torch.allclose(outs["cosinecls"], outs["routerdc"], atol=1e-3)  # ... different heads
 
 
-def test_router_configs_build():
-    for name in E2E:
-        cfg = yaml.safe_load((REPO / "conf" / "router" / f"{name}.yaml").read_text())
-        assert cfg["name"] == name and cfg["params"]["backbone"] == "offline"
-        r = create_router(name, **cfg["params"])
-        assert r.inputs == ("raw",) and r.trainable
-        sig = inspect.signature(type(r).__init__).parameters  # train.py reads it to pass lam / seed / patience
-        assert {"lam", "seed", "patience"} <= set(sig)
-    assert create_router("zooter").lr == 1e-5 and create_router("vlc").lr == 5e-5
-
-
 def test_fit_needs_the_benchmark(bench):
     r = create_router("vlc", backbone="tiny_offline")
-    with pytest.raises(RuntimeError, match="router.bench"):
-        r.fit(bench.split("train"), bench.split("dev"))
+    train = bench.split("train")
+    train.source = None  # a split that does not know where its prompts and images are
+    with pytest.raises(RuntimeError, match="split.source"):
+        r.fit(train, bench.split("dev"))
 
 
 # ------------------------------------------------------------------------------------------ behaviour (slow)
@@ -398,8 +390,8 @@ def test_offline_vlc_beats_random_on_image_and_keyword(tmp_path):
     train, dev, test = bench.split("train"), bench.split("dev"), bench.split("test")
     r = create_router("vlc", backbone="offline", backbone_params={"image_size": 64}, lam=10000, lr=1e-3,
                       max_epochs=3, batch_size=16, patience=3)
-    r.bench, r.ctx = bench, ctx_for(tmp_path)
-    r.fit(train, dev)
+    ctx = ctx_for(tmp_path)
+    r.fit(train, dev, ctx)
     vlc = route_metrics(test, r.route(test), bench.cost_bounds)["test/rank_score"]
     rnd = route_metrics(test, create_router("random").fit(train).route(test), bench.cost_bounds)["test/rank_score"]
     assert vlc > rnd + 0.1, (vlc, rnd)
