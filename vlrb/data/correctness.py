@@ -70,12 +70,25 @@ def required_columns(family: str) -> tuple[str, ...]:
 
 def score_frame(family: str, df: pd.DataFrame, dataset: str = "") -> np.ndarray:
     """Raw score in [0, 1] per row of an evaluation file; failed predictions score 0."""
+    return score_frame_undetermined(family, df, dataset)[0]
+
+
+def score_frame_undetermined(family: str, df: pd.DataFrame, dataset: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """`score_frame`, plus a mask of the rows whose score could not be determined.
+
+    Undetermined: the family's score cell is blank, unreadable, or a formula without a cached value
+    (which an xlsx reader sees as blank). They score 0 as in VLMEvalKit, but the caller counts them so
+    they are never silent. Failed predictions are not undetermined: they are wrong and counted apart.
+    """
     cols = _resolve_columns(family, df, dataset)
-    scores = np.asarray(_SCORERS[family](df, cols, dataset), dtype=np.float64)
-    scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0)
+    raw = np.asarray(_SCORERS[family](df, cols, dataset), dtype=np.float64)
+    undetermined = np.isnan(raw)
+    scores = np.clip(np.nan_to_num(raw, nan=0.0), 0.0, 1.0)
     if "prediction" in df.columns:
-        scores[failed_mask(df["prediction"])] = 0.0
-    return scores
+        failed = failed_mask(df["prediction"])
+        scores[failed] = 0.0
+        undetermined &= ~failed
+    return scores, undetermined
 
 
 def main_rows_mask(df: pd.DataFrame) -> np.ndarray:
@@ -129,12 +142,12 @@ def _resolve_columns(family: str, df: pd.DataFrame, dataset: str) -> list[str]:
 
 
 def _unit_scores(values: pd.Series) -> np.ndarray:
-    """0/1 or bool scores, also as text ("True", "false", "1"); anything else is 0."""
+    """0/1 or bool scores, also as text ("True", "false", "1"); anything else (blank too) is NaN."""
     if pd.api.types.is_bool_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64, na_value=0.0)
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
     numeric = pd.to_numeric(values, errors="coerce")
     words = values.astype("string").str.strip().str.lower().map({"true": 1.0, "false": 0.0})
-    return numeric.fillna(words.astype("float64")).fillna(0.0).to_numpy(dtype=np.float64)
+    return numeric.fillna(words.astype("float64")).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 _NUMPY_REPR = re.compile(r"np\.(?:(True|False)_|\w+\()")  # np.float64(0.5), np.True_
@@ -194,7 +207,7 @@ def _score_vqa(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
 def _score_anls(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
     # eval_match holds normalised Levenshtein distances; ANLS keeps 1 - d only when >= 0.5
     best = 1.0 - _list_stat(df["eval_match"], "min")
-    return np.where(best >= 0.5, best, 0.0)
+    return np.where(np.isnan(best), np.nan, np.where(best >= 0.5, best, 0.0))  # NaN: blank cell
 
 
 # --------------------------------------------------------------------------- OCRBench
