@@ -95,6 +95,6 @@ class PriceTable:
 
 def missing_price_message(model: str, source: str = "") -> str:
     return (f"model {model!r} appears in the logs but has no price in {source or 'the price table'}. "
-            f"Add it to the table, e.g.\n  pricing:\n    {model}: {{type: token_based, input_price_per_1m: 0.20, "
-            f"output_price_per_1m: 0.20}}\nand pass it with pricing.path=FILE (or add an alias to an existing entry), "
+            f"Add it to the table, e.g. `pricing: {{{model}: {{type: token_based, input_price_per_1m: 0.20, "
+            f"output_price_per_1m: 0.20}}}}`, and pass it with pricing.path=FILE (or add an alias to an existing entry), "
             f"or leave the model out with data.models=[...].")

@@ -1,6 +1,7 @@
 """Build a routing benchmark (Y, C, meta, splits, reports) from VLMEvalKit logs or a records table.
 
-Both readers produce the same two tables, and one `assemble` turns them into the upstream layout:
+Both readers (the VLMEvalKit one here, vlrb.data.records) produce the same two tables, and one `assemble`
+turns them into the upstream layout:
   records: sample_id, dataset, model_id, score, failed, output_tokens, has_prediction [, cost]
   samples: sample_id, dataset, prompt, image_kind, image_ref, tsv_file, tsv_row, num_images [, input_tokens]
 """
@@ -174,99 +175,6 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
     return Inputs(records, samples, files, report)
 
 
-# ----------------------------------------------------------------------------- the generic records reader
-
-RECORD_REQUIRED = ("sample_id", "dataset", "model_id")
-
-
-def read_records(data_cfg, prices: PriceTable | None, progress: bool = True) -> Inputs:
-    from vlrb.data.correctness import failed_mask
-
-    path = Path(data_cfg.records)
-    if not path.exists():
-        raise BuildError(f"data.records {path} does not exist")
-    try:
-        if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
-        elif path.suffix in (".csv", ".tsv"):
-            df = pd.read_csv(path, sep="," if path.suffix == ".csv" else "\t", keep_default_na=True)
-        elif path.suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=path.suffix == ".jsonl")
-        else:
-            raise BuildError(f"{path}: unsupported records format {path.suffix!r} (use .parquet, .csv or .jsonl)")
-    except BuildError:
-        raise
-    except Exception as e:
-        raise BuildError(f"{path}: cannot read records ({type(e).__name__}: {e})") from None
-    missing = [c for c in RECORD_REQUIRED if c not in df.columns]
-    if missing or not ({"correct", "score"} & set(df.columns)):
-        raise BuildError(f"{path}: records need columns {list(RECORD_REQUIRED)} and `correct` or `score`; "
-                         f"missing {missing or ['correct/score']}; found {list(df.columns)}")
-    for c in RECORD_REQUIRED:
-        if df[c].isna().any():
-            raise BuildError(f"{path}: column {c!r} has {int(df[c].isna().sum())} empty values")
-    df = df.assign(sample_id=df["sample_id"].astype(str), dataset=df["dataset"].astype(str),
-                   model_id=df["model_id"].astype(str))
-    score_col = "score" if "score" in df.columns else "correct"
-    score = pd.to_numeric(df[score_col].replace({True: 1, False: 0}), errors="coerce")
-    if score.isna().any() or ((score < 0) | (score > 1)).any():
-        bad = df.loc[score.isna() | (score < 0) | (score > 1), "sample_id"].head(3).tolist()
-        raise BuildError(f"{path}: column {score_col!r} must be a number in [0, 1] (or a boolean); bad rows e.g. {bad}")
-    dup = df.duplicated(["sample_id", "model_id"])
-    if dup.any():
-        raise BuildError(f"{path}: {int(dup.sum())} duplicate (sample_id, model_id) rows, "
-                         f"e.g. {df.loc[dup, ['sample_id', 'model_id']].head(2).values.tolist()}")
-    pred = df["prediction"] if "prediction" in df.columns else pd.Series([None] * len(df))
-    has_pred = pred.notna().to_numpy()
-    if "output_tokens" in df.columns and df["output_tokens"].notna().all():
-        out_tok, has_pred = df["output_tokens"].astype(np.int64).to_numpy(), np.ones(len(df), bool)
-    else:
-        out_tok = count_many(p if h else None for p, h in zip(pred.tolist(), has_pred))
-    has_cost = "cost" in df.columns and df["cost"].notna().all()
-    if not has_cost:
-        if prices is None:
-            raise BuildError(f"{path}: records without a `cost` column need a price table (pricing=<name> or pricing.path=FILE)")
-        unpriced = sorted(m for m in df["model_id"].unique() if prices.canonical(m) is None)
-        if unpriced:
-            raise BuildError(missing_price_message(unpriced[0], prices.source))
-        df["model_id"] = df["model_id"].map(prices.canonical)
-    records = pd.DataFrame({
-        "sample_id": df["sample_id"], "dataset": df["dataset"], "model_id": df["model_id"],
-        "raw_id": df["sample_id"], "score": score.astype(float).to_numpy(),
-        "failed": failed_mask(pred.fillna("").astype(str)) & has_pred, "output_tokens": out_tok,
-        "has_prediction": has_pred,
-    })
-    if has_cost:
-        records["cost"] = df["cost"].astype(float).to_numpy()
-        if (records["cost"] < 0).any():
-            raise BuildError(f"{path}: column 'cost' has negative values")
-    first = df.drop_duplicates("sample_id")
-    prompt = first["prompt"].fillna("").astype(str) if "prompt" in first.columns else pd.Series("", index=first.index)
-    samples = pd.DataFrame({"sample_id": first["sample_id"].to_numpy(), "dataset": first["dataset"].to_numpy(),
-                            "prompt": prompt.to_numpy(), "image_kind": "none", "image_ref": "", "tsv_file": "",
-                            "tsv_row": -1, "num_images": 0})
-    if "image" in first.columns:
-        img = first["image"].fillna("").astype(str).to_numpy()
-        for i, v in enumerate(img):
-            if not v:
-                continue
-            if v.startswith("data:image"):
-                samples.loc[i, ["image_kind", "image_ref"]] = ["b64", v.split(",", 1)[-1]]
-            elif len(v) > 1024:
-                samples.loc[i, ["image_kind", "image_ref"]] = ["b64", v]
-            else:
-                p = Path(v) if Path(v).is_absolute() else path.parent / v
-                samples.loc[i, ["image_kind", "image_ref"]] = ["path", str(p)]
-        samples.loc[samples["image_kind"] != "none", "num_images"] = 1
-    if "input_tokens" in first.columns and first["input_tokens"].notna().all():
-        samples["input_tokens"] = first["input_tokens"].astype(np.int64).to_numpy()
-    missing_paths = samples.loc[(samples["image_kind"] == "path") & ~samples["image_ref"].map(os.path.exists), "sample_id"]
-    report = {"reader": "records", "records": str(path), "rows": len(df), "cost_from": "records" if has_cost else "tokens x prices",
-              "images": {"with_image": int((samples["image_kind"] != "none").sum()),
-                         "missing_image_files": missing_paths.tolist()[:50], "n_missing_image_files": len(missing_paths)}}
-    return Inputs(records, samples, [str(path)], report)
-
-
 # ----------------------------------------------------------------------------- assembly
 
 @dataclass
@@ -285,9 +193,33 @@ class Built:
     price_out: np.ndarray | None = None
 
 
+MAX_DROPPED_SHARE = 0.05  # default of data.max_dropped_share
+
+
+def _check_drop(dropped: np.ndarray, ds_of: np.ndarray, present: np.ndarray, models: list[str], max_share: float) -> None:
+    """A complete Y drops the samples some model lacks. Dropping more than `max_share` of all samples, or of one
+    dataset's, is an error naming the models that lack them (often a model that should be left out of the pool)."""
+    N, n = len(dropped), int(dropped.sum())
+    per_ds = pd.Series(dropped).groupby(ds_of).mean()
+    if n <= max_share * N and (per_ds <= max_share).all():
+        return
+    cover = present.sum(0)
+    worst = [int(j) for j in np.argsort(cover, kind="stable") if cover[j] < N][:3]
+    ds = per_ds.idxmax()
+    raise BuildError(
+        f"keeping every model would drop {n} of {N} samples ({n / N:.0%}; {ds}: {per_ds[ds]:.0%}), more than "
+        f"data.max_dropped_share={max_share:g}; models lacking records: "
+        + ", ".join(f"{models[j]!r} covers {cover[j]} of {N} samples" for j in worst)
+        + f"; choose the pool with data.models=[...] or data.exclude_models=[{','.join(models[j] for j in worst)}] "
+          f"(or raise data.max_dropped_share)")
+
+
 def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, DatasetSpec]) -> Built:
     rec, smp = inp.records, inp.samples
-    pool, _ = model_pool(data_cfg, prices) if prices is not None or data_cfg.get("models") else (None, set())
+    if inp.report.get("reader") == "records":
+        pool = inp.report.get("_pool")  # read_records applied data.models / data.exclude_models
+    else:
+        pool, _ = model_pool(data_cfg, prices) if prices is not None or data_cfg.get("models") else (None, set())
     if pool is not None:
         rec = rec[rec["model_id"].isin(pool)]
     models = sorted(rec["model_id"].unique())  # Python sort order, as upstream's model_index.pkl
@@ -325,12 +257,14 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
         if data_cfg.get("strict"):
             raise BuildError(f"data.strict: {int(inc.sum())} samples lack some model's record: "
                              f"{json.dumps(dropped)[:600]}")
-    undetermined = int((np.isnan(S) & present).sum())
+        _check_drop(inc, ds_of, present, models, float(data_cfg.get("max_dropped_share", MAX_DROPPED_SHARE)))
     keep = complete
     sids, S, out_tok, has_pred, failed, ds_of = sids[keep], S[keep], out_tok[keep], has_pred[keep], failed[keep], ds_of[keep]
     cost_given = cost_given[keep] if cost_given is not None else None
     if len(sids) == 0:
         raise BuildError(f"no sample has a record for every model ({K} models); dropped: {json.dumps(dropped)[:600]}")
+    unknown = np.isnan(S)
+    undetermined = {m: int(unknown[:, j].sum()) for j, m in enumerate(models) if unknown[:, j].any()}
     S = np.nan_to_num(S, nan=0.0)  # a score that could not be determined counts as wrong (reported)
     thr = float(data_cfg.get("binarize_threshold", 0.5))
     Y = (S >= thr).astype(np.int8)
@@ -338,12 +272,13 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     smp = smp.drop_duplicates("sample_id").set_index("sample_id").reindex(sids).reset_index()
     task = np.asarray([specs[d].task_type if d in specs else "unknown" for d in ds_of], dtype=object)
     group = np.asarray([specs[d].group if d in specs else "Other" for d in ds_of], dtype=object)
+    n_img = smp["num_images"].fillna(0).to_numpy(np.int64)
     if "input_tokens" in smp.columns and smp["input_tokens"].notna().all():
-        text_tok = smp["input_tokens"].to_numpy(np.int64) - IMAGE_TOKENS * smp["num_images"].to_numpy(np.int64)
+        in_tok = smp["input_tokens"].to_numpy(np.int64)
+        text_tok = np.maximum(in_tok - IMAGE_TOKENS * n_img, 0)  # given counts may price an image below 256
     else:
         text_tok = count_many(smp["prompt"].tolist())
-    n_img = smp["num_images"].fillna(0).to_numpy(np.int64)
-    in_tok = text_tok + IMAGE_TOKENS * n_img
+        in_tok = text_tok + IMAGE_TOKENS * n_img
     est = np.asarray([OUTPUT_TOKEN_ESTIMATES.get(t, DEFAULT_OUTPUT_TOKEN_ESTIMATE) for t in task], np.int64)
     out_tok = np.where(has_pred, out_tok, est[:, None])
 
@@ -361,6 +296,12 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
         assign = random_split(sids.tolist(), seed=int(data_cfg.get("split_seed", 42)))
     else:
         raise BuildError(f"data.split must be 'random' or 'stratified', got {data_cfg.get('split')!r}")
+    sizes = Counter(assign.values())
+    empty = [s for s in ("train", "dev", "test") if not sizes.get(s)]
+    if empty:
+        raise BuildError(f"split {'/'.join(empty)} would be empty ({len(sids)} samples: train {sizes.get('train', 0)}, "
+                         f"dev {sizes.get('dev', 0)}, test {sizes.get('test', 0)}); the 70/10/20 split needs at least "
+                         f"10 samples (with data.split=stratified, 10 in some dataset)")
     meta = pd.DataFrame({"sample_id": sids.astype(str), "dataset": ds_of.astype(str),
                          "split": [assign[s] for s in sids], "task": task.astype(str), "group": group.astype(str),
                          "input_tokens": in_tok, "text_tokens": text_tok, "num_images": n_img})
@@ -369,7 +310,8 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     report.update({
         "models": models, "models_in_pool_without_logs": absent_models,
         "dropped_incomplete_samples": dropped, "n_dropped": int((~keep).sum()),
-        "undetermined_scores": undetermined, "binarize_threshold": thr,
+        "undetermined_scores": sum(undetermined.values()), "undetermined_per_model": undetermined,
+        "binarize_threshold": thr,
         "fractional_scores": int(((S > 0) & (S < 1)).sum()),
         "failed_predictions": {m: int(failed[:, j].sum()) for j, m in enumerate(models) if failed[:, j].any()},
         "estimated_output_tokens": {m: int((~has_pred[:, j]).sum()) for j, m in enumerate(models) if (~has_pred[:, j]).any()},
@@ -529,6 +471,8 @@ def integrity_report(b: Built) -> tuple[dict, str]:
             suspicious.append(f"{ds}: {len(rep['undecodable'])} TSV images do not decode (kept, without image)")
         if isinstance(rep, dict) and rep.get("not_in_tsv"):
             suspicious.append(f"{ds}: {rep['not_in_tsv']} samples not found in the TSV (no image)")
+    if (b.report.get("images") or {}).get("n_missing_image_files"):
+        suspicious.append(f"{b.report['images']['n_missing_image_files']} image files do not exist (no image features)")
     for f in b.report.get("files_read", []):
         if f.get("duplicates"):
             suspicious.append(f"{f['file']}: {f['duplicates']} duplicate indices (first row kept)")
@@ -665,7 +609,12 @@ def _build_locked(root: Path, data_cfg, prices, force: bool, progress: bool, log
     timings["discover"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    inp = read_vlmevalkit(data_cfg, prices, progress, disc) if reader == "vlmevalkit" else read_records(data_cfg, prices, progress)
+    if reader == "vlmevalkit":
+        inp = read_vlmevalkit(data_cfg, prices, progress, disc)
+    else:
+        from vlrb.data.records import read_records
+
+        inp = read_records(data_cfg, prices, progress)  # a full `cost` column: prices are not used
     timings["read"] = time.perf_counter() - t
     t = time.perf_counter()
     b = assemble(inp, data_cfg, prices, specs)

@@ -70,12 +70,12 @@ def binarize(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 def _unit_scores(values: pd.Series) -> np.ndarray:
-    """0/1 or bool scores, also as text ("True", "false", "1"); anything else is 0."""
+    """0/1 or bool scores, also as text ("True", "false", "1"); anything else (blank too) is NaN."""
     if pd.api.types.is_bool_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64, na_value=0.0)
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
     numeric = pd.to_numeric(values, errors="coerce")
     words = values.astype("string").str.strip().str.lower().map({"true": 1.0, "false": 0.0})
-    return numeric.fillna(words.astype("float64")).fillna(0.0).to_numpy(dtype=np.float64)
+    return numeric.fillna(words.astype("float64")).to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 _NUMPY_REPR = re.compile(r"np\.(?:(True|False)_|\w+\()")  # np.float64(0.5), np.True_
@@ -135,7 +135,7 @@ def _score_vqa(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
 def _score_anls(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
     # eval_match holds normalised Levenshtein distances; ANLS keeps 1 - d only when >= 0.5
     best = 1.0 - _list_stat(df["eval_match"], "min")
-    return np.where(best >= 0.5, best, 0.0)
+    return np.where(np.isnan(best), np.nan, np.where(best >= 0.5, best, 0.0))  # NaN: blank cell
 
 
 # --------------------------------------------------------------------------- OCRBench

@@ -86,13 +86,26 @@ def required_columns(family: str) -> tuple[str, ...]:
 
 def score_frame(family: str, df: pd.DataFrame, dataset: str = "") -> np.ndarray:
     """Raw score in [0, 1] per row of an evaluation file; failed predictions score 0."""
+    return score_frame_undetermined(family, df, dataset)[0]
+
+
+def score_frame_undetermined(family: str, df: pd.DataFrame, dataset: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """`score_frame`, plus a mask of the rows whose score could not be determined.
+
+    Undetermined: the family's score cell is blank, unreadable, or a formula without a cached value
+    (which an xlsx reader sees as blank). They score 0 as in VLMEvalKit, but the caller counts them so
+    they are never silent. Failed predictions are not undetermined: they are wrong and counted apart.
+    """
     fam = get_family(family, dataset)
     cols = _resolve_columns(fam, df, dataset)
-    scores = np.asarray(fam.scorer(df, cols, dataset), dtype=np.float64)
-    scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0)
+    raw = np.asarray(fam.scorer(df, cols, dataset), dtype=np.float64)
+    undetermined = np.isnan(raw)
+    scores = np.clip(np.nan_to_num(raw, nan=0.0), 0.0, 1.0)
     if "prediction" in df.columns:
-        scores[failed_mask(df["prediction"])] = 0.0
-    return scores
+        failed = failed_mask(df["prediction"])
+        scores[failed] = 0.0
+        undetermined &= ~failed
+    return scores, undetermined
 
 
 def _label(family: str, dataset: str) -> str:

@@ -19,7 +19,7 @@ import pandas as pd
 from vlrb.errors import VlrbError
 from vlrb.data import correctness
 from vlrb.data.datasets import DatasetSpec
-from vlrb.data.families import Family, get_family, score_frame
+from vlrb.data.families import Family, get_family, score_frame_undetermined
 from vlrb.data.tokens import count_many
 
 RUN_DIR = re.compile(r"^T(\d{8})_G([0-9a-fA-F]*)$")
@@ -244,7 +244,7 @@ def read_task(task: Task) -> dict:
     valid = ids != ""
     n_dup = int(pd.Series(ids[valid]).duplicated().sum())
     try:
-        scores = score_frame(task.family, df, dataset=task.dataset)
+        scores, undetermined = score_frame_undetermined(task.family, df, dataset=task.dataset)
     except correctness.CorrectnessError as e:
         raise ReaderError(f"{path}: {e}") from None
     preds = df["prediction"] if "prediction" in df.columns else pd.Series([None] * len(df))
@@ -253,7 +253,8 @@ def read_task(task: Task) -> dict:
     out_tokens = count_many(p if h else None for p, h in zip(preds.tolist(), has_pred))
     pcol = next((c for c in PROMPT_COLUMNS if c in df.columns), None)
     prompts = df[pcol].astype(object).where(df[pcol].notna(), "").astype(str).to_numpy() if pcol else np.full(len(df), "", object)
-    r = pd.DataFrame({"raw_id": ids, "score": np.asarray(scores, np.float64), "failed": failed,
+    scores = np.where(undetermined, np.nan, scores)  # NaN: counted as undetermined (and wrong) by the build
+    r = pd.DataFrame({"raw_id": ids, "score": scores, "failed": failed,
                       "output_tokens": out_tokens, "has_prediction": has_pred, "prompt": prompts})[valid]
     r = r.drop_duplicates("raw_id", keep="first")  # upstream keeps the first row of a duplicated index
     return {"model": task.model, "dataset": task.dataset, "file": str(path), "run": task.run,

@@ -62,7 +62,44 @@ def print_summary(root) -> None:
         _say(f"{m:32s} {r['accuracy'] * 100:8.2f}% {r['avg_cost'] * 1e4:9.3f}")
     _say(f"best single model: {s['best_single_model']} ({s['best_single_accuracy'] * 100:.2f}%)")
     _say(f"oracle accuracy:   {s['oracle_accuracy'] * 100:.2f}%")
+    for line in skipped_lines(root):
+        _say(line)
     _say(f"report: {Path(root) / 'reports' / 'data_integrity' / 'validation_report.txt'}")
+
+
+def skipped_lines(root) -> list[str]:
+    """What the build dropped, could not find or could not score, from its integrity report: one console line
+    per non-zero count, so nothing is only in the JSON."""
+    import json
+
+    try:
+        rd = json.loads((Path(root) / "reports" / "data_integrity" / "validation_results.json").read_text())["reader"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+    def per(d: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in list(d.items())[:8]) + (", ..." if len(d) > 8 else "")
+
+    out = []
+    if rd.get("n_dropped"):
+        ds = {d: v["samples"] for d, v in (rd.get("dropped_incomplete_samples") or {}).items()}
+        out.append(f"dropped samples (some model has no record): {rd['n_dropped']} ({per(ds)})")
+    images = rd.get("images") or {}
+    if images.get("n_missing_image_files"):
+        out.append(f"missing image files (those samples get no image features): {images['n_missing_image_files']}")
+    undecodable = {d: len(r["undecodable"]) for d, r in images.items() if isinstance(r, dict) and r.get("undecodable")}
+    if undecodable:
+        out.append(f"TSV images that do not decode (samples kept without image): {sum(undecodable.values())} ({per(undecodable)})")
+    if rd.get("failed_predictions"):
+        f = rd["failed_predictions"]
+        out.append(f"failed predictions (counted wrong): {sum(f.values())} ({per(f)})")
+    if rd.get("undetermined_scores"):
+        out.append(f"undetermined scores (blank or formula cells, counted wrong): {rd['undetermined_scores']} "
+                   f"({per(rd.get('undetermined_per_model') or {})})")
+    if rd.get("models_in_pool_without_logs"):
+        m = rd["models_in_pool_without_logs"]
+        out.append(f"pool models with no records (left out): {len(m)} ({', '.join(m[:8])}{', ...' if len(m) > 8 else ''})")
+    return [f"note: {line}" for line in out]
 
 
 def run_build(cfg: DictConfig) -> None:
