@@ -1,6 +1,7 @@
 """Bad records tables (and blank VLMEvalKit score cells): each case is a clear one-line error, or a build whose
 console summary states what was skipped or could not be determined. One row per case (issue 10)."""
 import os
+import logging
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, data_cfg
-from vlrb.cli import print_summary
+from vlrb.jobs.build import print_summary
 from vlrb.data.benchmark import Benchmark
 from vlrb.data.build import BuildError, build
 from vlrb.pricing import PriceTable
@@ -207,8 +208,16 @@ def _run(tmp: Path, make):
     build(data_cfg(reader="records", records=str(path), root=str(tmp / "bench"), **cfg), table_, progress=False, log=quiet)
 
 
+def summary(root, caplog) -> str:
+    """What the build summary shows on the console (it goes through logging, like the job log)."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlrb"):
+        print_summary(root)
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_bad_records(case: Case, tmp_path, capsys, monkeypatch):
+def test_bad_records(case: Case, tmp_path, caplog, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if case.error:
         with pytest.raises(BuildError, match=case.error) as e:
@@ -217,9 +226,7 @@ def test_bad_records(case: Case, tmp_path, capsys, monkeypatch):
         assert not (tmp_path / "bench").exists()
         return
     _run(tmp_path, case.make)
-    capsys.readouterr()
-    print_summary(tmp_path / "bench")
-    out = capsys.readouterr().out
+    out = summary(tmp_path / "bench", caplog)
     if case.console:
         assert re.search(case.console, out), out
     if case.check:
@@ -228,7 +235,7 @@ def test_bad_records(case: Case, tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- 11: blank VLMEvalKit score cells
 
-def test_blank_and_formula_hit_cells_are_undetermined_and_printed(tmp_path, capsys):
+def test_blank_and_formula_hit_cells_are_undetermined_and_printed(tmp_path, caplog):
     """A blank `hit` or a formula without a cached value scores 0 as upstream, but is counted and printed."""
     n = 30
     for model in ("a", "b"):
@@ -245,8 +252,8 @@ def test_blank_and_formula_hit_cells_are_undetermined_and_printed(tmp_path, caps
     assert m["integrity"]["reader"]["undetermined_per_model"] == {"b": 2}
     bm = Benchmark.load(tmp_path / "bench")
     assert bm.Y[:2, 1].tolist() == [0, 0] and bm.Y[:2, 0].tolist() == [1, 0]  # counted wrong, as upstream
-    print_summary(tmp_path / "bench")
-    assert "note: undetermined scores (blank or formula cells, counted wrong): 2 (b 2)" in capsys.readouterr().out
+    out = summary(tmp_path / "bench", caplog)
+    assert "note: undetermined scores (blank or formula cells, counted wrong): 2 (b 2)" in out
 
 
 # ----------------------------------------------------------------------------- through the command line

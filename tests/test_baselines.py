@@ -23,10 +23,13 @@ def test_registry_and_config_names_agree():
     assert set(BASELINES) <= set(list_routers())
     assert list_routers("per_*") == ["per_dataset"]
     assert set(list_routers(trainable=False)) >= set(BASELINES)
+    from hydra.utils import get_class
+
     for name in BASELINES:
         cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-        assert cfg["name"] == name  # router=<name> ⇔ conf/router/<name>.yaml ⇔ registry key
-        router = create_router(cfg["name"], **(cfg.get("params") or {}))
+        cls = get_class(cfg.pop("_target_"))  # router=<name> ⇔ conf/router/<name>.yaml ⇔ registry key
+        assert cls.name == name
+        router = create_router(name, **{k: 42 if v == "${seed}" else v for k, v in cfg.items()})
         assert isinstance(router, Baseline) and router.name == name and not router.trainable
 
 
@@ -129,8 +132,10 @@ def test_router_interface_guards(bench):
 
     n, k = len(test), bench.n_models
     with pytest.raises(ValueError, match="expected"):
-        Broken(np.zeros((n, k + 1))).fit(test).route(test)
+        Broken(out=np.zeros((n, k + 1))).fit(test).route(test)
     with pytest.raises(ValueError, match="NaN"):
-        Broken(np.full((n, k), np.nan)).fit(test).route(test)
+        Broken(out=np.full((n, k), np.nan)).fit(test).route(test)
+    with pytest.raises(TypeError, match="by keyword"):
+        Broken(np.zeros((n, k)))
     assert get_router_class("oracle").inputs == ("labels",)
-    assert "fit_on='train'" in repr(create_router("strongest"))
+    assert "fit_on='test'" in repr(create_router("strongest", fit_on="test"))

@@ -16,10 +16,61 @@ def _compose(name, overrides=(), hydra_cfg=False):
         return compose(name, overrides=list(overrides), return_hydra_config=hydra_cfg)
 
 
-@pytest.mark.parametrize("router", sorted(p.stem for p in (REPO / "conf" / "router").glob("*.yaml")))
-def test_every_router_config_composes(router):
-    cfg = _compose("train", [f"router={router}", "lambda=inf"])
-    assert cfg.router.name == router and cfg["lambda"] == float("inf")
+ROUTERS = sorted(p.stem for p in (REPO / "conf" / "router").glob("*.yaml") if not p.stem.startswith("_"))
+E2E = ("cosinecls", "routerdc", "vlc", "zooter")
+BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_every_router_config_composes_and_builds(router):
+    from vlrb.jobs.train import build_router
+
+    cfg = _compose("train", [f"router={router}", "lambda=inf", "seed=7"])
+    r = build_router(cfg.router)
+    assert r.name == router and cfg["lambda"] == float("inf")
+    params = r.get_params()
+    if r.uses_lambda:  # the YAML states what the router receives: lam: ${lambda}, seed: ${seed}
+        assert params["lam"] == float("inf") and params["seed"] == 7
+    else:
+        assert "lam" not in params
+
+
+@pytest.mark.parametrize("router", E2E)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_backbone_choice_is_the_one_built(router, backbone):
+    """`train.py router=<r> backbone=<b>` composes for every backbone config, and `backbone.<key>=` reaches it."""
+    import yaml
+    from hydra.utils import get_class
+
+    from vlrb.jobs.train import build_router
+
+    want = yaml.safe_load((REPO / "conf" / "backbone" / f"{backbone}.yaml").read_text())
+    cfg = _compose("train", [f"router={router}", f"backbone={backbone}", "++backbone.max_length=17"])
+    factory = build_router(cfg.router).backbone  # a partial: the router builds the backbone when it fits
+    assert factory.func is get_class(want["_target_"])
+    expected = {k: v for k, v in want.items() if not k.startswith("_")}
+    assert factory.keywords == {**expected, "max_length": 17}
+
+
+def test_default_backbone_is_offline_and_feature_routers_take_none():
+    cfg = _compose("train", ["router=vlc"])
+    assert cfg.backbone._target_.endswith("OfflineBackbone") and cfg.backbone.image_size == 128
+    assert _compose("train", ["router=mlp"]).get("backbone") is None
+    from vlrb.errors import ConfigError
+    from vlrb.jobs.train import validate
+
+    with pytest.raises(ConfigError, match="takes no backbone"):
+        validate(_compose("train", ["router=knn", "backbone=offline"]))
+
+
+def test_every_component_is_instantiated_from_target():
+    """Routers, backbones, encoders, trainers, callbacks and loggers all name their class with _target_."""
+    for group in ("router", "backbone", "trainer", "logger", "callbacks"):
+        for f in (REPO / "conf" / group).glob("*.yaml"):
+            text = f.read_text()
+            if f.stem.startswith("_") or (group == "logger" and f.stem == "none"):
+                continue
+            assert "_target_:" in text, f"{group}/{f.name} has no _target_"
 
 
 @pytest.mark.parametrize("exp", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
@@ -42,12 +93,21 @@ def test_submitit_launcher_config_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
 
 
+def test_same_self_position_in_every_primary_config():
+    import yaml
+
+    for name in ("build", "train", "evaluate", "serve"):
+        f = REPO / "conf" / f"{name}.yaml"
+        if f.exists():
+            assert yaml.safe_load(f.read_text())["defaults"][0] == "_self_", name
+
+
 def test_debug_fast_limits_the_trainer_and_drops_the_logger():
     cfg = _compose("train", ["debug=fast"])
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 3 and not cfg.get("logger")
 
 
-def test_readme_router_example_runs(tmp_path):
+def test_readme_router_example_runs(tmp_path, monkeypatch):
     readme = (REPO / "README.md").read_text()
     section = readme.split("### Adding a router", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
@@ -57,22 +117,25 @@ def test_readme_router_example_runs(tmp_path):
     from vlrb.routers import base
 
     ns: dict = {}
-    exec(compile(code, "README.md", "exec"), ns)  # registers the example router
+    # the README's file and YAML, placed where it says, composed and built through train.py's path
+    module = re.search(r"`([\w/]+)\.py`", section).group(1)
+    (tmp_path / f"{module}.py").write_text(code)
+    (tmp_path / "conf" / "router").mkdir(parents=True)
+    (tmp_path / "conf" / "router" / "cheapest_accurate.yaml").write_text(yaml_text)
+    monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        _run_example(yaml_text)
+        _run_example(tmp_path / "conf")
     finally:
         base._REGISTRY.pop("cheapest_accurate", None)  # keep the registry equal to conf/router/
 
 
-def _run_example(yaml_text):
-    import yaml
-
+def _run_example(extra_conf):
     from vlrb.data.benchmark import Benchmark
-    from vlrb.routers import create_router
+    from vlrb.jobs.train import build_router
 
-    conf = yaml.safe_load(yaml_text)
+    cfg = _compose("train", ["router=cheapest_accurate", f"hydra.searchpath=[file://{extra_conf}]"])
     Y = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 0]] * 10)
     C = np.tile([3e-4, 1e-4, 1e-5], (40, 1))
     bm = Benchmark.from_arrays(Y, C)
-    router = create_router(conf["name"], **conf["params"]).fit(bm.split("train"))
+    router = build_router(cfg.router).fit(bm.split("train"))
     assert set(router.route(bm.split("test"))) == {0}  # m0 (acc .75) vs m1 (.5): only m0 is within 0.05

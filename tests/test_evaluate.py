@@ -73,7 +73,7 @@ def test_evaluate_end_to_end(bench_dir, runs_dir, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "evaluate.py", f"data.root={bench_dir}", f"hydra.run.dir={out}", f"runs={runs_dir}",
-         "bootstrap=200", "throughput.runs=3", "throughput.warmup=1"],
+         "scoring.bootstrap=200", "scoring.throughput.runs=3", "scoring.throughput.warmup=1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for f in ("leaderboard.csv", "leaderboard.md", "leaderboard.json", "per_dataset.csv", "metrics.json",
@@ -110,12 +110,12 @@ def bench_dir_datasets(root):
 
 
 def test_missing_benchmark_is_a_clear_error(tmp_path):
-    from vlrb.eval.report import evaluate_from_config
-
-    cfg = OmegaConf.create({"data": {"root": str(tmp_path / "nothing"), "name": "demo"},
-                            "paths": {"output_dir": str(tmp_path / "out")}, "logger": None})
-    with pytest.raises(FileNotFoundError, match="build_data.py"):
-        evaluate_from_config(cfg)
+    proc = subprocess.run([sys.executable, "evaluate.py", "data=vlrb", f"data.root={tmp_path / 'nothing'}",
+                           "data.raw_dir=x", "logger=none", f"hydra.run.dir={tmp_path / 'out'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "error: data.root=" in out and "python build_data.py data=vlrb" in out
+    assert "Traceback" not in out
 
 
 def test_find_select_and_rescore(bench, runs_dir, tmp_path):

@@ -58,19 +58,23 @@ def _fit(name: str, splits, **kw):
 
 # ------------------------------------------------------------------------------------------ registry/configs
 def test_registry_and_config_group_name_the_same_routers():
-    configs = {p.stem: yaml.safe_load(p.read_text()) for p in CONF.glob("*.yaml")}
+    from hydra.utils import get_class
+
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in CONF.glob("*.yaml") if not p.stem.startswith("_")}
     assert set(configs) == set(list_routers())  # router=<name> ⇔ conf/router/<name>.yaml ⇔ registry key
     assert set(FEATURE_ROUTERS) <= set(list_routers(inputs="features"))
+    for name, cfg in configs.items():
+        assert get_class(cfg["_target_"]).name == name
     for name in FEATURE_ROUTERS:
-        cfg = configs[name]
-        assert cfg["name"] == name
-        router = create_router(name, **(cfg.get("params") or {}))
+        params = {k: v for k, v in configs[name].items() if not k.startswith("_") and "${" not in str(v)}
+        router = create_router(name, **params)
         assert router.inputs == ("features",) and router.name == name
     assert set(list_routers(inputs="features", trainable=True)) >= {"linear", "mlp"}
 
 
 def test_config_defaults_are_the_paper_hyperparameters():
-    assert create_router("knn").get_params() == {"k": 5, "weights": "distance", "metric": "cosine"}
+    knn = create_router("knn")
+    assert (knn.k, knn.weights, knn.metric) == (5, "distance", "cosine")
     assert create_router("prknn").k == 7
     ovr = create_router("ovr")
     assert (ovr.max_iter, ovr.class_weight) == (1000, "balanced")
@@ -79,7 +83,8 @@ def test_config_defaults_are_the_paper_hyperparameters():
     assert (net.cost_scale, net.lr, net.weight_decay, net.batch_size, net.max_epochs) == (100.0, 1e-3, 1e-4, 1024, 300)
     assert net.hidden_sizes == [2048, 1024] and net.patience == 3 and net.scheme == "exp"
     for p in ("linear", "mlp"):  # the YAML and the constructor agree
-        params = yaml.safe_load((CONF / f"{p}.yaml").read_text())["params"]
+        params = {k: v for k, v in yaml.safe_load((CONF / f"{p}.yaml").read_text()).items()
+                  if not k.startswith("_") and k not in ("lam", "seed")}
         r = create_router(p)
         assert all(getattr(r, k) == (list(v) if isinstance(v, list) else v) for k, v in params.items()), p
     with pytest.raises(ValueError, match="lambda"):
@@ -348,26 +353,31 @@ def test_fast_inference_path_matches_the_network(data):
         np.testing.assert_allclose(r.predict_scores(s["test"]), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_train_context_from_train_py_is_honoured(data, tmp_path):
-    """train.py's context (debug=fast style: one epoch, few batches) overrides the router's budget and
-    puts the checkpoint in the run dir; fitting without dev accepts the same preset."""
+def test_fit_context_from_train_py_is_honoured(data, tmp_path):
+    """train.py's context (debug=fast style: one epoch, few batches) overrides the router's budget; its
+    callbacks config reaches the trainer; the checkpoint does not outlive the fit (weights are stored once,
+    in router/); fitting without dev accepts the same preset."""
     _, s = data
-    ctx = lit.TrainContext(trainer={"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 2,
-                                    "limit_val_batches": 1}, output_dir=str(tmp_path), cost_bounds=None)
+    ctx = lit.FitContext(trainer={"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
+                                  "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1},
+                         callbacks={"early_stopping": {"min_delta": 0.5},
+                                    "timer": {"_target_": "lightning.pytorch.callbacks.Timer"}})
     r = create_router("mlp", hidden_sizes=[8], batch_size=32)
-    r.ctx = ctx
-    r.fit(s["train"], s["dev"])
-    assert r.fit_info["epochs"] == 1 and (tmp_path / "checkpoints" / "best.ckpt").exists()
-    r.fit(s["train"], None)
+    r.fit(s["train"], s["dev"], ctx)
+    assert r.fit_info["epochs"] == 1 and "checkpoint" not in r.fit_info
+    r.fit(s["train"], None, ctx)
     assert r.fit_info["epochs"] == 1
+    bad = lit.FitContext(trainer={"accelerator": "cpu"}, callbacks={"early_stopping": {"monitor": "test/accuracy"}})
+    with pytest.raises(ValueError, match="must monitor a val"):
+        bad.selection_callbacks(str(tmp_path), 3)
 
 
 def test_loader_choice_for_distributed_trainers():
     ds = lit.DictDataset(x=np.zeros((10, 2), np.float32))
-    local = lit.TrainContext(trainer={"accelerator": "cpu", "devices": 1})
+    local = lit.FitContext(trainer={"accelerator": "cpu", "devices": 1})
     assert isinstance(mlp.make_loader(ds, 4, shuffle=True, seed=0, ctx=local), lit.TensorBatches)
     for trainer in ({"strategy": "ddp", "devices": -1}, {"devices": 4}, {"devices": 1, "num_nodes": 2}):
-        loader = mlp.make_loader(ds, 4, shuffle=True, seed=0, ctx=lit.TrainContext(trainer=trainer))
+        loader = mlp.make_loader(ds, 4, shuffle=True, seed=0, ctx=lit.FitContext(trainer=trainer))
         assert isinstance(loader, torch.utils.data.DataLoader)  # Lightning shards it per rank
 
 

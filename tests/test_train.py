@@ -37,7 +37,7 @@ def run_train(args, cwd=REPO, check=True):
 
 def common(d):
     return ["data=records", f"data.records={d / 'r.parquet'}", f"data.root={d / 'bench'}", "logger=none",
-            "throughput.runs=2", "throughput.warmup=0"]
+            "scoring.throughput.runs=2", "scoring.throughput.warmup=0"]
 
 
 def test_single_run_writes_the_run_contract(tiny_records, tmp_path):
@@ -66,7 +66,7 @@ def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_pa
     assert all(json.loads(f.read_text())["lambda"] is None for f in done)  # baselines ignore λ: recorded as such
     # a job with a bad parameter fails, is recorded, and the next job still runs
     sweep2 = tmp_path / "sweep2"
-    run_train(["-m", *common(tiny_records), "router=random", "router.params.seed=not_a_number,7", f"hydra.sweep.dir={sweep2}"],
+    run_train(["-m", *common(tiny_records), "router=random", "router.seed=not_a_number,7", f"hydra.sweep.dir={sweep2}"],
               check=False)
     assert (sweep2 / "0" / "error.txt").exists()
     assert (sweep2 / "1" / "metrics.json").exists()
@@ -75,4 +75,6 @@ def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_pa
 def test_missing_benchmark_is_a_clear_error(tmp_path):
     p = run_train(["data=vlrb", f"data.root={tmp_path / 'nothing'}", "data.raw_dir=x", "router=random", "logger=none",
                    f"hydra.run.dir={tmp_path / 'run'}"], check=False)
-    assert p.returncode != 0 and "run `python build_data.py" in (p.stdout + p.stderr)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "error: data.root=" in out and "python build_data.py data=vlrb" in out
+    assert "Traceback" not in out
