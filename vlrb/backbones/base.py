@@ -183,6 +183,8 @@ def register_backbone(name: str, **fixed: Any) -> Callable:
         make.__wrapped_factory__ = factory  # type: ignore[attr-defined]
         make.__doc__ = factory.__doc__
         _REGISTRY[name] = make
+        if not fixed:
+            factory.config_name = name  # the name a factory-built backbone reports (describe())
         return factory
 
     return wrap
@@ -195,12 +197,20 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(spec: "str | dict | Backbone", **params: Any) -> Backbone:
-    """A backbone from a registered name, a `{name, params}` mapping (a `conf/backbone/*.yaml`), or as is."""
+def create_backbone(spec: "str | dict | Callable | Backbone", **params: Any) -> Backbone:
+    """A backbone from a factory (the `_partial_` of conf/backbone/*.yaml), a registered name, a `{name, params}`
+    mapping, or as is; `params` are passed on (e.g. the router's seed)."""
     from vlrb.backbones import _load_all
 
     if isinstance(spec, Backbone):
         return spec
+    if callable(spec):  # a factory: the partial that conf/backbone/<name>.yaml instantiates to
+        bb = spec(**params)
+        func = getattr(spec, "func", spec)
+        tiny = getattr(spec, "keywords", {}).get("tiny")
+        bb.name = ("tiny_" if tiny else "") + getattr(func, "config_name", getattr(func, "__name__", "backbone"))
+        bb.params = {**getattr(spec, "keywords", {}), **params}
+        return bb
     if not isinstance(spec, str):
         spec = dict(_plain(spec))
         params = {**dict(spec.get("params") or {}), **params}

@@ -20,13 +20,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (VlrbError, FileNotFoundError)
 
 
 def setup_logging() -> None:
-    """Lightning's lines go through the root logger once (Hydra's console + job-log handlers), not twice."""
+    os.environ.setdefault("WANDB_QUIET", "true")  # no 50-line W&B summary at the end of every run
+
+
+def route_lightning_logs() -> None:
+    """Lightning adds its own console handler when imported; drop it so that each of its lines goes once
+    through the root logger (Hydra's console + job-log handlers). Call after importing lightning."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
             lg.removeHandler(h)
         lg.propagate = True
-    os.environ.setdefault("WANDB_QUIET", "true")  # no 50-line W&B summary at the end of every run
 
 
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any = None) -> Any:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir, write_json
-from vlrb.jobs.common import output_dir, run_job, sweep_name, to_plain
+from vlrb.jobs.common import output_dir, route_lightning_logs, run_job, sweep_name, to_plain
 
 log = logging.getLogger("vlrb.train")
 
@@ -120,6 +120,7 @@ def train(cfg: DictConfig, out: Path) -> dict:
     from vlrb.routing.metrics import route_metrics, router_throughput
     from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
 
+    route_lightning_logs()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ workers. `fit(train, dev, ctx)` takes the run's trainer, loggers and `num_worker
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Mapping
@@ -199,8 +200,9 @@ class E2ERouter(Router):
 
         if self.module is None:
             raise RuntimeError(f"{self.label}: nothing to save before fit()")
-        if not isinstance(self.backbone, (str, dict)):
-            raise ValueError("save(): give the backbone by name or {name, params}, not as an object")
+        if not isinstance(self.backbone, (str, dict, functools.partial)):
+            raise ValueError("save(): give the backbone by name, {name, params} or its conf/backbone factory, "
+                             "not as a built object")
         path = write_router_meta(self, Path(path))
         tmp = path / (WEIGHTS_FILE + ".tmp")
         torch.save(self.module.state_dict(), tmp)
