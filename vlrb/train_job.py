@@ -44,18 +44,21 @@ def ensure_benchmark(cfg: DictConfig):
 
 def attach_features(bm, cfg: DictConfig, splits: dict):
     """Fused, standardised embeddings (scaler fitted on train only) attached to each split."""
-    from vlrb.features.fusion import fit_transform_splits, load_features
+    from vlrb.features.fusion import StaleFeaturesError, fit_transform_splits, load_features
 
     enc = cfg.encoder
     try:
         X = load_features(bm, enc, fusion=cfg.get("fusion"))
-    except FileNotFoundError:
+    except FileNotFoundError as e:  # StaleFeaturesError included: never train on another build's embeddings
         from vlrb.features.extract import extract_features
 
-        _say("features missing: extracting them now (cached for later runs)")
+        if isinstance(e, StaleFeaturesError):
+            _say("features are stale: re-extracting them (the benchmark's prompts or images changed since)")
+        else:
+            _say("features missing: extracting them now (cached for later runs)")
         extract_features(bm, enc, root=bm.root)
         X = load_features(bm, enc, fusion=cfg.get("fusion"))
-    Xs = fit_transform_splits(X, bm)
+    Xs = fit_transform_splits(X, bm, scaler_fit=cfg.router.get("scaler_fit") or "all")
     return {k: s.with_features(Xs[k]) for k, s in splits.items()}
 
 
