@@ -16,7 +16,7 @@ from vlrb.data.correctness import (
     is_equal,
     main_rows_mask,
 )
-from vlrb.data.families import required_columns, score_frame
+from vlrb.data.families import required_columns, score_frame, score_frame_undetermined
 
 API_FAIL = "Failed to obtain answer via API."
 LOCAL_FAIL = "Failed to obtain answer: CUDA out of memory"
@@ -214,6 +214,35 @@ def test_mathvision_free_form_numbers():
 def test_is_equal_never_runs_code():
     assert not is_equal('__import__("os").system("false")', "0")
     assert not is_equal("10**10**9", "1")  # refused, not computed
+
+
+@pytest.mark.parametrize("answer,gold,expected", [
+    ("2**100", str(2 ** 100), True),  # big but bounded arithmetic is still computed exactly
+    ("10**4000 - 10**4000 + 6", "6", True),
+    ("\\frac{10^{300}}{10^{299}}", "10", True),
+    ("7", "6", False),
+    ("10**10**9", "1", None),  # over a bound: undetermined, not "not equal"
+    ("(7**5000)*(7**5000)", "6", None),  # each factor allowed, the product is not
+    ("+".join(["1"] * 1500), "1500", None),  # too many steps
+    ("(" + "9" * 4000 + ")^{9999}", "6", None),  # LaTeX power
+    ("1" + " " * 40_000 + "+5", "6", None),  # longer than an Excel cell holds
+])
+def test_is_equal_bounds(answer, gold, expected):
+    import time
+
+    t = time.perf_counter()
+    assert is_equal(answer, gold) is expected
+    assert time.perf_counter() - t < 1.0
+
+
+def test_undetermined_mathvision_scores_nan_and_other_families_do_not():
+    df = pd.DataFrame({"prediction": ["...", "..."], "res": ["9**9**9", "6"], "answer": ["6", "6"],
+                       "choices": ["[]", "[]"]})
+    s, undetermined = score_frame_undetermined("mathvision", df, "MathVision_MINI")
+    assert undetermined.tolist() == [True, False] and s.tolist() == [0.0, 1.0] and binarize(s).tolist() == [0, 1]
+    # a blank cell elsewhere still scores 0, as before (not undetermined)
+    df = pd.DataFrame({"prediction": ["x"], "eval_score": [None]})
+    assert score_frame("vqa", df, "TextVQA_VAL").tolist() == [0.0]
 
 
 def test_can_infer_refusal_and_failure():

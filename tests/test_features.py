@@ -271,6 +271,20 @@ def test_scaler_fits_on_train_only():
     np.testing.assert_allclose(sc.scaler.mean_, X[bench.splits["train"]].mean(0), rtol=1e-5)
 
 
+def test_scaler_fit_with_correct_skips_unanswered_train_rows():
+    bench = make_bench(40)
+    train = bench.splits["train"]
+    bench.Y[train[::2], 0] = 1  # every other train row has a correct model; the rest none
+    X = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
+    X[train[1::2]] += 50.0  # unanswered rows far away: they move only the all-rows scaler
+    _, all_rows = fu.fit_transform_splits(X, bench, return_scaler=True)
+    _, answered = fu.fit_transform_splits(X, bench, return_scaler=True, scaler_fit="with_correct")
+    np.testing.assert_allclose(all_rows.scaler.mean_, X[train].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(answered.scaler.mean_, X[train[::2]].mean(0), rtol=1e-5)
+    with pytest.raises(ValueError, match="scaler_fit must be one of"):
+        fu.fit_transform_splits(X, bench, scaler_fit="train")
+
+
 # ============================================================================================ extraction
 def test_extract_writes_the_upstream_layout(tmp_path, tiny_text, tiny_vision):
     bench = make_bench()
@@ -335,7 +349,11 @@ def test_rerun_is_a_noop_and_changes_are_noticed(tmp_path, monkeypatch, tiny_tex
     r = extract_features(make_bench(10), TINY_CFG, root=tmp_path, progress=False, encoders=encs,
                          modalities=["vision"])
     assert r["vision"]["status"] == "extracted" and sum(calls) == 8
-    # load_features names the missing samples when the parquet does not cover the benchmark
+    # the 22-sample benchmark's features are now stale (extracted for 10 samples): refused, not used
+    with pytest.raises(fu.StaleFeaturesError, match="samples_hash"):
+        fu.load_features(bench, TINY_CFG, "only_image", root=tmp_path)
+    # without vlrb's sidecar (embeddings from other tools) only the ids can be checked: the missing are named
+    path.with_suffix(".meta.json").unlink()
     with pytest.raises(KeyError, match="toy/0010"):
         fu.load_features(bench, TINY_CFG, "only_image", root=tmp_path)
 

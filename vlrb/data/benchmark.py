@@ -1,7 +1,8 @@
 """`Benchmark`: a built routing benchmark in memory (Y, C, models, meta, splits, prompts, images).
 
 Reads the upstream-compatible layout (DESIGN.md §2) that `build_data.py` writes. Row i of meta is
-row i of Y and C; column j is `models[j]`.
+row i of Y and C; column j is `models[j]`. Prompts and images come from `data/registry/samples.parquet`,
+or, in a folder written by the original VL-RouterBench tools, from `BENCHMARKS/<task>/<dataset>_samples.jsonl`.
 """
 from __future__ import annotations
 
@@ -165,7 +166,9 @@ class Benchmark:
     @cached_property
     def samples(self) -> pd.DataFrame:
         """sample_id, prompt, image_kind, image_ref, tsv_file aligned to meta rows."""
-        if self._samples is None:
+        if self._samples is None and self.root is not None:
+            self._samples = read_samples_jsonl(self.root, self.sample_ids)
+        if self._samples is None:  # an in-memory benchmark built without prompts
             return pd.DataFrame({"sample_id": self.sample_ids, "prompt": "", "image_kind": "none",
                                  "image_ref": "", "tsv_file": ""})
         s = self._samples.set_index("sample_id").reindex(self.sample_ids)
@@ -197,6 +200,90 @@ class Benchmark:
             "best_single_model": self.models[best], "best_single_accuracy": float(acc[best]),
             "oracle_accuracy": float(self.Y.max(1).mean()),
         }
+
+
+def read_samples_jsonl(root: str | Path, sample_ids: Sequence[str]) -> pd.DataFrame:
+    """Prompts and image references from `BENCHMARKS/<task>/<dataset>_samples.jsonl` (the original tools' layout).
+
+    A record holds `sample_id`, `prompt` and `assets`; the first image asset is used:
+    `{"type": "image", "uri"}` (a file, relative to the benchmark root or absolute),
+    `{"type": "image_base64", "data"}`, or `{"type": "image_tsv", "tsv_file", "index"}` (`index` is the TSV
+    row position; `tsv_key`, which vlrb also writes, is the TSV `index` value and wins when present).
+    A sample listed in several files keeps its first record. Errors name the file and what is missing.
+    """
+    root = Path(root)
+    files = sorted((root / "BENCHMARKS").glob("*/*_samples.jsonl"))
+    if not files:
+        raise FileNotFoundError(
+            f"{root} has no prompts or images: expected data/registry/samples.parquet (written by build_data.py) "
+            f"or BENCHMARKS/<task>/<dataset>_samples.jsonl (the original VL-RouterBench layout)")
+    rows: dict[str, tuple] = {}
+    tsv_rows: dict[Path, list] = {}  # TSV row positions to turn into `index` keys, per file
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    sid = str(rec["sample_id"])
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{f}:{n}: expected a JSON object with a 'sample_id'") from None
+                if sid in rows:
+                    continue
+                prompt = next((rec[k] for k in ("prompt", "question", "text") if rec.get(k) is not None), "")
+                kind, ref, tsv = _image_asset(rec.get("assets") or [], root, f, n)
+                if kind == "tsv_row":
+                    tsv_rows.setdefault(Path(tsv), []).append(sid)
+                rows[sid] = (str(prompt), kind, ref, tsv)
+    for tsv, sids in tsv_rows.items():
+        keys = _tsv_index_column(tsv)
+        for sid in sids:
+            prompt, _, row, _ = rows[sid]
+            # an absent TSV or row stays a TSV reference: extraction counts it as a decode failure, with the reason
+            key = keys[int(row)] if keys is not None and 0 <= int(row) < len(keys) else f"row {row}"
+            rows[sid] = (prompt, "tsv", key, str(tsv))
+    missing = [s for s in map(str, sample_ids) if s not in rows]
+    if missing:
+        raise ValueError(f"{root / 'BENCHMARKS'}: {len(missing)} of {len(sample_ids)} benchmark samples have no "
+                         f"record in any *_samples.jsonl (e.g. {missing[:5]}); the folder's files disagree")
+    return pd.DataFrame([(sid, *v) for sid, v in rows.items()],
+                        columns=["sample_id", "prompt", "image_kind", "image_ref", "tsv_file"])
+
+
+def _image_asset(assets, root: Path, f: Path, n: int) -> tuple[str, str, str]:
+    """(image_kind, image_ref, tsv_file) of the first image asset of a BENCHMARKS record."""
+    if not isinstance(assets, list):
+        raise ValueError(f"{f}:{n}: 'assets' must be a list")
+
+    def local(p) -> str:  # relative paths are relative to the benchmark root
+        p = Path(str(p))
+        return str(p if p.is_absolute() else root / p)
+
+    for a in assets:
+        t = a.get("type") if isinstance(a, dict) else None
+        if t == "image" and a.get("uri"):
+            return "path", local(a["uri"]), ""
+        if t == "image_base64" and a.get("data"):
+            return "b64", str(a["data"]), ""
+        if t == "image_tsv" and a.get("tsv_file"):
+            key = a.get("tsv_key", a.get("tsv_index"))
+            if key is not None:
+                return "tsv", str(key), local(a["tsv_file"])
+            row = str(a.get("index", a.get("row", ""))).strip()
+            if not row.isdigit():
+                raise ValueError(f"{f}:{n}: image_tsv asset needs an integer 'index' (TSV row) or a 'tsv_key'")
+            return "tsv_row", row, local(a["tsv_file"])
+    return "none", "", ""
+
+
+def _tsv_index_column(tsv: Path) -> list[str] | None:
+    """The `index` column of an LMUData TSV, in row order; None when the file cannot be read."""
+    try:
+        col = pd.read_csv(tsv, sep="\t", usecols=["index"], dtype=str, keep_default_na=False)["index"]
+    except (OSError, ValueError):
+        return None
+    return col.str.strip().tolist()
 
 
 def compute_cost_bounds(C: np.ndarray, models: Sequence[str]) -> dict:

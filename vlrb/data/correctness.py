@@ -8,7 +8,9 @@ commit b55f788e, quirks included, because those quirks are what VL-RouterBench's
 
 No `eval` of file contents anywhere: list literals go through `ast.literal_eval` or a
 tokenizer, and the Python `eval` that VLMEvalKit's MathVision rule applies to answers is
-emulated by a small evaluator of arithmetic ASTs (`_py_eval`).
+emulated by a small evaluator of arithmetic ASTs (`_py_eval`). That evaluator and the LaTeX one
+are bounded (text length, integer size, exponent, steps): an answer beyond the bounds scores NaN,
+"undetermined", which the build counts as wrong and reports.
 """
 from __future__ import annotations
 
@@ -126,10 +128,12 @@ def _score_hit(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
 
 def _score_vqa(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
     if cols[0] == "eval_score":  # no per-answer list: eval_score is already the mean
-        return pd.to_numeric(df["eval_score"], errors="coerce").to_numpy(dtype=np.float64)
-    # VLMEvalKit hit_calculate: relaxed accuracy takes the best gold answer for ChartQA,
-    # VQA accuracy the mean over gold answers elsewhere.
-    return _list_stat(df["eval_match"], "max" if "ChartQA" in dataset else "mean")
+        scores = pd.to_numeric(df["eval_score"], errors="coerce").to_numpy(dtype=np.float64)
+    else:
+        # VLMEvalKit hit_calculate: relaxed accuracy takes the best gold answer for ChartQA,
+        # VQA accuracy the mean over gold answers elsewhere.
+        scores = _list_stat(df["eval_match"], "max" if "ChartQA" in dataset else "mean")
+    return np.nan_to_num(scores, nan=0.0)  # a cell without a number scores 0
 
 
 def _score_anls(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
@@ -276,12 +280,12 @@ def _score_mathvista(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndar
 _BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
-def mathvision_correct(res: Any, answer: Any, choices: Any) -> bool:
+def mathvision_correct(res: Any, answer: Any, choices: Any) -> bool | None:
     """VLMEvalKit MathVision post_check(prefetch=False) on the extracted answer `res`.
 
     Multiple choice: the option letter found by can_infer must equal `answer`. Free form: the
     lower-cased texts are equal, or numerically equal (is_equal). An empty `res` (VLMEvalKit
-    would crash on it) is wrong.
+    would crash on it) is wrong. None: undetermined (the answer exceeds the evaluator's bounds).
     """
     response = "" if _is_missing(res) else str(res)
     boxed = _BOXED.search(response)
@@ -293,34 +297,46 @@ def mathvision_correct(res: Any, answer: Any, choices: Any) -> bool:
     return is_equal(response, answer)
 
 
-def is_equal(asw: Any, gt_asw: Any) -> bool:
+def is_equal(asw: Any, gt_asw: Any) -> bool | None:
     """VLMEvalKit mathv.is_equal: same text, or |eval(gt) - eval(asw)| < 1e-6, or so via LaTeX.
 
     Its `eval` runs inside the function, so the answer text "a" names the local variable that
     holds the evaluated gold value and equals every numeric gold answer; `_py_eval` keeps that.
     The LaTeX step (latex2sympy2 there) is emulated by `_latex_value`: the sympy result is
     eval'd again without sympy names, so it only ever succeeds for rational arithmetic.
+
+    None: neither step found the texts equal and one of them stopped at an evaluation bound
+    (`EvalLimitError`). VLMEvalKit's 30 s timeout makes such answers wrong there; here they are
+    also reported, as undetermined.
     """
     asw = str(asw).lower().strip()
     gt_asw = str(gt_asw).lower().strip()
     if gt_asw == asw:
         return True
+    limited = False
     local = {"asw": asw, "gt_asw": gt_asw}
     try:
         local["a"] = _py_eval(gt_asw, local)
         if abs(local["a"] - _py_eval(asw, local)) < 1e-6:
             return True
+    except EvalLimitError:
+        limited = True
     except Exception:  # any failure of eval or arithmetic means "not equal" there too
         pass
     try:
-        return abs(_latex_value(gt_asw) - _latex_value(asw)) < 1e-6
+        if abs(_latex_value(gt_asw) - _latex_value(asw)) < 1e-6:
+            return True
+    except EvalLimitError:
+        limited = True
     except Exception:
-        return False
+        pass
+    return None if limited else False
 
 
 def _score_mathvision(df: pd.DataFrame, cols: list[str], dataset: str) -> np.ndarray:
     rows = zip(df["res"].to_numpy(), df["answer"].to_numpy(), df["choices"].to_numpy())
-    return np.fromiter((mathvision_correct(*r) for r in rows), np.float64, len(df))
+    return np.fromiter((np.nan if (ok := mathvision_correct(*r)) is None else ok for r in rows),
+                       np.float64, len(df))
 
 
 # --------------------------------------------------------------------------- safe Python eval
@@ -345,22 +361,44 @@ _BUILTINS: dict[str, Callable[..., Any]] = {
     "abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float,
     "sum": sum, "len": len,
 }
-# VLMEvalKit's 30 s timeout turns huge powers into "not equal"; we refuse them up front
-_MAX_BITS = 1_000_000
+# Bounds of both evaluators. VLMEvalKit stops is_equal after 30 s; a crafted answer (repeated
+# big-integer products, huge powers) would take minutes and gigabytes to compute here, so it is
+# refused up front instead. Genuine answers are short numbers, far inside every bound.
+_MAX_TEXT_CHARS = 32_767  # an Excel cell's limit: VLMEvalKit's xlsx files cannot hold longer answers
+_MAX_BITS = 16_384  # any integer, numerator or denominator (~4,900 digits; Python literals stop at 4,300)
 _MAX_EXPONENT = 10_000
+_MAX_STEPS = 1_000  # AST nodes evaluated, or LaTeX tokens, per expression
+_MAX_ITEMS = _MAX_TEXT_CHARS  # length of a string, list or tuple built while evaluating
+
+
+class EvalLimitError(ArithmeticError):
+    """An expression exceeds the evaluator's bounds: its value is undetermined, not computed."""
+
+
+def _check_text(text: str) -> None:
+    if len(text) > _MAX_TEXT_CHARS:
+        raise EvalLimitError(f"expression longer than {_MAX_TEXT_CHARS} characters")
 
 
 def _py_eval(text: str, names: dict[str, Any]) -> Any:
     """Python `eval` restricted to literals, arithmetic, comparisons and a few builtins."""
+    _check_text(text)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tree = ast.parse(text, mode="eval")
-    return _eval_node(tree.body, names)
+    return _eval_node(tree.body, names, [_MAX_STEPS])
 
 
-def _eval_node(node: ast.AST, names: dict[str, Any]) -> Any:
+def _eval_node(node: ast.AST, names: dict[str, Any], budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise EvalLimitError(f"more than {_MAX_STEPS} evaluation steps")
+    return _check_value(_eval_step(node, names, budget))
+
+
+def _eval_step(node: ast.AST, names: dict[str, Any], budget: list[int]) -> Any:
     def ev(child: ast.AST) -> Any:
-        return _eval_node(child, names)
+        return _eval_node(child, names, budget)
 
     if isinstance(node, ast.Constant):
         return node.value
@@ -408,10 +446,21 @@ def _check_size(op: ast.operator, left: Any, right: Any) -> None:
     if isinstance(op, (ast.Pow, ast.LShift)) and isinstance(left, int) and isinstance(right, int):
         bits = right if isinstance(op, ast.LShift) else abs(left).bit_length() * right
         if bits > _MAX_BITS:
-            raise OverflowError("result too large")
+            raise EvalLimitError("result too large")
     sequences = (str, bytes, list, tuple)
     if isinstance(op, ast.Mult) and (isinstance(left, sequences) or isinstance(right, sequences)):
         raise OverflowError("sequence repetition")
+
+
+def _check_value(value: Any) -> Any:
+    """Every intermediate result stays small, so each further operation stays cheap."""
+    if isinstance(value, int) and value.bit_length() > _MAX_BITS:
+        raise EvalLimitError(f"integer of more than {_MAX_BITS} bits")
+    if isinstance(value, Fraction) and max(value.numerator.bit_length(), value.denominator.bit_length()) > _MAX_BITS:
+        raise EvalLimitError(f"fraction of more than {_MAX_BITS} bits")
+    if isinstance(value, (str, bytes, list, tuple, set)) and len(value) > _MAX_ITEMS:
+        raise EvalLimitError(f"sequence of more than {_MAX_ITEMS} items")
+    return value
 
 
 # --------------------------------------------------------------------------- LaTeX arithmetic
@@ -432,7 +481,10 @@ def _latex_value(text: str) -> float:
     (\\sqrt, \\pi, letters) prints as a name that eval cannot resolve, so only such rational
     arithmetic can ever compare equal there. Raises ValueError otherwise.
     """
+    _check_text(text)
     tokens = _tokenize_latex(text)
+    if len(tokens) > _MAX_STEPS:
+        raise EvalLimitError(f"more than {_MAX_STEPS} LaTeX tokens")
     parser = _LatexParser(tokens)
     value = parser.expr()
     if parser.pos != len(tokens):
@@ -471,7 +523,7 @@ class _LatexParser:
     def expr(self) -> Fraction:
         value = self.term()
         while self.peek() in ("+", "-"):
-            value = value + self.term() if self.take() == "+" else value - self.term()
+            value = _check_value(value + self.term() if self.take() == "+" else value - self.term())
         return value
 
     def term(self) -> Fraction:
@@ -489,6 +541,7 @@ class _LatexParser:
                 value *= self.power()  # implicit multiplication: 2\frac{1}{2}, 3(4)
             else:
                 return value
+            _check_value(value)
 
     def unary(self) -> Fraction:
         if self.peek() in ("+", "-"):
@@ -500,15 +553,18 @@ class _LatexParser:
         if self.peek() == "^":
             self.take()
             exponent = self.atom()
-            if exponent.denominator != 1 or abs(exponent) > _MAX_EXPONENT:
+            if exponent.denominator != 1:
                 raise ValueError("non-integer power is irrational for sympy")
+            bits = max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(exponent)
+            if abs(exponent) > _MAX_EXPONENT or bits > _MAX_BITS:
+                raise EvalLimitError("power too large")
             base = base ** int(exponent)
         return base
 
     def atom(self) -> Fraction:
         token = self.take()
         if token[0].isdigit() or token[0] == ".":
-            return Fraction(token)
+            return _check_value(Fraction(token))
         if token in _OPEN_CLOSE:
             value = self.expr()
             self.take(_OPEN_CLOSE[token])

@@ -37,23 +37,29 @@ class RunRecord:
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _read_config(run_dir: Path) -> Any:
+def _read_config(run_dir: Path) -> dict | None:
+    """The run's config as plain data, with no interpolation resolved.
+
+    A run directory may come from anyone: resolving `${oc.env:WANDB_API_KEY}` in its config would copy
+    a secret into the leaderboard (and W&B), so values are read as written.
+    """
     from omegaconf import OmegaConf
 
     for p in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml"):
         if p.exists():
-            return OmegaConf.load(p)
+            data = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
+            return data if isinstance(data, dict) else None
     return None
 
 
-def _select(cfg: Any, key: str) -> Any:
-    """A config value, or None when missing or when it is an interpolation that cannot resolve offline."""
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.select(cfg, key, default=None)
-    except Exception:  # e.g. ${hydra:...} outside a Hydra app
-        return None
+def _select(cfg: dict, key: str) -> Any:
+    """A config value by dotted key; None when missing or when it is an interpolation (never resolved)."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return None if isinstance(node, str) and "${" in node else node
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
@@ -63,7 +69,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     router = None
     if cfg is not None:
         r = _select(cfg, "router")
-        router = _select(cfg, "router.name") if hasattr(r, "keys") else r
+        router = _select(cfg, "router.name") if isinstance(r, dict) else r
     router = router or metrics.get("router")
     if not router:
         raise ValueError(f"{run_dir}: cannot tell which router made this run (no router.name in its config)")

@@ -11,7 +11,8 @@ def __getattr__(name):  # lazy: importing vlrb.features stays cheap
     if name == "extract_features":
         from vlrb.features.extract import extract_features
         return extract_features
-    if name in ("load_features", "fuse", "FeatureScaler", "fit_transform_splits", "load_embeddings", "FUSIONS"):
+    if name in ("load_features", "fuse", "FeatureScaler", "fit_transform_splits", "load_embeddings", "FUSIONS",
+                "StaleFeaturesError"):
         from vlrb.features import fusion
         return getattr(fusion, name)
     raise AttributeError(name)

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,36 @@ def embeddings_path(root: str | Path, modality: str, name: str) -> Path:
     return Path(root) / "EMBEDDINGS" / modality / f"{name}.parquet"
 
 
+class StaleFeaturesError(FileNotFoundError):
+    """Stored embeddings were extracted from other samples (the prompts or images changed since): the
+    features for the current samples do not exist yet. A FileNotFoundError, so callers that extract
+    missing features re-extract stale ones too."""
+
+
+def check_fresh(path: str | Path, bench, modality: str) -> None:
+    """Raise StaleFeaturesError unless the embeddings at `path` were extracted from bench's current samples.
+
+    vlrb's extraction records a hash of the sample ids and of what it encoded (prompt or image reference)
+    in `<name>.meta.json`; embeddings without that file (written by other tools) can only be checked by
+    their sample ids, which `load_embeddings` does.
+    """
+    from vlrb.features.extract import samples_hash
+
+    path = Path(path)
+    meta_path = path.with_suffix(".meta.json")
+    if not path.exists() or not meta_path.exists():
+        return
+    try:
+        stored = json.loads(meta_path.read_text()).get("samples_hash")
+    except (ValueError, AttributeError):  # a damaged sidecar cannot vouch for the file
+        stored = "unreadable"
+    if stored is not None and stored != samples_hash(bench, modality):
+        raise StaleFeaturesError(
+            f"{path} was extracted from other {modality} inputs than the benchmark now holds (samples_hash in "
+            f"{meta_path.name} differs: the benchmark was rebuilt); re-run `python build_data.py stage=features "
+            f"encoder=...` to re-extract")
+
+
 def load_embeddings(path: str | Path, sample_ids) -> np.ndarray:
     """Rows of an embeddings parquet, reordered to `sample_ids`; a clear error lists ids that are absent."""
     from vlrb.features.extract import embeddings_to_numpy
@@ -89,7 +120,8 @@ def load_features(bench, encoder_cfg: Any, fusion: str | None = None, *, root: s
     """Fused (N, D) float32 features aligned to the benchmark rows.
 
     fusion / text_weight default to the encoder config's `fusion` and `text_weight` (normalize_concat, 0.5).
-    Only the parquet files the fusion needs are read.
+    Only the parquet files the fusion needs are read. Embeddings extracted from other prompts or images
+    than the benchmark's current ones raise StaleFeaturesError (see check_fresh).
     """
     cfg = as_dict(encoder_cfg)
     method = fusion or cfg.get("fusion") or DEFAULT_FUSION
@@ -100,9 +132,13 @@ def load_features(bench, encoder_cfg: Any, fusion: str | None = None, *, root: s
     ids = bench.sample_ids
     t = v = None
     if method != "only_image":
-        t = load_embeddings(embeddings_path(root, "text", encoder_name(cfg, "text")), ids)
+        path = embeddings_path(root, "text", encoder_name(cfg, "text"))
+        check_fresh(path, bench, "text")
+        t = load_embeddings(path, ids)
     if method != "only_text":
-        v = load_embeddings(embeddings_path(root, "vision", encoder_name(cfg, "vision")), ids)
+        path = embeddings_path(root, "vision", encoder_name(cfg, "vision"))
+        check_fresh(path, bench, "vision")
+        v = load_embeddings(path, ids)
     return fuse(t, v, method, w)
 
 
@@ -134,16 +170,26 @@ class FeatureScaler:
         return sc
 
 
-def fit_transform_splits(X: np.ndarray, bench, splits=("train", "dev", "test"), *, return_scaler: bool = False):
+SCALER_FITS = ("all", "with_correct")
+
+
+def fit_transform_splits(X: np.ndarray, bench, splits=("train", "dev", "test"), *, return_scaler: bool = False,
+                         scaler_fit: str = "all"):
     """Scale full-benchmark features X (N, D): fit on bench's train rows, transform every split.
 
+    scaler_fit: "all" fits on every train row; "with_correct" only on the train rows some model answers
+    correctly (the rows the original KNN/PRkNN code kept before fitting its scaler).
     Returns {split: (n_split, D) float32} (rows in the split's row order), and the fitted scaler if asked."""
     X = np.asarray(X, np.float32)
     if len(X) != bench.n_samples:
         raise ValueError(f"{len(X)} feature rows for a benchmark of {bench.n_samples} samples")
+    if scaler_fit not in SCALER_FITS:
+        raise ValueError(f"scaler_fit must be one of {SCALER_FITS}; got {scaler_fit!r}")
     train = bench.splits["train"]
+    if scaler_fit == "with_correct":
+        train = train[np.asarray(bench.Y)[train].any(1)]
     if len(train) == 0:
-        raise ValueError("no training rows to fit the feature scaler on")
+        raise ValueError(f"no training rows to fit the feature scaler on (scaler_fit={scaler_fit})")
     sc = FeatureScaler().fit(X[train])
     out = {}
     for s in splits:

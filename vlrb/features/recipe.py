@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlrb.features.encoders import as_dict
-from vlrb.features.fusion import DEFAULT_FUSION, FeatureScaler, fuse, load_features
+from vlrb.features.fusion import DEFAULT_FUSION, FeatureScaler, fit_transform_splits, fuse, load_features
 
 RECIPE_JSON = "recipe.json"
 SCALER_NPZ = "scaler.npz"
@@ -40,15 +40,13 @@ class FeatureRecipe:
         return {"only_text": ("text",), "only_image": ("vision",)}.get(self.fusion, ("text", "vision"))
 
     # ------------------------------------------------------------------ training time
-    def fit_splits(self, bench, splits: Sequence[str] = ("train", "dev", "test")) -> dict[str, np.ndarray]:
-        """Fused features of the benchmark's cached embeddings, scaler fitted on the train rows only;
-        returns {split: (n, D) float32}."""
+    def fit_splits(self, bench, splits: Sequence[str] = ("train", "dev", "test"), *,
+                   scaler_fit: str = "all") -> dict[str, np.ndarray]:
+        """Fused features of the benchmark's cached embeddings, the scaler fitted on train rows only (all of
+        them, or `scaler_fit="with_correct"`: those some model answers); returns {split: (n, D) float32}."""
         X = load_features(bench, self.encoder, self.fusion, text_weight=self.text_weight)
-        train = bench.splits["train"]
-        if len(train) == 0:
-            raise ValueError("no training rows to fit the feature scaler on")
-        self.scaler = FeatureScaler().fit(X[train])
-        return {s: self.scaler.transform(X[bench.splits[s]]) for s in splits}
+        out, self.scaler = fit_transform_splits(X, bench, splits, return_scaler=True, scaler_fit=scaler_fit)
+        return out
 
     def transform_bench(self, bench, split: str) -> np.ndarray:
         """Features of one split of a benchmark with cached embeddings, through the fitted scaler."""

@@ -106,7 +106,8 @@ def prepare_data(cfg: DictConfig, router):
     needs_features = "features" in router.inputs
     bench = load_benchmark(cfg, encoder=cfg.encoder if needs_features else None)
     data = RoutingData.prepare(bench, router.inputs, encoder=to_plain(cfg.encoder) if needs_features else None,
-                               fusion=cfg.get("fusion"), num_workers=int(cfg.get("num_workers", 2)))
+                               fusion=cfg.get("fusion"), scaler_fit=router.scaler_fit,
+                               num_workers=int(cfg.get("num_workers", 2)))
     if len(data["train"]) == 0:
         raise ConfigError(f"the benchmark at {cfg.data.root} has an empty train split: nothing to fit")
     return data

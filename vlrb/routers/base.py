@@ -42,6 +42,7 @@ class Router:
     trainable: ClassVar[bool] = False
     uses_lambda: ClassVar[bool] = False  # True: trained on the soft labels, so its `lam` parameter matters
     saves_state: ClassVar[bool] = True  # False: nothing learned worth a router/ folder (training-free baselines)
+    scaler_fit: str = "all"  # feature routers: the train rows the feature scaler is fitted on (all | with_correct)
 
     def __new__(cls, *args: Any, **kwargs: Any):
         # Routers are built from config (`_target_` + keyword arguments); the arguments are kept as given, so a

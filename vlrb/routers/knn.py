@@ -95,15 +95,24 @@ def _check_weights(weights: str) -> str:
     return weights
 
 
+def _check_scaler_fit(v: str) -> str:
+    from vlrb.features.fusion import SCALER_FITS
+
+    if v not in SCALER_FITS:
+        raise ValueError(f"scaler_fit must be one of {SCALER_FITS}; got {v!r}")
+    return v
+
+
 @register_router("knn")
 class KNNRouter(Router):
     """Distance-weighted k-NN vote on the cheapest correct model; scores = class probabilities (K columns)."""
 
     inputs = ("features",)
 
-    def __init__(self, k: int = 5, weights: str = "distance", metric: str = "cosine") -> None:
+    def __init__(self, k: int = 5, weights: str = "distance", metric: str = "cosine", scaler_fit: str = "all") -> None:
         super().__init__()
         self.k, self.weights, self.metric = int(k), _check_weights(weights), metric
+        self.scaler_fit = _check_scaler_fit(scaler_fit)
 
     def fit(self, train: Split, dev: Split | None = None) -> "KNNRouter":
         t0 = time.perf_counter()
@@ -176,9 +185,10 @@ class PRkNNRouter(Router):
 
     inputs = ("features",)
 
-    def __init__(self, k: int = 7, weights: str = "distance", metric: str = "cosine") -> None:
+    def __init__(self, k: int = 7, weights: str = "distance", metric: str = "cosine", scaler_fit: str = "all") -> None:
         super().__init__()
         self.k, self.weights, self.metric = int(k), _check_weights(weights), metric
+        self.scaler_fit = _check_scaler_fit(scaler_fit)
 
     def fit(self, train: Split, dev: Split | None = None) -> "PRkNNRouter":
         t0 = time.perf_counter()

@@ -22,8 +22,9 @@ class RoutingData:
 
     @classmethod
     def prepare(cls, bench: Benchmark, inputs: Sequence[str], *, encoder: Any = None, fusion: str | None = None,
-                num_workers: int = 2) -> "RoutingData":
-        """Splits for a router that reads `inputs` ("labels", "features", "raw"); features need `encoder`."""
+                scaler_fit: str = "all", num_workers: int = 2) -> "RoutingData":
+        """Splits for a router that reads `inputs` ("labels", "features", "raw"); features need `encoder`
+        (`scaler_fit`: the train rows the feature scaler is fitted on, all | with_correct)."""
         splits = {s: bench.split(s) for s in SPLIT_NAMES}
         recipe = None
         if "features" in inputs:
@@ -32,7 +33,7 @@ class RoutingData:
             if encoder is None:
                 raise ValueError("a feature-level router needs an encoder config")
             recipe = FeatureRecipe.from_config(encoder, fusion)
-            X = recipe.fit_splits(bench, SPLIT_NAMES)
+            X = recipe.fit_splits(bench, SPLIT_NAMES, scaler_fit=scaler_fit)
             splits = {s: sp.with_features(X[s]) for s, sp in splits.items()}
         return cls(bench, splits, recipe, int(num_workers))
 
