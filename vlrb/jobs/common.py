@@ -48,7 +48,8 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any =
             raise
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "error.txt").write_text("".join(traceback.format_exception(e)))
+            first = (str(e).strip().splitlines() or [""])[0]
+            (out / "error.txt").write_text(f"{type(e).__name__}: {first}\n\n" + "".join(traceback.format_exception(e)))
         user = isinstance(e, USER_ERRORS)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (user or multirun):
             raise
@@ -103,8 +104,8 @@ class SweepSummary(Callback):
             return
         log.info("sweep %s: %d of %d jobs finished", sweep, len(jobs) - len(failed), len(jobs))
         for p in failed:
-            last = (p / "error.txt").read_text().strip().splitlines()[-1:] or [""]
-            log.info("  job %s failed: %s", p.name, last[0][:200])
+            first = (p / "error.txt").read_text().strip().splitlines()[:1] or [""]
+            log.info("  job %s failed: %s", p.name, first[0][:200])
         if len(failed) == len(jobs):
             log.error("error: every job of the sweep failed (see error.txt in each job folder)")
             sys.exit(1)

@@ -64,11 +64,16 @@ def _choice(group: str) -> str:
 
 def build_router(router_cfg):
     """The router its config describes (`_target_` + keyword arguments), the one path for train and evaluate."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from vlrb.routers import Router
 
-    router = instantiate(router_cfg, _convert_="all")
+    try:
+        router = instantiate(router_cfg, _convert_="all")
+    except InstantiationException as e:  # a bad parameter value: say which, without Hydra's wrapping
+        cause = e.__cause__ or e
+        raise ConfigError(f"router ({router_cfg.get('_target_')}): {type(cause).__name__}: {cause}") from e
     if not isinstance(router, Router):
         raise ConfigError(f"router._target_={router_cfg._target_} is not a vlrb Router")
     return router
