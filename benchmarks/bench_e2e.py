@@ -79,7 +79,8 @@ def train_throughput(router, bench, split, steps: int, batch: int, workers: int,
     """Optimiser steps per second × batch on the synthetic data (2 warm-up steps untimed)."""
     import torch
 
-    from vlrb.backbones.data import RawDataset, make_loader
+    from vlrb.backbones.data import Collate, RawDataset
+    from vlrb.routers.lit import make_loader
     from vlrb.routers import losses
     from vlrb.routing.soft_labels import soft_labels
 
@@ -87,7 +88,8 @@ def train_throughput(router, bench, split, steps: int, batch: int, workers: int,
     t = soft_labels(split.Y, split.C, router.lam, cost_scale=router.cost_scale)
     ds = RawDataset(bench.prompts, bench.images, split.idx, module.backbone.processor, Y=split.Y, C=split.C,
                     targets=t, cluster=losses.cluster_targets(t, 5))
-    loader = make_loader(ds, batch, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(ds, batch, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+                         collate_fn=Collate(ds.processor))
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=router.lr, weight_decay=router.weight_decay)
     bf16 = device.type == "cuda"

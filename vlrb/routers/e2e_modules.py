@@ -6,7 +6,6 @@ val/rank_score validation); the losses are the pure functions of `vlrb.routers.l
 from __future__ import annotations
 
 import math
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from torch import nn
 from vlrb.backbones import Backbone
 from vlrb.backbones.data import ImageStats
 from vlrb.routers import losses
-from vlrb.routers.lit import RoutingModule, TrainContext, with_warmup
+from vlrb.routers.lit import RoutingModule, with_warmup
 
 CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)  # RouterDC (VL-RouterBench port): CLIP's temperature init
 
@@ -135,21 +134,3 @@ class RouterDCModule(E2EModule):
     def loss(self, logits, batch):
         return self.loss_parts(logits, batch)["loss"]
 
-
-def fit_without_dev(module: E2EModule, train_loader, ctx: TrainContext, max_epochs: int) -> dict:
-    """No dev split: no early stopping; train the full epoch budget and keep the last weights."""
-    import warnings
-
-    import lightning as L
-
-    kw = {k: v for k, v in ctx.trainer.items() if k != "max_epochs"}
-    if module.grad_clip:
-        kw.setdefault("gradient_clip_val", module.grad_clip)
-    kw.setdefault("enable_progress_bar", ctx.progress)
-    kw.setdefault("enable_model_summary", False)
-    trainer = L.Trainer(logger=ctx.loggers or False, enable_checkpointing=False, max_epochs=max_epochs,
-                        limit_val_batches=0, default_root_dir=ctx.output_dir or tempfile.gettempdir(), **kw)
-    with warnings.catch_warnings():  # "validation_step but no val_dataloader": intended here
-        warnings.filterwarnings("ignore", message=".*val_dataloader.*")
-        trainer.fit(module, train_loader)
-    return {"epochs": trainer.current_epoch, "best_val_rank_score": math.nan, "checkpoint": None}

@@ -8,17 +8,20 @@ plus whatever the module's forward reads ("x" for features; "pixel_values", "inp
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 import lightning as L
 
+from vlrb.routers.losses import soft_cross_entropy
 from vlrb.routing.metrics import rank_score
 
 
@@ -102,10 +105,6 @@ def with_warmup(opt, module: L.LightningModule, warmup_ratio: float):
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * torch.log_softmax(logits.float(), dim=1)).sum(1).mean()
-
-
 class DictDataset(torch.utils.data.Dataset):
     """Rows of equally long arrays, served as dicts of tensors."""
 
@@ -140,6 +139,64 @@ class TensorBatches:
             yield {k: v[j] for k, v in self.ds.arrays.items()}
 
 
+def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0, pin_memory: bool = False,
+                collate_fn: Callable | None = None, distributed: bool = False):
+    """Minibatches of `ds` for fitting or predicting.
+
+    A `DictDataset` (features) is sliced as whole tensors (`TensorBatches`), unless the trainer may be
+    `distributed`: Lightning then shards a DataLoader per rank with a DistributedSampler (it cannot shard
+    TensorBatches, so every rank would see every sample). Anything else (raw prompts and images, with their
+    `collate_fn`) goes through a DataLoader. Shuffling draws from its own generator seeded with `seed`.
+    """
+    if isinstance(ds, DictDataset) and not distributed:
+        return TensorBatches(ds, batch_size, shuffle=shuffle, seed=seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                       collate_fn=collate_fn, persistent_workers=num_workers > 0 and shuffle,
+                                       pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+def train_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContext, *, max_epochs: int,
+                 patience: int | None = None) -> dict:
+    """Fit `module` in place and return what to report about it.
+
+    With a dev loader: early stopping on val/rank_score and the best epoch's weights (`fit_module`; a context
+    without an output_dir keeps its checkpoints in a temporary folder). Without one: nothing to select on, so
+    the full epoch budget and the last weights.
+    """
+    if val_loader is None:
+        return fit_without_dev(module, train_loader, ctx, max_epochs)
+    with tempfile.TemporaryDirectory(prefix="vlrb-fit-") as tmp:  # checkpoints of a standalone fit
+        run_ctx = ctx if ctx.output_dir else dataclasses.replace(ctx, output_dir=tmp)
+        fit_module(module, train_loader, val_loader, run_ctx, max_epochs=max_epochs, patience=patience)
+    info = dict(module.fit_info)
+    if not ctx.output_dir:
+        info.pop("checkpoint", None)  # it lived in the temporary directory
+    return info
+
+
+def _trainer_kwargs(module: RoutingModule, ctx: TrainContext) -> dict:
+    """Lightning Trainer arguments: ctx.trainer's keys (null: Lightning's default), the module's gradient clipping,
+    no model summary, a progress bar only if the context asks."""
+    kw: dict[str, Any] = {k: v for k, v in dict(ctx.trainer).items() if v is not None}
+    if module.grad_clip:
+        kw.setdefault("gradient_clip_val", module.grad_clip)
+    kw.setdefault("enable_progress_bar", ctx.progress)
+    kw.setdefault("enable_model_summary", False)
+    return kw
+
+
+def fit_without_dev(module: RoutingModule, train_loader, ctx: TrainContext, max_epochs: int) -> dict:
+    """No dev split: no early stopping, train the full epoch budget and keep the last weights."""
+    kw = {**_trainer_kwargs(module, ctx), "max_epochs": max_epochs, "limit_val_batches": 0,
+          "enable_checkpointing": False}
+    trainer = L.Trainer(logger=ctx.loggers or False, default_root_dir=ctx.output_dir or tempfile.gettempdir(), **kw)
+    with warnings.catch_warnings():  # "validation_step but no val_dataloader": intended here
+        warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+        trainer.fit(module, train_loader)
+    return {"epochs": trainer.current_epoch, "best_val_rank_score": None, "checkpoint": None}  # nothing validated
+
+
 def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContext, *, max_epochs: int | None = None,
                patience: int | None = None) -> RoutingModule:
     """Train with early stopping + checkpointing on val/rank_score; return the module with the best weights."""
@@ -153,13 +210,9 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContex
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
     callbacks = [ckpt, EarlyStopping(monitor="val/rank_score", mode="max", min_delta=1e-4,
                                      patience=ctx.patience if patience is None else patience)]
-    kw: dict[str, Any] = {k: v for k, v in dict(ctx.trainer).items() if v is not None}
+    kw = _trainer_kwargs(module, ctx)
     if "max_epochs" not in kw:  # the trainer preset (e.g. debug=fast) wins over the router's own default
         kw["max_epochs"] = max_epochs if max_epochs is not None else 10
-    if module.grad_clip:
-        kw.setdefault("gradient_clip_val", module.grad_clip)
-    kw.setdefault("enable_progress_bar", ctx.progress)
-    kw.setdefault("enable_model_summary", False)
     kw.setdefault("num_sanity_val_steps", 0)
     trainer = L.Trainer(logger=ctx.loggers or False, callbacks=callbacks, default_root_dir=ctx.output_dir, **kw)
     trainer.fit(module, train_loader, val_loader)
@@ -172,12 +225,3 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: TrainContex
                        "best_val_rank_score": float("nan") if score is None else float(score), "checkpoint": best}
     return module
 
-
-@torch.inference_mode()
-def predict_logits(module: nn.Module, loader, device: str | torch.device = "cpu") -> np.ndarray:
-    module.eval().to(device)
-    out = []
-    for batch in loader:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out.append(module(batch).float().cpu())
-    return torch.cat(out).numpy()
