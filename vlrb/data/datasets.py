@@ -43,20 +43,6 @@ DEFAULT_OUTPUT_TOKEN_ESTIMATE = 100
 
 IMAGE_TOKENS = 256  # flat input-token charge per image (SPEC.md §3)
 
-# The per-sample evaluation file of each family, as a suffix after "<model>_<dataset>".
-# Globs, because judge names vary ("openai", "gpt-4o-mini", "gpt-4-turbo", "exact_matching").
-EVAL_FILE_SUFFIXES = {
-    "mcq": ["_*_result.xlsx"],
-    "yorn": ["_auxmatch.xlsx"],
-    "vqa": ["_results.xlsx"],
-    "anls": ["_results.xlsx"],
-    "ocrbench": [".xlsx"],  # no per-sample eval file: recomputed from the prediction file
-    "mathvista": ["_*.xlsx"],  # judge file "<M>_<D>_<judge>.xlsx" with `res`
-    "mathvision": ["_*.xlsx"],
-    "mathverse": ["_*_score.xlsx"],  # stage-2 file with `score`
-}
-
-
 def spec(key: str) -> DatasetSpec:
     try:
         return DATASETS[key]
