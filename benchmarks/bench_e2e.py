@@ -79,7 +79,8 @@ def train_throughput(router, bench, split, steps: int, batch: int, workers: int,
     """Optimiser steps per second × batch on the synthetic data (2 warm-up steps untimed)."""
     import torch
 
-    from vlrb.backbones.data import RawDataset, make_loader
+    from vlrb.backbones.data import Collate, RawDataset
+    from vlrb.routers.lit import make_loader
     from vlrb.routers import losses
     from vlrb.routing.soft_labels import soft_labels
 
@@ -87,7 +88,8 @@ def train_throughput(router, bench, split, steps: int, batch: int, workers: int,
     t = soft_labels(split.Y, split.C, router.lam, cost_scale=router.cost_scale)
     ds = RawDataset(bench.prompts, bench.images, split.idx, module.backbone.processor, Y=split.Y, C=split.C,
                     targets=t, cluster=losses.cluster_targets(t, 5))
-    loader = make_loader(ds, batch, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(ds, batch, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+                         collate_fn=Collate(ds.processor))
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=router.lr, weight_decay=router.weight_decay)
     bf16 = device.type == "cuda"
@@ -138,7 +140,7 @@ def main() -> int:
     import torch
 
     from vlrb.routers import create_router
-    from vlrb.routers.lit import TrainContext
+    from vlrb.routers.lit import FitContext
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
@@ -158,7 +160,7 @@ def main() -> int:
           f"train batch {args.train_batch} x {steps} steps")
 
     name, bb_params = backbone_spec(args.backbone, args.image_size)
-    ctx = TrainContext(trainer={"accelerator": "gpu" if gpu else "cpu", "devices": 1,
+    ctx = FitContext(trainer={"accelerator": "gpu" if gpu else "cpu", "devices": 1,
                                 "precision": "bf16-mixed" if gpu else "32-true"}, num_workers=workers)
     rows = []
     for rname in [r.strip() for r in args.routers.split(",") if r.strip()]:
@@ -167,15 +169,14 @@ def main() -> int:
         t_build = time.perf_counter()
         router.init_module(bench.models)
         build_s = time.perf_counter() - t_build
-        router.bench, router.ctx = bench, ctx
         desc = router.module.backbone.describe()
         train_sps = train_throughput(router, bench, split, steps, args.train_batch, workers, device) if steps else \
             float("nan")
-        router.predict_scores(bench.split("test") if n <= args.batch else _head(split, args.batch))  # warm-up
+        router.predict_scores(bench.split("test") if n <= args.batch else _head(split, args.batch), ctx)  # warm-up
         if gpu:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        router.predict_scores(split)
+        router.predict_scores(split, ctx)
         if gpu:
             torch.cuda.synchronize()
         sec = time.perf_counter() - t

@@ -329,6 +329,14 @@ def test_full_epoch_counts_every_placeholder(bench, tmp_path):
     assert r.fit_info["images"] == want
 
 
+def test_fit_without_dev_accepts_a_preset_that_limits_validation(bench, tmp_path):
+    """debug=fast sets limit_val_batches; without dev the router still trains its full budget (no val loop)."""
+    r = create_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
+    r.bench, r.ctx = bench, ctx_for(tmp_path, limit_train_batches=2, limit_val_batches=1)
+    r.fit(bench.split("train"), None)
+    assert r.fit_info["epochs"] == 1 and r.fit_info["best_val_rank_score"] is None
+
+
 def test_save_load_roundtrip(bench, tmp_path):
     r = create_router("cosinecls", backbone="tiny_offline", batch_size=8, lam=100)
     ctx = ctx_for(tmp_path / "run", fast_dev_run=True)

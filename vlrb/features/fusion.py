@@ -19,13 +19,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from vlrb.features.encoders import as_dict, encoder_name
+from vlrb.routing.vectors import l2_normalize
 
 DEFAULT_FUSION = "normalize_concat"
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n == 0, 1.0, n)
 
 
 def _trunc(t, v):
@@ -35,7 +31,7 @@ def _trunc(t, v):
 
 FUSIONS: dict[str, Callable[..., np.ndarray]] = {
     "concat": lambda t, v, w: np.concatenate([t, v], axis=1),
-    "normalize_concat": lambda t, v, w: np.concatenate([_l2(t), _l2(v)], axis=1),
+    "normalize_concat": lambda t, v, w: np.concatenate([l2_normalize(t), l2_normalize(v)], axis=1),
     "average": lambda t, v, w: (lambda a, b: (a + b) / 2)(*_trunc(t, v)),
     "weighted_average": lambda t, v, w: (lambda a, b: w * a + (1 - w) * b)(*_trunc(t, v)),
     "only_text": lambda t, v, w: t,

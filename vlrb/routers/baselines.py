@@ -14,15 +14,9 @@ import numpy as np
 from vlrb.data.benchmark import Split
 from vlrb.routers.base import Router, register_router
 from vlrb.routing.metrics import _group_means
-from vlrb.routing.soft_labels import hard_labels
+from vlrb.routing.soft_labels import hard_labels, one_hot
 
 FIT_ON = ("train", "test")
-
-
-def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((len(idx), k), dtype=np.float32)
-    out[np.arange(len(idx)), idx] = 1.0
-    return out
 
 
 class Baseline(Router):
@@ -63,7 +57,7 @@ class Oracle(Baseline):
     fits_data = False
 
     def predict_scores(self, split: Split) -> np.ndarray:
-        return _one_hot(hard_labels(split.Y, split.C), split.Y.shape[1])
+        return one_hot(hard_labels(split.Y, split.C), split.Y.shape[1])
 
 
 @register_router("strongest")
@@ -121,4 +115,4 @@ class RandomRouter(Baseline):
 
     def predict_scores(self, split: Split) -> np.ndarray:
         k = self.n_models
-        return _one_hot(np.random.RandomState(self.seed).randint(0, k, len(split)), k)
+        return one_hot(np.random.RandomState(self.seed).randint(0, k, len(split)), k)

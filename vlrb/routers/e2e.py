@@ -103,7 +103,8 @@ class E2ERouter(Router):
     def fit(self, train: Split, dev: Split | None = None, ctx: FitContext | None = None) -> "E2ERouter":
         import lightning as L
 
-        from vlrb.backbones.data import RawDataset, make_loader
+        from vlrb.backbones.data import Collate, RawDataset
+        from vlrb.routers.lit import make_loader
 
         t0 = time.perf_counter()
         bench = self._require_bench(train, *([dev] if dev is not None else []))
@@ -119,13 +120,13 @@ class E2ERouter(Router):
         train_ds = RawDataset(prompts, images, train.idx[keep], proc, Y=train.Y[keep], C=train.C[keep], **arrays)
 
         ctx = self._context(ctx, bench)
-        workers, pin = int(ctx.num_workers), self._device(ctx).type == "cuda"
-        train_loader = make_loader(train_ds, self.batch_size, shuffle=True, num_workers=workers, seed=self.seed,
-                                   pin_memory=pin)
+        loader_kw = dict(num_workers=int(ctx.num_workers), pin_memory=self._device(ctx).type == "cuda",
+                         collate_fn=Collate(proc))
+        train_loader = make_loader(train_ds, self.batch_size, shuffle=True, seed=self.seed, **loader_kw)
         dev_loader = None
         if dev is not None and len(dev):  # dev only steers early stopping / checkpoint choice; never filtered
             dev_ds = RawDataset(prompts, images, dev.idx, proc, Y=dev.Y, C=dev.C)
-            dev_loader = make_loader(dev_ds, self._predict_bs(), shuffle=False, num_workers=workers, pin_memory=pin)
+            dev_loader = make_loader(dev_ds, self._predict_bs(), shuffle=False, **loader_kw)
         with warnings.catch_warnings():  # frozen towers stay in eval mode on purpose (Backbone.train)
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             info = self._train(train_loader, dev_loader, ctx)
@@ -145,15 +146,12 @@ class E2ERouter(Router):
 
     def _train(self, train_loader, dev_loader, ctx: FitContext) -> dict:
         """Lightning fit: early stopping + best-epoch reload on dev, or the full budget without dev."""
-        from vlrb.routers.lit import fit_module, fit_without_dev
+        from vlrb.routers.lit import train_module
 
         # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it
         max_epochs = ctx.trainer.get("max_epochs") or self.max_epochs
-        if dev_loader is None:  # nothing to select on: train the full epoch budget, keep the last weights
-            return fit_without_dev(self.module, train_loader, ctx, max_epochs)
         patience = self.patience if self.patience is not None else ctx.patience
-        fit_module(self.module, train_loader, dev_loader, ctx, max_epochs=max_epochs, patience=patience)
-        return dict(self.module.fit_info)
+        return train_module(self.module, train_loader, dev_loader, ctx, max_epochs=max_epochs, patience=patience)
 
     def predict_scores(self, split: Split, ctx: FitContext | None = None) -> np.ndarray:
         """(n, K) logits (float32) of the split's rows (prompts and images of `split.source`)."""
@@ -166,7 +164,8 @@ class E2ERouter(Router):
         PIL image or None per row: a Benchmark's image loader, or `vlrb.data.images.ImageList` of raw inputs)."""
         import torch
 
-        from vlrb.backbones.data import RawDataset, make_loader
+        from vlrb.backbones.data import Collate, RawDataset
+        from vlrb.routers.lit import make_loader
 
         if self.module is None:
             raise RuntimeError(f"{self.label}: call fit() (or load()) before predict_scores()")
@@ -176,7 +175,7 @@ class E2ERouter(Router):
         module = self.module.eval().to(device)
         ds = RawDataset(prompts, images, rows, module.backbone.processor)
         loader = make_loader(ds, self._predict_bs(), shuffle=False, num_workers=int(ctx.num_workers),
-                             pin_memory=device.type == "cuda")
+                             pin_memory=device.type == "cuda", collate_fn=Collate(ds.processor))
         out = []
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=self._bf16(ctx, device)):

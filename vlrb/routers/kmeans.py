@@ -13,11 +13,7 @@ import numpy as np
 
 from vlrb.data.benchmark import Split
 from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
-
-
-def _l2(X: np.ndarray) -> np.ndarray:
-    norm = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]  # row norms without an n×D temporary
-    return X / np.maximum(norm, 1e-12)  # an all-zero row (no image, no text) stays zero
+from vlrb.routing.vectors import l2_normalize
 
 
 @register_router("kmeans")
@@ -37,13 +33,13 @@ class KMeansRouter(Router):
         keep = self._training_rows(train)
         X, Y = self._features(train)[keep], Y[keep].astype(np.float32)
         if self.normalize:
-            X = _l2(X)
+            X = l2_normalize(X)
         counts = Y.sum(0)
         sums = Y.T @ X  # (K, D): every model's centroid in one product
         # a model that answers nothing gets the centroid of all samples (upstream's fallback)
         sums[counts == 0] = X.sum(0)
         counts = np.where(counts == 0, len(X), counts)
-        self.prototypes_ = _l2(sums / counts[:, None]).astype(np.float32)
+        self.prototypes_ = l2_normalize(sums / counts[:, None]).astype(np.float32)
         self.fit_info = {"n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
                          "fit_seconds": time.perf_counter() - t0}
         return self

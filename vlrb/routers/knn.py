@@ -21,6 +21,7 @@ import numpy as np
 from vlrb.data.benchmark import Split
 from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
 from vlrb.routing.soft_labels import hard_labels
+from vlrb.routing.vectors import l2_normalize
 
 WEIGHTS = ("distance", "uniform")
 _PRKNN_EPS = 1e-6  # w = 1 / (1e-6 + d), upstream's guard against a zero distance
@@ -31,12 +32,12 @@ class CosineIndex:
 
     def __init__(self, X: np.ndarray, k: int, chunk: int = 1024, normalised: bool = False) -> None:
         X = np.ascontiguousarray(X, dtype=np.float32)
-        self.matrix = X if normalised else _l2(X)  # normalised once, not per query (and what `save` stores)
+        self.matrix = X if normalised else l2_normalize(X)  # normalised once, not per query (and what `save` stores)
         self.k, self.chunk = min(int(k), len(X)), chunk
 
     def kneighbors(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dist, idx), each (n, k), nearest first; chunks of queries bound the (chunk, n_train) block."""
-        Qn = _l2(np.ascontiguousarray(Q, dtype=np.float32))
+        Qn = l2_normalize(np.ascontiguousarray(Q, dtype=np.float32))
         n, k = len(Qn), self.k
         dist, idx = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
         for s in range(0, n, self.chunk):
@@ -51,11 +52,6 @@ class CosineIndex:
             idx[s:s + self.chunk] = np.take_along_axis(part, order, 1)
             dist[s:s + self.chunk] = np.take_along_axis(dp, order, 1)
         return dist, idx
-
-
-def _l2(X: np.ndarray) -> np.ndarray:
-    norm = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
-    return X / np.maximum(norm, np.finfo(X.dtype).tiny)  # zero rows stay zero (similarity 0, distance 1)
 
 
 def neighbour_index(X: np.ndarray, k: int, metric: str, normalised: bool = False):

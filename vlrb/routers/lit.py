@@ -9,16 +9,18 @@ plus whatever the module's forward reads ("x" for features; "pixel_values", "inp
 from __future__ import annotations
 
 import math
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 import lightning as L
 
+from vlrb.routers.losses import soft_cross_entropy
 from vlrb.routing.metrics import rank_score
 
 
@@ -139,10 +141,6 @@ def with_warmup(opt, module: L.LightningModule, warmup_ratio: float):
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * torch.log_softmax(logits.float(), dim=1)).sum(1).mean()
-
-
 class DictDataset(torch.utils.data.Dataset):
     """Rows of equally long arrays, served as dicts of tensors."""
 
@@ -175,6 +173,34 @@ class TensorBatches:
         for s in range(0, len(idx), self.bs):
             j = idx[s:s + self.bs]
             yield {k: v[j] for k, v in self.ds.arrays.items()}
+
+
+def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0, pin_memory: bool = False,
+                collate_fn: Callable | None = None, distributed: bool = False):
+    """Minibatches of `ds` for fitting or predicting.
+
+    A `DictDataset` (features) is sliced as whole tensors (`TensorBatches`), unless the trainer may be
+    `distributed`: Lightning then shards a DataLoader per rank with a DistributedSampler (it cannot shard
+    TensorBatches, so every rank would see every sample). Anything else (raw prompts and images, with their
+    `collate_fn`) goes through a DataLoader. Shuffling draws from its own generator seeded with `seed`.
+    """
+    if isinstance(ds, DictDataset) and not distributed:
+        return TensorBatches(ds, batch_size, shuffle=shuffle, seed=seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                       collate_fn=collate_fn, persistent_workers=num_workers > 0 and shuffle,
+                                       pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+def train_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext, *, max_epochs: int,
+                 patience: int | None = None) -> dict:
+    """Fit `module` in place and return what to report about it: with a dev loader, early stopping on
+    val/rank_score and the best epoch's weights (`fit_module`); without one, nothing to select on, so the
+    full epoch budget and the last weights (`fit_without_dev`)."""
+    if val_loader is None:
+        return fit_without_dev(module, train_loader, ctx, max_epochs)
+    fit_module(module, train_loader, val_loader, ctx, max_epochs=max_epochs, patience=patience)
+    return dict(module.fit_info)
 
 
 def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext, *, max_epochs: int | None = None,
@@ -223,13 +249,3 @@ def fit_without_dev(module: RoutingModule, train_loader, ctx: FitContext, max_ep
             warnings.filterwarnings("ignore", message=".*val_dataloader.*")
             trainer.fit(module, train_loader)
     return {"epochs": trainer.current_epoch, "best_val_rank_score": None}  # nothing was validated
-
-
-@torch.inference_mode()
-def predict_logits(module: nn.Module, loader, device: str | torch.device = "cpu") -> np.ndarray:
-    module.eval().to(device)
-    out = []
-    for batch in loader:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out.append(module(batch).float().cpu())
-    return torch.cat(out).numpy()

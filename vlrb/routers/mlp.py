@@ -43,7 +43,8 @@ def _nets() -> dict[str, type]:
     """
     from torch import nn
 
-    from vlrb.routers.lit import RoutingModule, soft_cross_entropy
+    from vlrb.routers.losses import soft_cross_entropy
+    from vlrb.routers.lit import RoutingModule
 
     class FeatureNet(RoutingModule):
         """A RoutingModule whose forward is `self.net(batch["x"])`; `net` is a plain nn.Module for fast routing."""
@@ -142,7 +143,7 @@ class NetRouter(Router):
     def fit(self, train: Split, dev: Split | None = None, ctx: "FitContext | None" = None) -> "NetRouter":
         import torch
 
-        from vlrb.routers.lit import DictDataset, fit_module, fit_without_dev
+        from vlrb.routers.lit import DictDataset, make_loader, train_module
 
         t0 = time.perf_counter()
         self._remember_models(train)
@@ -158,19 +159,17 @@ class NetRouter(Router):
             module = self.make_module(X.shape[1], Y.shape[1])
         train_ds = DictDataset(x=X, targets=t)
         bs = len(train_ds) if self.batch_size is None else min(self.batch_size, len(train_ds))
-        train_loader = make_loader(train_ds, bs, shuffle=True, seed=self.seed, ctx=ctx)
-        # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it
-        max_epochs = ctx.trainer.get("max_epochs") or self.max_epochs
-        patience = self.patience if self.patience is not None else ctx.patience
-
+        loader_kw = dict(seed=self.seed, num_workers=ctx.num_workers, distributed=is_distributed(ctx.trainer))
+        train_loader = make_loader(train_ds, bs, shuffle=True, **loader_kw)
+        val_loader = None
         if dev is not None and len(dev):
             # dev only steers early stopping / checkpoint choice; it is never filtered (SPEC.md §7)
             val_ds = DictDataset(x=self._features(dev), Y=np.asarray(dev.Y), C=np.asarray(dev.C))
-            val_loader = make_loader(val_ds, VAL_BATCH, shuffle=False, seed=self.seed, ctx=ctx)
-            module = fit_module(module, train_loader, val_loader, ctx, max_epochs=max_epochs, patience=patience)
-            info = dict(module.fit_info)
-        else:
-            info = fit_without_dev(module, train_loader, ctx, max_epochs)
+            val_loader = make_loader(val_ds, VAL_BATCH, shuffle=False, **loader_kw)
+        # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it
+        max_epochs = ctx.trainer.get("max_epochs") or self.max_epochs
+        patience = self.patience if self.patience is not None else ctx.patience
+        info = train_module(module, train_loader, val_loader, ctx, max_epochs=max_epochs, patience=patience)
         self._set_module(module)
         self.in_dim_ = int(X.shape[1])
         self.fit_info = {**info, "n_train": int(keep.sum()), "n_dropped_no_correct": int((~keep).sum()),
@@ -245,20 +244,6 @@ def is_distributed(trainer: dict) -> bool:
     many = devices in (-1, "-1", "auto") or (isinstance(devices, (list, tuple)) and len(devices) > 1) or (
         str(devices).isdigit() and int(devices) > 1)
     return "ddp" in str(trainer.get("strategy") or "") or int(trainer.get("num_nodes") or 1) > 1 or many
-
-
-def make_loader(ds, batch_size: int, *, shuffle: bool, seed: int, ctx: "FitContext"):
-    """Whole-tensor minibatches (`TensorBatches`, ~100x less overhead than a DataLoader on features), or a
-    plain DataLoader when the trainer may be distributed: Lightning then shards it with a DistributedSampler
-    (it cannot shard TensorBatches, so every rank would see every sample)."""
-    from vlrb.routers.lit import TensorBatches
-
-    if is_distributed(ctx.trainer):
-        import torch
-
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=ctx.num_workers,
-                                           generator=torch.Generator().manual_seed(seed))
-    return TensorBatches(ds, batch_size, shuffle=shuffle, seed=seed)
 
 
 @register_router("linear")

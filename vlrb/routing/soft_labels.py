@@ -58,7 +58,8 @@ def hard_labels(Y, C) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _one_hot(idx: np.ndarray, k: int) -> np.ndarray:
+def one_hot(idx: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) float32 rows with a 1 at column idx[i]."""
     out = np.zeros((len(idx), k), dtype=np.float32)
     out[np.arange(len(idx)), idx] = 1.0
     return out
@@ -93,7 +94,7 @@ def soft_labels(Y, C, lam: float | str, cost_scale: float = 100.0, scheme: str =
     n, k = C.shape
     factor = lam * (cost_scale if scheme == "exp" else 1.0)
     if not math.isfinite(factor):  # λ = ∞ (or a λ·s that overflows): the hard limit, exactly
-        return _one_hot(hard_labels(correct, C), k)
+        return one_hot(hard_labels(correct, C), k)
 
     # log g(c) = -λ·s·c (exp) or -λ·log(s·c + ε) (power); `factor` carries λ (and s for exp)
     cost_term = C if scheme == "exp" else np.log(cost_scale * C + _POWER_EPS)
@@ -103,7 +104,7 @@ def soft_labels(Y, C, lam: float | str, cost_scale: float = 100.0, scheme: str =
     none = ~has
     if none.any():
         if fallback == "cheapest":
-            out[none] = _one_hot(C[none].argmin(1), k)
+            out[none] = one_hot(C[none].argmin(1), k)
         else:  # 'cost_soft': softmax of -λ·s·C over all models (unused upstream, kept for completeness)
             out[none] = _shifted_softmax(cost_term[none], np.ones((int(none.sum()), k), bool), factor)
     return out.astype(np.float32)
