@@ -25,9 +25,9 @@ def main() -> None:
     step("build the demo benchmark", "build_data.py")
     step("extract features (MiniLM + EfficientNet-Lite0, cached)", "build_data.py", "stage=features")
     step("train the training-free-style feature routers", "train.py", "-m", "router=knn,prknn,ovr,kmeans",
-         "logger=csv", f"hydra.sweep.dir={RUNS}/feature", "throughput.runs=10")
+         "logger=csv", f"hydra.sweep.dir={RUNS}/feature", "scoring.throughput.runs=10")
     step("train Linear and MLP at two λ each", "train.py", "-m", "router=linear,mlp", "lambda=100,10000",
-         "logger=csv", f"hydra.sweep.dir={RUNS}/network", "throughput.runs=10")
+         "logger=csv", f"hydra.sweep.dir={RUNS}/network", "scoring.throughput.runs=10")
     step("leaderboard and Pareto plot", "evaluate.py", f"runs={RUNS}", f"hydra.run.dir={RUNS}/evaluate")
     print(f"\nleaderboard: {RUNS / 'evaluate' / 'leaderboard.md'}\nPareto plot: {RUNS / 'evaluate' / 'pareto.png'}")
 

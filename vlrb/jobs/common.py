@@ -20,7 +20,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (VlrbError, FileNotFoundError)
 
 
 def setup_logging() -> None:
-    os.environ.setdefault("WANDB_QUIET", "true")  # no 50-line W&B summary at the end of every run
+    # no 50-line W&B summary at the end of every run (our own line says where an offline run is kept)
+    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def route_lightning_logs() -> None:

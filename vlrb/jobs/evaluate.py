@@ -73,7 +73,7 @@ def evaluate(cfg: DictConfig):
                               summary={k: v for k, v in res.metrics.items() if k.count("/") <= 2})
     finally:
         if run is not None:
-            run.finish(quiet=True)
+            run.finish()
     log.info("%s", res.paths["md"].read_text())
     log.info("Leaderboard: %s", res.paths["csv"])
     if "pareto" in res.paths:

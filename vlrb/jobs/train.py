@@ -228,6 +228,6 @@ def _finish_wandb() -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(quiet=True)
+            wandb.finish()
     except Exception:  # noqa: BLE001 - a logger problem must not hide the run's own outcome
         pass
