@@ -9,12 +9,12 @@ import stat
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import REPO, data_cfg
-from vlrb.data.build import build, dataset_file_stems, is_benchmark_dir
+from vlrb.data.build import build, is_benchmark_dir
+from vlrb.data.write import dataset_file_stems
 from vlrb.io import UnsafeTargetError, claim_run_dir
 
 PY = sys.executable

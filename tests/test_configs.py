@@ -1,6 +1,5 @@
 """Every config composes (Hydra compose API), and the README's router example works as written."""
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,11 +111,8 @@ def test_readme_router_example_runs(tmp_path, monkeypatch):
     section = readme.split("### Adding a router", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     yaml_text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
-    import yaml
-
     from vlrb.routers import base
 
-    ns: dict = {}
     # the README's file and YAML, placed where it says, composed and built through train.py's path
     module = re.search(r"`([\w/]+)\.py`", section).group(1)
     (tmp_path / f"{module}.py").write_text(code)

@@ -1,7 +1,6 @@
 """The generic records reader, splits, and the Benchmark API on hand-made inputs."""
 import base64
 import io
-import json
 
 import numpy as np
 import pandas as pd

@@ -209,7 +209,6 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext,
 
     The checkpoint lives in a temporary folder only until the best weights are reloaded: a run stores its
     weights once, in the saved router (router/weights.pt)."""
-    import tempfile
 
     if ctx.cost_bounds:
         module.cmin, module.cmax = float(ctx.cost_bounds["cmin"]), float(ctx.cost_bounds["cmax"])
@@ -235,8 +234,6 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext,
 
 def fit_without_dev(module: RoutingModule, train_loader, ctx: FitContext, max_epochs: int) -> dict:
     """No dev split: nothing to select on, so train the full epoch budget and keep the last weights."""
-    import tempfile
-    import warnings
 
     kw: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
     if ctx.trainer.get("max_epochs") is None:
