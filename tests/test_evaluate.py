@@ -164,3 +164,12 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     with pytest.raises(ValueError):
         resolve_wandb_mode("sometimes")
     assert init_wandb(None) is None and init_wandb(OmegaConf.create({"csv": {"save_dir": "."}})) is None
+
+
+def test_pareto_labels_merge_and_colours_stay_put():
+    from vlrb.eval.pareto import merged_labels, router_colour
+
+    x, y = np.array([1.0, 1.02, 3.0]), np.array([75.0, 75.3, 60.0])
+    assert merged_labels(x, y, ["100", "10000", "inf"]) == [(1.0, 75.0, "100, 10000"), (3.0, 60.0, "inf")]
+    assert router_colour("strongest (run)") == router_colour("strongest")  # the trained copy keeps its colour
+    assert len({router_colour(r) for r in ("linear", "mlp", "knn", "ovr", "kmeans", "prknn")}) == 6

@@ -22,6 +22,36 @@ def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
+# one colour per router in every plot, whatever else a leaderboard holds (tab10, then Dark2); others hash in
+ROUTER_ORDER = ("linear", "mlp", "knn", "prknn", "ovr", "kmeans", "routerdc", "cosinecls", "zooter", "vlc",
+                "per_dataset", "random", "cheapest", "strongest", "vlrb_cal")
+
+
+def router_colour(name: str):
+    import zlib
+
+    from matplotlib import colormaps
+
+    base = name.split(" (")[0]  # "strongest (run)" keeps strongest's colour
+    i = ROUTER_ORDER.index(base) if base in ROUTER_ORDER else zlib.crc32(base.encode()) % 18
+    return colormaps["tab10"](i) if i < 10 else colormaps["Dark2"](i - 10)
+
+
+def merged_labels(x: np.ndarray, y: np.ndarray, labels: list[str], dx: float = 0.03, dy: float = 1.0):
+    """[(x, y, "label, label")]: points closer than dx in log10(cost) and dy in accuracy share one label,
+    so λ values that land on the same spot do not print over each other."""
+    groups: list[list[int]] = []
+    for i in np.argsort(x):
+        for g in groups:
+            j = g[-1]
+            if abs(np.log10(x[i]) - np.log10(x[j])) < dx and abs(y[i] - y[j]) < dy:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return [(x[g[0]], y[g[0]], ", ".join(labels[i] for i in g)) for g in groups]
+
+
 def pareto_plot(leaderboard: pd.DataFrame, single_models: pd.DataFrame | None, path: str | Path,
                 title: str = "Accuracy vs cost (test split)") -> Path:
     """Write the PNG and return its path. `single_models` has columns model, accuracy, avg_cost."""
@@ -40,19 +70,22 @@ def pareto_plot(leaderboard: pd.DataFrame, single_models: pd.DataFrame | None, p
         for xi, yi, name in zip(x, y, single_models["model"]):
             ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6.5, color="0.35")
 
-    cmap = plt.get_cmap("tab10")
     routers = [r for r in dict.fromkeys(leaderboard["router"]) if r != "oracle"]
-    for i, name in enumerate(routers):
+    for name in routers:
         d = leaderboard[leaderboard["router"] == name].sort_values("avg_cost")
         x, y = d["avg_cost"].to_numpy() * PER_10K, d["accuracy"].to_numpy() * 100
-        color = cmap(i % 10)
+        color = router_colour(name)
         if len(d) > 1:  # a λ sweep: a curve, the dev-selected λ ringed, each point labelled with its λ
             ax.plot(x, y, "-o", c=color, ms=4, lw=1.5, label=name, zorder=3)
-            for xi, yi, lam in zip(x, y, d["lambda"]):
-                ax.annotate(f"λ={fmt_lambda(lam)}", (xi, yi), xytext=(3, -9), textcoords="offset points",
-                            fontsize=6, color=color)
+            lams = [fmt_lambda(lam) for lam in d["lambda"]]
+            for xi, yi, text in merged_labels(x, y, lams):
+                ax.annotate(f"λ={text}", (xi, yi), xytext=(3, -9), textcoords="offset points", fontsize=6,
+                            color=color)
             sel = d["selected"].to_numpy() if "selected" in d else np.zeros(len(d), bool)
             ax.scatter(x[sel], y[sel], s=90, facecolors="none", edgecolors=color, linewidths=1.5, zorder=4)
+        elif name.endswith(" (run)"):  # a trained copy of a baseline: a hollow square around the same spot
+            ax.scatter(x, y, s=120, marker="s", facecolors="none", edgecolors=color, linewidths=1.5, label=name,
+                       zorder=5)
         else:
             ax.scatter(x, y, s=55, marker="D", color=color, edgecolors="black", linewidths=0.5, label=name, zorder=4)
     oracle = leaderboard[leaderboard["router"] == "oracle"]
@@ -60,7 +93,13 @@ def pareto_plot(leaderboard: pd.DataFrame, single_models: pd.DataFrame | None, p
         ax.scatter(oracle["avg_cost"] * PER_10K, oracle["accuracy"] * 100, s=260, marker="*", c="gold",
                    edgecolors="black", linewidths=0.8, label="oracle", zorder=5)
 
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     ax.set_xscale("log")
+    for axis, subs in ((ax.xaxis.set_major_locator, (1.0, 2.0, 5.0)),):  # 1-2-5 ticks: costs readable
+        axis(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("average cost ($ per 10K samples, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
