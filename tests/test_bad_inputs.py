@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,8 +36,10 @@ def records(tmp_path, datasets=("A", "B"), n=12, models=("m1", "m2")):
 
 def run_cli(script, *overrides, cwd=REPO):
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([PY, str(REPO / script), *overrides, "progress=false"] if script == "build_data.py"
-                          else [PY, str(REPO / script), *overrides],
+    extra = ["progress=false"] if script == "build_data.py" else []
+    if script == "build_data.py" and not any(o.startswith("hydra.") for o in overrides):
+        extra.append(f"hydra.run.dir={Path(overrides[-1].split('=', 1)[1]).parent / 'build-run'}")
+    return subprocess.run([PY, str(REPO / script), *overrides, *extra],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -205,6 +208,70 @@ def build_respects_umask(tmp_path):
     assert stat.S_IMODE((root / "data" / "matrices" / "Y.npz").stat().st_mode) == 0o644
 
 
+# ----------------------------------------------------------------------------- 13, 19, 20: jobs speak in one line
+
+def one_line_error(r, *needles):
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-2000:]
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in out, out[-2000:]
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+def sweep_where_every_job_fails(tmp_path):
+    r = run_cli("train.py", "-m", "router=random", "router.seed=a,b", "logger=none", f"hydra.sweep.dir={tmp_path / 's'}")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "0 of 2 jobs finished" in out and "every job of the sweep failed" in out
+    assert (tmp_path / "s" / "0" / "error.txt").read_text().startswith("ConfigError: router")
+
+
+def bad_lambda_fails_before_loading(tmp_path):
+    r = run_cli("train.py", "lambda=abc", "logger=none", f"data.root={tmp_path / 'never'}",
+                f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(r, "lambda='abc'")
+    assert not (tmp_path / "never").exists()  # validated before anything was built
+
+
+def bad_router_parameter(tmp_path):
+    r = run_cli("train.py", "router=knn", "router.k=many", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(r, "router (vlrb.routers.knn.KNNRouter)", "many")
+
+
+def train_on_a_missing_benchmark(tmp_path):
+    r = run_cli("train.py", "data=records", "data.records=x.parquet", f"data.root={tmp_path / 'none'}",
+                "router=cheapest", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(r, "holds no built benchmark", "python build_data.py data=records")
+
+
+def build_with_a_missing_records_file(tmp_path):
+    r = run_cli("build_data.py", "data=records", f"data.records={tmp_path / 'nope.csv'}", f"data.root={tmp_path / 'b'}")
+    one_line_error(r, "nope.csv does not exist")
+
+
+def build_with_a_raw_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run_cli("build_data.py", "data=vlrb", f"data.raw_dir={tmp_path / 'file'}", f"data.root={tmp_path / 'b'}")
+    one_line_error(r, "is not a directory")
+
+
+def evaluate_with_missing_runs(tmp_path):
+    r = run_cli("evaluate.py", f"runs={tmp_path / 'nothing'}", "logger=none", f"hydra.run.dir={tmp_path / 'ev'}")
+    one_line_error(r, "runs=", "does not exist")
+
+
+def train_console_shows_what_the_build_skipped(tmp_path):
+    path = records(tmp_path)
+    df = pd.read_parquet(path).assign(image="img/missing.png")
+    df.to_parquet(path)
+    build(data_cfg(reader="records", records=str(path), root=str(tmp_path / "b")), None, log=quiet)
+    r = run_cli("train.py", "data=records", f"data.records={path}", f"data.root={tmp_path / 'b'}", "~pricing",
+                "router=cheapest", "logger=none", "scoring.throughput=null", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "note: missing image files (those samples get no image features): 24" in r.stdout
+    assert "note: missing image files" in (tmp_path / "run" / "train.log").read_text()  # the job log too
+
+
 CASES = [
     ("1 build into a user's folder", build_into_user_folder),
     ("1 build into a file", build_into_a_file),
@@ -220,6 +287,14 @@ CASES = [
     ("4 run directories carry microseconds", run_dir_names_have_microseconds),
     ("5 stale build folders are removed", stale_build_folders_removed),
     ("18 permissions follow the umask", build_respects_umask),
+    ("13 a sweep in which every job fails exits 1 with a summary", sweep_where_every_job_fails),
+    ("19 bad lambda: one line, before loading", bad_lambda_fails_before_loading),
+    ("19 bad router parameter: one line", bad_router_parameter),
+    ("19 train on a missing benchmark: one line", train_on_a_missing_benchmark),
+    ("19 build with a missing records file: one line", build_with_a_missing_records_file),
+    ("19 build with a raw dir that is a file: one line", build_with_a_raw_dir_that_is_a_file),
+    ("19 evaluate runs= that does not exist: one line", evaluate_with_missing_runs),
+    ("20 train console shows what the build skipped", train_console_shows_what_the_build_skipped),
 ]
 
 

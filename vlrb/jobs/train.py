@@ -133,6 +133,11 @@ def train(cfg: DictConfig, out: Path) -> dict:
     router = build_router(cfg.router)
     data = prepare_data(cfg, router)
     bench, lam = data.bench, parse_lambda(cfg["lambda"])
+    if bench.root is not None:  # what the build dropped or could not read, on the console of every run
+        from vlrb.jobs.build import skipped_lines
+
+        for line in skipped_lines(bench.root):
+            log.info(line)
     ctx = FitContext(trainer=to_plain(cfg.trainer), callbacks=to_plain(cfg.get("callbacks") or {}),
                      loggers=build_loggers(cfg, out, f"{router.name}-lam{cfg['lambda']}"),
                      cost_bounds=bench.cost_bounds, beta=float(cfg.scoring.beta), seed=int(cfg.seed),
