@@ -33,6 +33,8 @@ def main() -> None:
         cfg = compose("build", overrides=["data=demo_full", f"data.name={name}",
                                           f"data.generate.samples_per_dataset={args.samples_per_dataset or 'null'}",
                                           f"data.workers={args.workers}", "paths.root_dir=" + str(ROOT)], return_hydra_config=False)
+    from omegaconf import OmegaConf
+
     from vlrb.jobs.build import generate_demo_if_missing
     from vlrb.data.build import build
     from vlrb.pricing import PriceTable
@@ -46,7 +48,8 @@ def main() -> None:
     print(f"work dir: {raw} ({files} files, {size / 2**20:.0f} MiB){'' if gen_s < 1 else f'; generated in {gen_s:.1f} s'}")
 
     t = time.perf_counter()
-    m = build(cfg.data, PriceTable.from_config(cfg.pricing), force=True, progress=False, log=print)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    m = build(plain["data"], PriceTable.from_config(plain["pricing"]), force=True, progress=False, log=print)
     wall = time.perf_counter() - t
     self_gib, child_gib = peak_gib()
     ts = m["timings_s"]

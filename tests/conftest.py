@@ -44,10 +44,9 @@ def copy_mathv(mathv: Path, dest: Path, models=None) -> Path:
     return dest
 
 
-def data_cfg(**kw):
-    from omegaconf import OmegaConf
-
+def data_cfg(**kw) -> dict:
+    """A `data` config as the build layer receives it from the job (a plain dict)."""
     base = dict(name="t", reader="vlmevalkit", datasets=None, models=None, binarize_threshold=0.5,
                 split="random", split_seed=42, strict=False, workers=1, tsv_dir=None)
     base.update(kw)
-    return OmegaConf.create(base)
+    return base

@@ -66,15 +66,13 @@ class PriceTable:
         return cls.from_mapping(table or {}, source=str(path))
 
     @classmethod
-    def from_config(cls, cfg) -> "PriceTable":
-        """`cfg` is the `pricing` config group: `path: FILE` wins over the inline `pricing:` table."""
-        from omegaconf import OmegaConf
-
+    def from_config(cls, cfg: dict | None) -> "PriceTable":
+        """`cfg` is the `pricing` config group as a dict: `path: FILE` wins over the inline `pricing:` table."""
         if cfg is None:
             raise PricingError("no price table configured (pricing=<name> or pricing.path=FILE)")
         if cfg.get("path"):
-            return cls.from_yaml(cfg.path)
-        return cls.from_mapping(OmegaConf.to_container(cfg, resolve=True), source="conf/pricing")
+            return cls.from_yaml(cfg["path"])
+        return cls.from_mapping(dict(cfg), source="conf/pricing")
 
     @property
     def models(self) -> list[str]:

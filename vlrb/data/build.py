@@ -97,7 +97,7 @@ def discover_vlmevalkit(data_cfg, prices: PriceTable, specs: dict[str, DatasetSp
         m = prices.canonical(folder)
         return m if m in pool else None
 
-    return vk.discover(data_cfg.raw_dir, canonical, specs, excluded)
+    return vk.discover(data_cfg["raw_dir"], canonical, specs, excluded)
 
 
 def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discovery=None) -> Inputs:
@@ -109,7 +109,7 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
     disc = discovery or discover_vlmevalkit(data_cfg, prices, specs)
     if disc.unknown_models and not explicit:
         name = sorted(disc.unknown_models)[0]
-        raise BuildError(f"{data_cfg.raw_dir}/{name}: " + missing_price_message(name, prices.source))
+        raise BuildError(f"{data_cfg['raw_dir']}/{name}: " + missing_price_message(name, prices.source))
     tasks, missing_files = vk.plan(disc, specs)
     results = vk.read_all(tasks, workers=int(data_cfg.get("workers") or 1), progress=progress)
     errors = [r["error"] for r in results if "error" in r]
@@ -130,7 +130,7 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
             prompts[r["dataset"]] = pd.Series(rec["prompt"].to_numpy(), index=sid)
         file_notes.append({k: r[k] for k in ("model", "dataset", "file", "run", "duplicates", "no_id", "nan_scores", "notes")})
     if not frames:
-        raise BuildError(f"no evaluation files for the configured datasets and models under {data_cfg.raw_dir}")
+        raise BuildError(f"no evaluation files for the configured datasets and models under {data_cfg['raw_dir']}")
     records = pd.concat(frames, ignore_index=True)
 
     # samples: prompt from the evaluation files, image from the LMUData TSV
@@ -164,7 +164,7 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
     samples = pd.concat(sample_rows, ignore_index=True)
 
     report = {
-        "reader": "vlmevalkit", "raw_dir": str(data_cfg.raw_dir), "tsv_dir": str(data_cfg.get("tsv_dir")),
+        "reader": "vlmevalkit", "raw_dir": str(data_cfg["raw_dir"]), "tsv_dir": str(data_cfg.get("tsv_dir")),
         "files_seen": disc.n_seen, "duplicate_paths_skipped": disc.n_duplicates,
         "models_not_in_pool": disc.unknown_models, "models_excluded": disc.excluded_models,
         "other_datasets_ignored": disc.other_datasets, "pairs_without_evaluation_file": missing_files,
@@ -307,9 +307,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
 # ----------------------------------------------------------------------------- the whole build
 
 def _fingerprint(data_cfg, prices: PriceTable | None, files: list[str]) -> str:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(data_cfg, resolve=True) if not isinstance(data_cfg, dict) else data_cfg
+    cfg = dict(data_cfg)
     for k in ("workers", "root", "generate"):
         cfg.pop(k, None)
     price = {m: [p.input_per_1m, p.output_per_1m] for m, p in prices.prices.items()} if prices else None
@@ -335,13 +333,13 @@ def check_root(root: Path, create_parents: bool = False) -> None:
 
 def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress: bool = True, log=print,
           create_parents: bool = False) -> dict:
-    """Build (or confirm up to date) the benchmark at data_cfg.root. Returns the manifest.
+    """Build (or confirm up to date) the benchmark at data_cfg["root"]. Returns the manifest.
 
     data.root must be new, empty or an earlier vlrb build (anything else is refused, never replaced); its
     parent must exist unless `create_parents`. One build per root at a time (a lock beside it); what killed
     builds left behind is removed first.
     """
-    root = Path(data_cfg.root)
+    root = Path(data_cfg["root"])
     check_root(root, create_parents)
     root.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(root, log):
@@ -368,7 +366,7 @@ def _build_locked(root: Path, data_cfg, prices, force: bool, progress: bool, log
         files = sorted({str(p) for t in tasks for p in (t.eval_file, t.pred_file, t.judge_cache) if p}
                        | {str(p) for p in (find_tsv(data_cfg.get("tsv_dir"), d) for d in specs) if p})
     elif reader == "records":
-        files = [str(data_cfg.records)] if Path(str(data_cfg.records)).exists() else []
+        files = [str(data_cfg["records"])] if Path(str(data_cfg["records"])).exists() else []
     else:
         raise BuildError(f"data.reader must be 'vlmevalkit' or 'records', got {reader!r}")
     fp = _fingerprint(data_cfg, prices, files)

@@ -32,7 +32,7 @@ def read_records(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
     not used at all, so any model name is fine), else from tokens x `prices`."""
     from vlrb.data.correctness import failed_mask
 
-    path = Path(data_cfg.records)
+    path = Path(data_cfg["records"])
     df = _read(path, data_cfg.get("sep"))
     _check_columns(df, path)
     has_cost = "cost" in df.columns

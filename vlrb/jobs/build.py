@@ -129,8 +129,10 @@ def build_benchmark(cfg: DictConfig, *, force: bool = False, progress: bool = Tr
     from vlrb.pricing import PriceTable
 
     generate_demo_if_missing(cfg.data, progress=progress)
-    prices = PriceTable.from_config(cfg.get("pricing")) if cfg.data.get("reader") != "records" or cfg.get("pricing") else None
-    return build(cfg.data, prices, force=force, progress=progress, log=_say, create_parents=may_create_parents(cfg))
+    pricing = to_plain(cfg.get("pricing"))
+    prices = PriceTable.from_config(pricing) if cfg.data.get("reader") != "records" or pricing else None
+    return build(to_plain(cfg.data), prices, force=force, progress=progress, log=_say,
+                 create_parents=may_create_parents(cfg))
 
 
 def load_benchmark(cfg: DictConfig, *, encoder=None):
