@@ -8,7 +8,7 @@ features carry a planted, learnable structure: 32 latent task clusters (cluster 
 per-cluster model strengths, and a difficulty direction; correctness follows a latent-skill model and
 costs are tokens × the paper's prices, so routing by x beats every fixed model.
 
-Timed: the paper grid (SPEC.md §11) — KNN, PRkNN, OVR and K-means once, Linear and MLP for
+Timed: the paper grid (upstream's sweep scripts) — KNN, PRkNN, OVR and K-means once, Linear and MLP for
 λ ∈ {0, 10, 100, 1000, 10000, inf} — each = fit (with dev early stopping) + routing dev and test once,
 as train.py does; then routing throughput (`router.route`, features precomputed) at batch 16 and 1,024.
 Targets on the 2-core CPU: the grid under 15 min; Linear/MLP at batch 1,024 over 200,000 samples/s.

@@ -11,10 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _shared() -> Path | None:
-    for p in (REPO.parent / "shared", Path("/work/shared")):
-        if p.is_dir():
-            return p
-    return None
+    p = REPO.parent / "shared"
+    return p if p.is_dir() else None
 
 
 SHARED = _shared()

@@ -1,4 +1,4 @@
-"""Training-free baselines (SPEC.md §8.1), the Router interface and the registry."""
+"""Training-free baselines (docs/routers.md#training-free-baselines), the Router interface and the registry."""
 from pathlib import Path
 
 import numpy as np

@@ -303,11 +303,8 @@ def test_binarize():
 
 def _mathv_mini() -> Path | None:
     repo = Path(__file__).resolve().parents[1]
-    for shared in (repo.parent / "shared", Path("/work/shared")):
-        root = shared / "realdata" / "mathv_mini"
-        if (root / "expected_correct.csv").exists():
-            return root
-    return None
+    root = repo.parent / "shared" / "realdata" / "mathv_mini"
+    return root if (root / "expected_correct.csv").exists() else None
 
 
 @pytest.mark.skipif(_mathv_mini() is None, reason="shared/realdata/mathv_mini not available")

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def save_benchmark(bench, root: Path) -> Path:
-    """The on-disk layout Benchmark.load reads (DESIGN.md §2)."""
+    """The on-disk layout Benchmark.load reads (docs/layout.md#built-benchmark)."""
     m, r = root / "data" / "matrices", root / "data" / "registry"
     m.mkdir(parents=True)
     r.mkdir(parents=True)

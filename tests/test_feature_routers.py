@@ -1,4 +1,4 @@
-"""Feature-level routers (SPEC.md §8.2): KNN, PRkNN, OVR, K-means, Linear, MLP.
+"""Feature-level routers (docs/routers.md#feature-level-routers): KNN, PRkNN, OVR, K-means, Linear, MLP.
 
 Tiny planted benchmarks (a few hundred samples, 16-d features) keep every test at seconds.
 """

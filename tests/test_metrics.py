@@ -1,4 +1,4 @@
-"""Golden values for the routing metrics (SPEC.md §9), bootstrap CIs, paired comparisons and throughput."""
+"""Golden values for the routing metrics (docs/method.md#metrics), bootstrap CIs, paired comparisons and throughput."""
 import math
 
 import numpy as np
@@ -63,8 +63,9 @@ def test_rank_score_is_vectorised():
 
 
 def test_spec_worked_example():
-    # SPEC §9: accuracy 79.11 %, cost 0.98 $/10K → 76.18, which implies Ĉ ≈ 0.556. Choose bounds giving
-    # exactly Ĉ = 0.556: log2 cmax − log2 c = 0.556·(log2 cmax − log2 cmin), e.g. 5.56 and 10 octaves.
+    # upstream tools/compute_rank_score.py: accuracy 79.11 %, cost 0.98 $/10K → 76.18, which implies Ĉ ≈ 0.556.
+    # Choose bounds giving exactly Ĉ = 0.556: log2 cmax − log2 c = 0.556·(log2 cmax − log2 cmin), e.g. 5.56
+    # and 10 octaves.
     c = 0.98 / 1e4
     cmax, cmin = c * 2 ** 5.56, c * 2 ** -4.44
     s = rank_score(0.7911, c, cmin, cmax, beta=0.1)

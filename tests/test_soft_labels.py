@@ -1,4 +1,4 @@
-"""Golden values for the accuracy–cost soft labels (SPEC.md §7), computed by hand."""
+"""Golden values for the accuracy–cost soft labels (docs/method.md#soft-labels), computed by hand."""
 import math
 
 import numpy as np

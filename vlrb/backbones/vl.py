@@ -1,4 +1,4 @@
-"""The paper's backbones (SPEC.md §8.3): ViT-B/16 patch tokens feeding a vision-language transformer.
+"""The paper's backbones (docs/routers.md#backbones): ViT-B/16 patch tokens feeding a vision-language transformer.
 
     lxmert_vit   ViT `last_hidden_state` (B, 197, 768) -> Linear(768 -> 2048) as LXMERT `visual_feats`,
                  zero `visual_pos` (B, 197, 4) -> `unc-nlp/lxmert-base-uncased` pooled output (768).
@@ -9,7 +9,7 @@
     vilbert      two streams: a text BERT and a visual BERT over the projected patches, each split at mid-depth,
                  with 2 co-attention blocks in between; [CLS_text; CLS_image] -> Linear + Tanh. Both BERTs are
                  randomly initialised, as upstream. Our co-attention block is the ViLBERT paper's co-TRM
-                 (cross-attention + FFN, each with residual and LayerNorm); the fork's had residuals only.
+                 (cross-attention + FFN, each with residual and LayerNorm); upstream's had residuals only.
 
 Pretrained weights load from a local folder or the local Hugging Face cache only (`vit`, `lxmert`,
 `visualbert`, `bert`, `tokenizer` take an HF id or a path); when absent, a `BackboneUnavailableError` names

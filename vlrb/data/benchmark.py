@@ -1,6 +1,6 @@
 """`Benchmark`: a built routing benchmark in memory (Y, C, models, meta, splits, prompts, images).
 
-Reads the upstream-compatible layout (DESIGN.md §2) that `build_data.py` writes. Row i of meta is
+Reads the upstream-compatible layout (docs/layout.md#built-benchmark) that `build_data.py` writes. Row i of meta is
 row i of Y and C; column j is `models[j]`. Prompts and images come from `data/registry/samples.parquet`,
 or, in a folder written by the original VL-RouterBench tools, from `BENCHMARKS/<task>/<dataset>_samples.jsonl`.
 """
@@ -287,7 +287,7 @@ def _tsv_index_column(tsv: Path) -> list[str] | None:
 
 
 def compute_cost_bounds(C: np.ndarray, models: Sequence[str]) -> dict:
-    """cmin/cmax = the smallest and largest per-model mean cost over non-zero entries (SPEC.md §4)."""
+    """cmin/cmax = the smallest and largest per-model mean cost over non-zero entries (docs/method.md#cost-bounds)."""
     C = np.asarray(C, dtype=np.float64)
     nz = C > 0
     counts = nz.sum(0)

@@ -1,4 +1,4 @@
-"""Per-sample correctness for every VLMEvalKit dataset family (VLMEVALKIT_FORMAT.md §1.3).
+"""Per-sample correctness for every VLMEvalKit dataset family (docs/method.md#correctness-y).
 
 Each family's scorer (vlrb.data.families) turns one evaluation file (read into a DataFrame) into a raw
 score in [0, 1] per row. Families whose file carries a per-sample column (mcq `hit`, yorn and

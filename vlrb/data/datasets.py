@@ -10,7 +10,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class DatasetSpec:
     key: str  # exact VLMEvalKit spelling, also the sample-id prefix
-    task_type: str  # BENCHMARKS/<task_type>/ folder (SPEC.md §1.3)
+    task_type: str  # BENCHMARKS/<task_type>/ folder (upstream config/datasets.yaml)
     group: str  # task group of the paper: General, STEM, Charts & OCR
     family: str  # correctness rule family: a key of vlrb.data.families.FAMILIES
 
@@ -35,12 +35,12 @@ DATASETS: dict[str, DatasetSpec] = {
     ]
 }
 
-# output-token estimates by task type where a prediction is missing (SPEC.md §3)
+# output-token estimates by task type where a prediction is missing (upstream; docs/method.md#tokens)
 OUTPUT_TOKEN_ESTIMATES = {"vqa_mc": 10, "classification": 10, "vqa_oe": 50, "ocr_qa": 50,
                           "doc_qa": 150, "math_logic": 150, "math": 150}
 DEFAULT_OUTPUT_TOKEN_ESTIMATE = 100
 
-IMAGE_TOKENS = 256  # flat input-token charge per image (SPEC.md §3)
+IMAGE_TOKENS = 256  # flat input-token charge per image (upstream; docs/method.md#tokens)
 
 def spec(key: str) -> DatasetSpec:
     try:

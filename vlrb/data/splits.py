@@ -9,7 +9,7 @@ DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
 def _cut(ids: list[str], seed: int, fractions) -> dict[str, str]:
-    ids = sorted(ids)  # sorted, not discovery order: the same inputs always give the same split (SPEC §12.1)
+    ids = sorted(ids)  # sorted, not discovery order: the same inputs always give the same split (docs/method.md#splits)
     rng = np.random.RandomState(seed)
     order = np.arange(len(ids))
     rng.shuffle(order)

@@ -1,6 +1,6 @@
 """Read a VLMEvalKit work dir into per-(sample, model) records.
 
-Layout (VLMEVALKIT_FORMAT.md §1.1): `<work>/<M>/T<date>_G<hash>/<M>_<D><suffix>`, plus symlinks in
+Layout (docs/layout.md#inputs): `<work>/<M>/T<date>_G<hash>/<M>_<D><suffix>`, plus symlinks in
 `<work>/<M>/` to the run files. Files are de-duplicated by resolved path, the newest run folder wins
 for each (model, dataset), and file names are parsed against the known model and dataset keys,
 never by splitting on `_` (model keys contain `_`, `-` and `.`).

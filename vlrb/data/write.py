@@ -64,7 +64,7 @@ def _jsonl(path: Path, rows) -> None:
 
 
 def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
-    """Write the upstream-compatible layout (DESIGN.md §2) into the folder `out`."""
+    """Write the upstream-compatible layout (docs/layout.md#built-benchmark) into the folder `out`."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 

@@ -1,4 +1,5 @@
-"""Text and vision encoders, embedding extraction with a resumable cache, and fusion (SPEC.md §6)."""
+"""Text and vision encoders, embedding extraction with a resumable cache, and fusion
+(docs/method.md#features-and-fusion)."""
 from vlrb.features.encoders import (ENCODERS, Encoder, EncoderUnavailableError, build_encoder, build_text_encoder,
                                     build_vision_encoder, encoder_name, register_encoder)
 

@@ -70,7 +70,7 @@ def as_dict(cfg: Any) -> dict:
 
 
 def _stem(name_or_path: str) -> str:
-    """File stem of an HF id or a folder: the part after the last '/' (SPEC.md §6)."""
+    """File stem of an HF id or a folder: the part after the last '/' (as upstream; docs/layout.md#embeddings)."""
     return str(name_or_path).rstrip("/").split("/")[-1]
 
 

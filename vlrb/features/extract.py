@@ -8,7 +8,7 @@
                                            is a no-op
   reports/features/<name>.json        counts, decode failures (sample ids), throughput, device, batch size
 
-Rules (DESIGN.md §3.3, §3.5):
+Rules (docs/method.md#features-and-fusion, docs/layout.md#embeddings):
   * a sample without an image gets a zero vector, `has_image = False`, `image_status = "none"`;
   * an image that fails to decode gets a zero vector, `has_image = False`, `image_status = "decode_failed"`,
     and is counted and listed in the report (never fatal, never silent);

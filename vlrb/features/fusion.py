@@ -1,4 +1,5 @@
-"""Fusion of text and image embeddings into router features (SPEC.md §6), and the train-only scaler.
+"""Fusion of text and image embeddings into router features (docs/method.md#features-and-fusion; upstream
+routers/utils/fusion.py), and the train-only scaler.
 
 | method             | result                                             | dim     |
 |--------------------|----------------------------------------------------|---------|
@@ -139,7 +140,7 @@ def load_features(bench, encoder_cfg: Any, fusion: str | None = None, *, root: s
 
 
 class FeatureScaler:
-    """sklearn StandardScaler fitted on the training rows only (SPEC.md §6: all feature routers use it)."""
+    """sklearn StandardScaler fitted on the training rows only (all feature routers use it, as upstream)."""
 
     def __init__(self):
         from sklearn.preprocessing import StandardScaler

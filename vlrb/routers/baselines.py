@@ -1,4 +1,4 @@
-"""Training-free baselines (SPEC.md §8.1) behind the common Router interface.
+"""Training-free baselines (docs/routers.md#training-free-baselines) behind the common Router interface.
 
 Upstream fitted StrongestGlobal, CheapestGlobal and StrongestPerDataset on the *test* split itself. Here
 they fit on `train` by default (`fit_on=train`); `fit_on=test` reproduces the upstream numbers and is

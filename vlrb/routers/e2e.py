@@ -1,4 +1,4 @@
-"""End-to-end routers (SPEC.md §8.3, PEERS.md §B): a multimodal backbone fine-tuned on the raw prompt and
+"""End-to-end routers (docs/routers.md#end-to-end-routers): a multimodal backbone fine-tuned on the raw prompt and
 first image, with a routing head over the K models.
 
     routerdc   learnable model embeddings k_m ~ N(0, 1); z_m = exp(logit_scale)·cos(h, k_m), logit_scale
@@ -13,7 +13,7 @@ first image, with a routing head over the K models.
                model answers (their fallback target), as upstream
     vlc        Dropout(0.1) -> Linear(H, K), soft cross-entropy
 
-All four consume the shared soft labels `soft_labels(Y, C, lam, cost_scale=100)` (SPEC.md §7) and, except
+All four consume the shared soft labels `soft_labels(Y, C, lam, cost_scale=100)` (docs/method.md) and, except
 ZOOTER, drop training samples that no model answers (dev and test are never filtered). λ = inf gives hard
 one-hot labels (the cheapest correct model) for every router; upstream RouterDC and CosineCls instead fell back
 to uniform-over-correct labels (λ = 0) there.

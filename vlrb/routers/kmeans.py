@@ -1,4 +1,5 @@
-"""K-means router (SPEC.md §8.2) — a prototype router, not a clustering: one centroid per VLM.
+"""K-means router (docs/routers.md#feature-level-routers) — a prototype router, not a clustering: one
+centroid per VLM.
 
 The prototype of model k is the mean of the (L2-normalised) features of the training samples it answers
 correctly — all samples when it answers none — itself L2-normalised. A query goes to the model whose

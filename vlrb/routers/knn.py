@@ -1,4 +1,4 @@
-"""Nearest-neighbour routers on frozen features (SPEC.md §8.2): KNN and PRkNN.
+"""Nearest-neighbour routers on frozen features (docs/routers.md#feature-level-routers): KNN and PRkNN.
 
 Both drop the training samples that no model answers (upstream does). Upstream searched with
 scikit-learn's brute-force cosine neighbours; `CosineIndex` computes the same distances
@@ -165,7 +165,8 @@ def copeland_wins(Y: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray
 
 
 def copeland_scores(weights: np.ndarray, Y_nb: np.ndarray, C_nb: np.ndarray) -> np.ndarray:
-    """Reference Copeland score over explicit neighbours (SPEC.md §8.2), vectorised over queries.
+    """Reference Copeland score over explicit neighbours (docs/routers.md#feature-level-routers), vectorised
+    over queries.
 
     weights (n, k), Y_nb/C_nb (n, k, K):  score_m = Σ_{b≠m} Σ_i w_i · 1[Y_im > Y_ib or (Y_im = Y_ib and C_im < C_ib)].
     The router uses the equivalent Σ_i w_i · wins_i(m) with wins precomputed per training sample.

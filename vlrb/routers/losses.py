@@ -1,4 +1,4 @@
-"""Pure loss functions of the end-to-end routers (PEERS.md §B; SPEC.md §7, §8.3).
+"""Pure loss functions of the end-to-end routers (docs/routers.md#end-to-end-routers).
 
 Every function takes logits z (B, K) and targets t (B, K) (the shared accuracy–cost soft labels, rows summing
 to 1) or cluster ids, and returns a scalar. Losses are computed in float32 whatever the autocast dtype.

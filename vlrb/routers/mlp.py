@@ -1,5 +1,6 @@
-"""Linear and MLP routers (SPEC.md §8.2): networks on frozen features, trained with Lightning on the
-shared accuracy–cost soft labels (SPEC.md §7) and early-stopped on dev `val/rank_score`.
+"""Linear and MLP routers (docs/routers.md#feature-level-routers): networks on frozen features, trained with
+Lightning on the shared accuracy–cost soft labels (docs/method.md#soft-labels) and early-stopped on dev
+`val/rank_score`.
 
     logits = net(x);  loss = −Σ_m t(m)·log softmax(logits)_m   (t: soft labels; one-hot at λ = ∞ → hard CE)
 
@@ -9,7 +10,7 @@ shared accuracy–cost soft labels (SPEC.md §7) and early-stopped on dev `val/r
   min(1024, N); cost scale 100.
 
 Training samples that no model answers are dropped (upstream); dev is never filtered. Both use K outputs,
-one per model column, also with hard labels (upstream's Linear used len(unique(labels)): SPEC.md §8.2 quirk).
+one per model column, also with hard labels (upstream's Linear used len(unique(labels)): docs/routers.md#quirks).
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ class NetRouter(Router):
         return self._training_rows(split, self.drop_no_correct)
 
     def targets(self, Y: np.ndarray, C: np.ndarray) -> np.ndarray:
-        """The soft labels of rows (Y, C) (SPEC.md §7; one-hot on the cheapest correct model at λ = ∞)."""
+        """The soft labels of rows (Y, C) (docs/method.md; one-hot on the cheapest correct model at λ = ∞)."""
         return soft_labels(Y, C, self.lam, cost_scale=self.cost_scale, scheme=self.scheme, fallback="cheapest")
 
     def _context(self, ctx: "FitContext | None", train: Split) -> "FitContext":
@@ -163,7 +164,7 @@ class NetRouter(Router):
         train_loader = make_loader(train_ds, bs, shuffle=True, **loader_kw)
         val_loader = None
         if dev is not None and len(dev):
-            # dev only steers early stopping / checkpoint choice; it is never filtered (SPEC.md §7)
+            # dev only steers early stopping / checkpoint choice; it is never filtered (docs/method.md#soft-labels)
             val_ds = DictDataset(x=self._features(dev), Y=np.asarray(dev.Y), C=np.asarray(dev.C))
             val_loader = make_loader(val_ds, VAL_BATCH, shuffle=False, **loader_kw)
         # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it

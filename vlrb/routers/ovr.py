@@ -1,4 +1,5 @@
-"""One-vs-rest router (SPEC.md §8.2): one logistic model per VLM predicts P(correct_k | x); route to the argmax.
+"""One-vs-rest router (docs/routers.md#feature-level-routers): one logistic model per VLM predicts
+P(correct_k | x); route to the argmax.
 
 The K classifiers are scikit-learn LogisticRegression fits (upstream settings); once fitted, only their
 weights are kept, so routing is a single (n, D)·(D, K) product and the saved state is plain arrays.

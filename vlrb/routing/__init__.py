@@ -1,4 +1,4 @@
-"""Routing core shared by every router: the accuracy–cost labels and the metrics (SPEC.md §7, §9)."""
+"""Routing core shared by every router: the accuracy–cost labels and the metrics (docs/method.md)."""
 from vlrb.routing.metrics import (
     bootstrap_ci,
     bootstrap_indices,

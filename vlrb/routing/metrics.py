@@ -1,4 +1,4 @@
-"""Routing metrics (SPEC.md §9): accuracy, average cost, Rank Score, oracle gap, selection entropy,
+"""Routing metrics (docs/method.md#metrics): accuracy, average cost, Rank Score, oracle gap, selection entropy,
 per-dataset / per-group breakdowns, bootstrap confidence intervals and throughput.
 
 Every function is vectorised over samples (and over bootstrap resamples): no per-sample Python loops,
@@ -21,7 +21,8 @@ _EPS = 1e-12  # the upstream guards in both denominators (routers/utils/rank_sco
 
 # ---------------------------------------------------------------------------------------------- rank score
 def rank_score(acc, cost, cmin: float, cmax: float, beta: float = DEFAULT_BETA):
-    """RouterArena-style Rank Score in [0, 1], exactly as upstream (SPEC.md §9); vectorised over acc/cost.
+    """RouterArena-style Rank Score in [0, 1], exactly as upstream routers/utils/rank_score.py
+    (docs/method.md#rank-score); vectorised over acc/cost.
 
     Ĉ = (log2 cmax − log2 clip(cost, cmin, cmax)) / (log2 cmax − log2 cmin + 1e-12), clipped to [0, 1];
     S = (1+β)·A·Ĉ / (β·A + Ĉ + 1e-12), clipped to [0, 1], with A = clip(acc, 0, 1).
@@ -237,7 +238,7 @@ def measure_throughput(fn: Callable[[Any], Any], batch: Any, input_tokens, warmu
                        device: Any = "cpu") -> dict[str, Any]:
     """Time `fn(batch)` (the router's decision only, or decision + encoder for the end-to-end number).
 
-    K tokens/s = Σ input tokens of the batch / mean wall time / 1000 (SPEC.md §9). On CUDA the device is
+    K tokens/s = Σ input tokens of the batch / mean wall time / 1000 (docs/method.md#throughput). On CUDA the device is
     synchronised around every timed run, so asynchronous kernels are counted.
     """
     tokens = np.asarray(input_tokens, dtype=np.float64)

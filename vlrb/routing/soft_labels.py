@@ -1,4 +1,5 @@
-"""Accuracy–cost-aware soft labels (SPEC.md §7): the one label definition every trainable router uses.
+"""Accuracy–cost-aware soft labels (docs/method.md#soft-labels; upstream routers/utils/soft_targets.py):
+the one label definition every trainable router uses.
 
     t_i(m) = Y_im · g(C_im) / Σ_{j: Y_ij=1} g(C_ij)
     exp:   g(c) = exp(-λ·s·c)          power: g(c) = (s·c + 1e-12)^(-λ)
@@ -82,7 +83,7 @@ def _shifted_softmax(cost_term: np.ndarray, mask: np.ndarray, factor: float) -> 
 
 def soft_labels(Y, C, lam: float | str, cost_scale: float = 100.0, scheme: str = "exp",
                 fallback: str = "cheapest") -> np.ndarray:
-    """(N, K) float32 targets, each row summing to 1 (SPEC.md §7)."""
+    """(N, K) float32 targets, each row summing to 1 (docs/method.md#soft-labels)."""
     lam = parse_lambda(lam)
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -111,7 +112,7 @@ def soft_labels(Y, C, lam: float | str, cost_scale: float = 100.0, scheme: str =
 
 
 def label_diagnostics(targets, Y, C) -> dict[str, float]:
-    """How peaked the labels are (SPEC.md §7 `analyze_soft_targets`); logged with every training run.
+    """How peaked the labels are (after upstream's `analyze_soft_targets`); logged with every training run.
 
     Entropy in nats; `effective_models` = mean of exp(entropy); the cheapest-correct mass is averaged over
     samples that have a correct model; `models_above_1pct` counts models with t > 0.01 per sample.

@@ -1,6 +1,6 @@
 """A synthetic in-memory benchmark with realistic Y and C, for tests and the evaluation benchmark.
 
-Not the demo (that one goes through the real reader, DESIGN.md §5): just arrays shaped like the real
+Not the demo (that one goes through the real reader, see vlrb/demo/): just arrays shaped like the real
 thing, fast to make. Correctness comes from a latent-skill model (bigger, dearer models are stronger,
 with per-task-group strengths, so per-dataset routing helps and the Oracle is far above every model);
 costs are tokens × the paper's prices ($ per 1M tokens), so they span the real 1e-6…1e-3 $ range.
