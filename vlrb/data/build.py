@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -331,7 +332,7 @@ def check_root(root: Path, create_parents: bool = False) -> None:
                      f"format={FORMAT_MARKER!r})", key="data.root", create_parents=create_parents)
 
 
-def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress: bool = True, log=print,
+def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress: bool = True, log=None,
           create_parents: bool = False) -> dict:
     """Build (or confirm up to date) the benchmark at data_cfg["root"]. Returns the manifest.
 
@@ -339,6 +340,7 @@ def build(data_cfg, prices: PriceTable | None, *, force: bool = False, progress:
     parent must exist unless `create_parents`. One build per root at a time (a lock beside it); what killed
     builds left behind is removed first.
     """
+    log = log or logging.getLogger("vlrb.build").info
     root = Path(data_cfg["root"])
     check_root(root, create_parents)
     root.parent.mkdir(parents=True, exist_ok=True)
