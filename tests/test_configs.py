@@ -64,12 +64,23 @@ def test_default_backbone_is_offline_and_feature_routers_take_none():
 
 def test_every_component_is_instantiated_from_target():
     """Routers, backbones, encoders, trainers, callbacks and loggers all name their class with _target_."""
+    import yaml
+    from hydra.utils import get_class
+
     for group in ("router", "backbone", "trainer", "logger", "callbacks"):
         for f in (REPO / "conf" / group).glob("*.yaml"):
             text = f.read_text()
             if f.stem.startswith("_") or (group == "logger" and f.stem == "none"):
                 continue
             assert "_target_:" in text, f"{group}/{f.name} has no _target_"
+    from vlrb.features.encoders import Encoder
+
+    for f in (REPO / "conf" / "encoder").glob("*.yaml"):
+        if not f.stem.startswith("_"):
+            enc = yaml.safe_load(f.read_text())
+            for mod in ("text", "vision"):  # each section names its encoder class
+                cls = get_class(enc[mod]["_target_"])
+                assert issubclass(cls, Encoder) and cls.modality == mod, f.name
 
 
 @pytest.mark.parametrize("exp", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))

@@ -113,7 +113,7 @@ class Encoder(nn.Module):
 
     def identity(self) -> dict:
         """What determines the embeddings: the config section without runtime knobs."""
-        return {k: v for k, v in sorted(self.cfg.items()) if k not in self.RUNTIME_KEYS}
+        return {k: v for k, v in sorted(section_identity(self.cfg, type(self)).items()) if k not in self.RUNTIME_KEYS}
 
     def forward(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -412,13 +412,31 @@ def _section(cfg: Any, modality: str) -> dict:
 
 
 def encoder_class(section: dict, modality: str) -> type[Encoder]:
-    fam = section.get("family") or _DEFAULT_FAMILY[modality]
-    if fam not in ENCODERS:
-        raise KeyError(f"unknown {modality} encoder family {fam!r}; known: {sorted(ENCODERS)}")
-    cls = ENCODERS[fam]
+    """The class a config section names: its `_target_` (conf/encoder/*.yaml), or a registered `family`."""
+    if section.get("_target_"):
+        from hydra.utils import get_class
+
+        cls = get_class(section["_target_"])
+        if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+            raise ValueError(f"{modality} encoder _target_ {section['_target_']} is not a vlrb Encoder")
+        fam = cls.family
+    else:
+        fam = section.get("family") or _DEFAULT_FAMILY[modality]
+        if fam not in ENCODERS:
+            raise KeyError(f"unknown {modality} encoder family {fam!r}; known: {sorted(ENCODERS)}")
+        cls = ENCODERS[fam]
     if cls.modality != modality:
         raise ValueError(f"encoder family {fam!r} is a {cls.modality} encoder, configured as {modality}")
     return cls
+
+
+def section_identity(section: dict, cls: type[Encoder]) -> dict:
+    """The section as the embedding cache keys it: `_target_` stands for its family (so a cache written
+    under either spelling stays valid)."""
+    out = {k: v for k, v in section.items() if k != "_target_"}
+    if section.get("_target_"):
+        out.setdefault("family", cls.family)
+    return out
 
 
 def build_encoder(cfg: Any, modality: str) -> Encoder:

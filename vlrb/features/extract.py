@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vlrb.features.encoders import Encoder, _section, as_dict, encoder_class
+from vlrb.features.encoders import section_identity, Encoder, _section, as_dict, encoder_class
 from vlrb.io import atomic_path, folder_lock, write_json
 
 SCHEMA_VERSION = 1
@@ -278,7 +278,7 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
         name, family, identity = encoder.name, encoder.family, encoder.identity()
     else:
         cls = encoder_class(sec, mod)
-        name, family, identity = cls.default_name(sec), cls.family, sec
+        name, family, identity = cls.default_name(sec), cls.family, section_identity(sec, cls)
     out_dir = root / "EMBEDDINGS" / mod
     final, meta_path = out_dir / f"{name}.parquet", out_dir / f"{name}.meta.json"
     part = out_dir / f"{name}.parquet.partial"
