@@ -48,8 +48,8 @@ def main() -> None:
     print(f"work dir: {raw} ({files} files, {size / 2**20:.0f} MiB){'' if gen_s < 1 else f'; generated in {gen_s:.1f} s'}")
 
     t = time.perf_counter()
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    m = build(plain["data"], PriceTable.from_config(plain["pricing"]), force=True, progress=False, log=print)
+    data, pricing = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "pricing"))
+    m = build(data, PriceTable.from_config(pricing), force=True, progress=False, log=print)
     wall = time.perf_counter() - t
     self_gib, child_gib = peak_gib()
     ts = m["timings_s"]
