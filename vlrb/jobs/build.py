@@ -129,7 +129,8 @@ def build_benchmark(cfg: DictConfig, *, force: bool = False, progress: bool = Tr
     from vlrb.pricing import PriceTable
 
     generate_demo_if_missing(cfg.data, progress=progress)
-    prices = PriceTable.from_config(cfg.get("pricing")) if cfg.data.get("reader") != "records" or cfg.get("pricing") else None
+    own_costs = cfg.data.get("reader") in ("records", "results")  # their rows may carry a cost: prices optional
+    prices = PriceTable.from_config(cfg.get("pricing")) if not own_costs or cfg.get("pricing") else None
     return build(cfg.data, prices, force=force, progress=progress, log=_say, create_parents=may_create_parents(cfg))
 
 
