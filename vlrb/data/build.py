@@ -1,9 +1,10 @@
-"""Build a routing benchmark (Y, C, meta, splits, reports) from VLMEvalKit logs or a records table.
+"""Build a routing benchmark (Y, C, meta, splits, reports) from VLMEvalKit logs, a records table or a folder
+of per-model result files.
 
-Both readers (the VLMEvalKit one here, vlrb.data.records) produce the same two tables, and one `assemble`
-turns them into the upstream layout:
-  records: sample_id, dataset, model_id, score, failed, output_tokens, has_prediction [, cost]
-  samples: sample_id, dataset, prompt, image_kind, image_ref, tsv_file, tsv_row, num_images [, input_tokens]
+Every reader (the VLMEvalKit one here, vlrb.data.records, vlrb.data.results) produces the same two tables,
+and one `assemble` turns them into the upstream layout:
+  records: sample_id, dataset, model_id, score, failed, output_tokens, has_prediction [, cost, input_tokens]
+  samples: sample_id, dataset, prompt, image_kind, image_ref, tsv_file, tsv_row, num_images [, group]
 """
 from __future__ import annotations
 
@@ -201,8 +202,8 @@ def _check_drop(dropped: np.ndarray, ds_of: np.ndarray, present: np.ndarray, mod
 
 def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, DatasetSpec]) -> Built:
     rec, smp = inp.records, inp.samples
-    if inp.report.get("reader") == "records":
-        pool = inp.report.get("_pool")  # read_records applied data.models / data.exclude_models
+    if "_pool" in inp.report:
+        pool = inp.report.get("_pool")  # records_inputs applied data.models / data.exclude_models
     else:
         pool, _ = model_pool(data_cfg, prices) if prices is not None or data_cfg.get("models") else (None, set())
     if pool is not None:
@@ -227,6 +228,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     has_pred = fill(rec["has_prediction"].to_numpy(bool), bool, False)
     failed = fill(rec["failed"].to_numpy(bool), bool, False)
     cost_given = fill(rec["cost"].to_numpy(np.float64), np.float64, np.nan) if "cost" in rec else None
+    in_given = fill(rec["input_tokens"].to_numpy(np.int64), np.int64, 0) if "input_tokens" in rec else None
 
     # samples some model lacks are dropped (upstream crashes here), and reported per dataset and model
     ds_of = smp.drop_duplicates("sample_id").set_index("sample_id")["dataset"].reindex(sids).to_numpy()
@@ -246,6 +248,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     keep = complete
     sids, S, out_tok, has_pred, failed, ds_of = sids[keep], S[keep], out_tok[keep], has_pred[keep], failed[keep], ds_of[keep]
     cost_given = cost_given[keep] if cost_given is not None else None
+    in_given = in_given[keep] if in_given is not None else None
     if len(sids) == 0:
         raise BuildError(f"no sample has a record for every model ({K} models); dropped: {json.dumps(dropped)[:600]}")
     unknown = np.isnan(S)
@@ -257,13 +260,18 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     smp = smp.drop_duplicates("sample_id").set_index("sample_id").reindex(sids).reset_index()
     task = np.asarray([specs[d].task_type if d in specs else "unknown" for d in ds_of], dtype=object)
     group = np.asarray([specs[d].group if d in specs else "Other" for d in ds_of], dtype=object)
+    if "group" in smp.columns:  # a reader's own per-sample group wins where given
+        given = smp["group"].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+        group = np.where(given != "", given, group)
     n_img = smp["num_images"].fillna(0).to_numpy(np.int64)
-    if "input_tokens" in smp.columns and smp["input_tokens"].notna().all():
-        in_tok = smp["input_tokens"].to_numpy(np.int64)
+    if in_given is not None:  # per (sample, model): a text-only model is not billed for an image it never saw
+        in_tok_mk = in_given
+        in_tok = in_tok_mk.max(1)  # the routed request itself: what the model that reads most of it gets
         text_tok = np.maximum(in_tok - IMAGE_TOKENS * n_img, 0)  # given counts may price an image below 256
     else:
         text_tok = count_many(smp["prompt"].tolist())
         in_tok = text_tok + IMAGE_TOKENS * n_img
+        in_tok_mk = np.broadcast_to(in_tok[:, None], (len(in_tok), K))
     est = np.asarray([OUTPUT_TOKEN_ESTIMATES.get(t, DEFAULT_OUTPUT_TOKEN_ESTIMATE) for t in task], np.int64)
     out_tok = np.where(has_pred, out_tok, est[:, None])
 
@@ -273,7 +281,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     else:
         p_in = np.asarray([prices[m].input_per_1m for m in models])
         p_out = np.asarray([prices[m].output_per_1m for m in models])
-        C = (in_tok[:, None] * p_in[None, :] / 1e6 + out_tok * p_out[None, :] / 1e6).astype(np.float32)
+        C = (in_tok_mk * p_in[None, :] / 1e6 + out_tok * p_out[None, :] / 1e6).astype(np.float32)
 
     if data_cfg.get("split", "random") == "stratified":
         assign = stratified_split(sids.tolist(), ds_of.tolist(), seed=int(data_cfg.get("split_seed", 42)))
@@ -302,7 +310,8 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
         "estimated_output_tokens": {m: int((~has_pred[:, j]).sum()) for j, m in enumerate(models) if (~has_pred[:, j]).any()},
         "tokenizer": tokenizer_name(),
     })
-    return Built(Y, S.astype(np.float32), C, models, meta, smp, out_tok, has_pred, failed, report, p_in, p_out)
+    return Built(Y, S.astype(np.float32), C, models, meta, smp, out_tok, has_pred, failed, report, p_in, p_out,
+                 np.ascontiguousarray(in_tok_mk))
 
 
 # ----------------------------------------------------------------------------- the whole build
@@ -369,8 +378,14 @@ def _build_locked(root: Path, data_cfg, prices, force: bool, progress: bool, log
                        | {str(p) for p in (find_tsv(data_cfg.get("tsv_dir"), d) for d in specs) if p})
     elif reader == "records":
         files = [str(data_cfg["records"])] if Path(str(data_cfg["records"])).exists() else []
+    elif reader == "results":
+        from vlrb.data.results import result_files
+
+        folder = Path(str(data_cfg["dir"])).expanduser()
+        files = ([str(folder / str(data_cfg["items"]))] + [str(p) for p in result_files(folder, str(data_cfg["results"])).values()]
+                 if folder.is_dir() else [])
     else:
-        raise BuildError(f"data.reader must be 'vlmevalkit' or 'records', got {reader!r}")
+        raise BuildError(f"data.reader must be 'vlmevalkit', 'records' or 'results', got {reader!r}")
     fp = _fingerprint(data_cfg, prices, files)
     manifest_path = root / "manifest.json"
     if not force and manifest_path.exists():
@@ -386,6 +401,10 @@ def _build_locked(root: Path, data_cfg, prices, force: bool, progress: bool, log
     t = time.perf_counter()
     if reader == "vlmevalkit":
         inp = read_vlmevalkit(data_cfg, prices, progress, disc)
+    elif reader == "results":
+        from vlrb.data.results import read_results
+
+        inp = read_results(data_cfg, prices, progress)
     else:
         from vlrb.data.records import read_records
 

@@ -21,19 +21,30 @@ from vlrb.pricing import PriceTable, missing_price_message
 
 REQUIRED = ("sample_id", "dataset", "model_id")
 # read as text, so a CSV id 0000001 stays 0000001 (a number type would make it 1)
-TEXT_COLUMNS = ("sample_id", "dataset", "model_id", "prompt", "prediction", "image")
+TEXT_COLUMNS = ("sample_id", "dataset", "group", "model_id", "prompt", "prediction", "image")
 # one value per sample, given on each of its rows: the rows must agree (blank cells aside)
-SAMPLE_COLUMNS = ("dataset", "prompt", "image", "input_tokens")
+SAMPLE_COLUMNS = ("dataset", "group", "prompt", "image")
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
 
 
 def read_records(data_cfg, prices: PriceTable | None, progress: bool = True) -> Inputs:
     """Read and check a records table. Costs come from its `cost` column when present (then `prices` is
     not used at all, so any model name is fine), else from tokens x `prices`."""
-    from vlrb.data.correctness import failed_mask
-
     path = Path(data_cfg["records"])
     df = _read(path, data_cfg.get("sep"))
+    return records_inputs(df, data_cfg, prices, path, base=path.resolve().parent)
+
+
+def records_inputs(df: pd.DataFrame, data_cfg, prices: PriceTable | None, path: Path, *, base: Path,
+                   reader: str = "records", files: list[str] | None = None, report: dict | None = None) -> Inputs:
+    """Check a records table (rows in any order, positions 0..n-1) and turn it into the build's Inputs.
+
+    `path` names the input in error messages; image paths resolve against `base` and must stay inside it or
+    a `data.image_roots` entry. Other readers (vlrb.data.results) build a table and call this, so every table
+    goes through the same checks. `input_tokens` is per row: a text-only model may carry fewer than the
+    others for the same sample."""
+    from vlrb.data.correctness import failed_mask
+
     _check_columns(df, path)
     has_cost = "cost" in df.columns
     if not has_cost and prices is None:
@@ -51,8 +62,6 @@ def read_records(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
     tok_hint = "give a count on every row, or drop the column to count tokens from {}"
     out_given = _numbers(df, "output_tokens", path, integer=True, hint=tok_hint.format("`prediction`"))
     in_given = _numbers(df, "input_tokens", path, integer=True, hint=tok_hint.format("`prompt` (+256 per image)"))
-    if in_given is not None:
-        df = df.assign(input_tokens=in_given)
     first = _per_sample(df, path)
 
     pred = df["prediction"] if "prediction" in df.columns else pd.Series(None, index=df.index, dtype=object)
@@ -69,22 +78,24 @@ def read_records(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
     })
     if cost is not None:
         records["cost"] = cost
+    if in_given is not None:
+        records["input_tokens"] = in_given
 
     prompt = first["prompt"].fillna("").astype(str) if "prompt" in first.columns else pd.Series("", index=first.index)
     samples = pd.DataFrame({"sample_id": first.index.to_numpy(), "dataset": first["dataset"].to_numpy(),
                             "prompt": prompt.to_numpy(), "image_kind": "none", "image_ref": "", "tsv_file": "",
                             "tsv_row": -1, "num_images": 0})
+    if "group" in first.columns:  # the sample's task group (else the dataset's, see vlrb.data.datasets)
+        samples["group"] = first["group"].to_numpy()
     n_missing, missing = 0, []
     if "image" in first.columns:
-        n_missing, missing = _images(samples, first["image"], data_cfg, path)
-    if in_given is not None:
-        samples["input_tokens"] = first["input_tokens"].to_numpy(np.int64)
-    report = {"reader": "records", "records": str(path), "rows": len(df),
+        n_missing, missing = _images(samples, first["image"], data_cfg, path, base, f"the {reader} folder")
+    report = {"reader": reader, reader: str(path), "rows": len(df), **(report or {}),
               "cost_from": "records" if has_cost else "tokens x prices", **pool_report,
               "images": {"with_image": int((samples["image_kind"] != "none").sum()),
                          "missing_image_files": missing[:50], "n_missing_image_files": n_missing},
               "_pool": pool}
-    return Inputs(records, samples, [str(path)], report)
+    return Inputs(records, samples, files if files is not None else [str(path)], report)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -216,7 +227,7 @@ def _per_sample(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """One row per sample (first non-blank value of each per-sample column); rows that disagree are an error."""
     cols = [c for c in SAMPLE_COLUMNS if c in df.columns]
     sub = df[["sample_id", *cols]]
-    sub = sub.assign(**{c: sub[c].mask(_blank(sub[c])) for c in cols if c != "input_tokens"})
+    sub = sub.assign(**{c: sub[c].mask(_blank(sub[c])) for c in cols})
     g = sub.groupby("sample_id", sort=False)
     for c in cols:
         n = g[c].nunique()
@@ -230,14 +241,15 @@ def _per_sample(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return g.first()
 
 
-def _images(samples: pd.DataFrame, image: pd.Series, data_cfg, path: Path) -> tuple[int, list[str]]:
+def _images(samples: pd.DataFrame, image: pd.Series, data_cfg, path: Path, base: Path,
+            base_name: str) -> tuple[int, list[str]]:
     """Fill image_kind/image_ref: base64 inline, or a file path stored resolved and absolute, so a later run
-    from any directory finds it. Paths must resolve inside the records folder or a `data.image_roots` entry."""
+    from any directory finds it. Paths are relative to `base` (the records file's folder) and must resolve
+    inside it or a `data.image_roots` entry."""
     img = image.fillna("").astype(str).tolist()
     is_b64 = np.array([v.startswith("data:image") or len(v) > 1024 for v in img], bool)
     is_path = np.array([v != "" for v in img], bool) & ~is_b64
     refs = np.array([v.split(",", 1)[-1] if v.startswith("data:image") else v for v in img], dtype=object)
-    base = path.resolve().parent
     roots = [str(base)] + [os.path.realpath(os.path.expanduser(str(r))) for r in data_cfg.get("image_roots") or []]
     given = refs[is_path]
     resolved, exists = _resolve_all([os.path.join(base, v) for v in given])  # an absolute v stays absolute
@@ -245,7 +257,7 @@ def _images(samples: pd.DataFrame, image: pd.Series, data_cfg, path: Path) -> tu
     if outside:
         i = outside[0]
         sid = samples["sample_id"].to_numpy()[is_path][i]
-        where = "the records folder" + (" and data.image_roots" if len(roots) > 1 else "")
+        where = base_name + (" and data.image_roots" if len(roots) > 1 else "")
         raise BuildError(f"{path}: sample {sid!r}: image {given[i]!r} resolves to {resolved[i]}, outside {where} "
                          f"({base}); {len(outside)} such image(s); move them there or allow their folder with "
                          f"data.image_roots=[{os.path.dirname(resolved[i])}]")

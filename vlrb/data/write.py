@@ -31,6 +31,7 @@ class Built:
     report: dict
     price_in: np.ndarray | None = None  # (K,) $ per 1M tokens; None when the records carried their own cost
     price_out: np.ndarray | None = None
+    tokens_in: np.ndarray | None = None  # (N, K) input tokens per (sample, model)
 
 
 _PLAIN_STEM = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -135,7 +136,7 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
     sid_col = np.repeat(m["sample_id"].to_numpy(), K)
     pacsv.write_csv(pa.table({"sample_id": sid_col, "model": models_col, "output_tokens": b.tokens_out.reshape(-1),
                               "is_actual": b.tokens_actual.reshape(-1)}), tdir / "output_tokens_per_model.csv")
-    in_rep = np.repeat(m["input_tokens"].to_numpy(), K)
+    in_rep = b.tokens_in.reshape(-1) if b.tokens_in is not None else np.repeat(m["input_tokens"].to_numpy(), K)
     out_flat = b.tokens_out.reshape(-1)
     if b.price_in is not None:  # costs from tokens x prices: split into their input and output parts
         in_cost = in_rep * np.tile(b.price_in, N) / 1e6
@@ -224,7 +225,7 @@ def integrity_report(b: Built) -> tuple[dict, str]:
                      f"{r['max_cost']:10.2e} {r['mean_output_tokens']:8.1f} {r['failed_predictions']:6d}")
     rd = b.report
     lines += ["", "reader:"]
-    for k in ("reader", "raw_dir", "records", "files_seen", "duplicate_paths_skipped", "datasets_absent",
+    for k in ("reader", "raw_dir", "records", "results", "files_seen", "duplicate_paths_skipped", "datasets_absent",
               "models_not_in_pool", "models_in_pool_without_logs", "other_datasets_ignored", "n_dropped",
               "binarize_threshold", "fractional_scores", "tokenizer"):
         if k in rd:

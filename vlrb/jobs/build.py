@@ -130,7 +130,8 @@ def build_benchmark(cfg: DictConfig, *, force: bool = False, progress: bool = Tr
 
     generate_demo_if_missing(cfg.data, progress=progress)
     pricing = to_plain(cfg.get("pricing"))
-    prices = PriceTable.from_config(pricing) if cfg.data.get("reader") != "records" or pricing else None
+    own_costs = cfg.data.get("reader") in ("records", "results")  # their rows may carry a cost: prices optional
+    prices = PriceTable.from_config(pricing) if not own_costs or pricing else None
     return build(to_plain(cfg.data), prices, force=force, progress=progress, log=_say,
                  create_parents=may_create_parents(cfg))
 
