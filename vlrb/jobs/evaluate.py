@@ -54,7 +54,10 @@ def evaluate(cfg: DictConfig):
     from vlrb.eval.wandb_utils import init_wandb, log_tables_and_images
     from vlrb.jobs.build import load_benchmark
 
+    from vlrb.jobs.train import check_data_root
+
     out = output_dir()
+    check_data_root(cfg)
     baselines = baseline_routers(cfg)
     if cfg.get("runs") and not Path(cfg.runs).exists():
         raise ConfigError(f"runs={cfg.runs} does not exist (a train run or multirun directory)")

@@ -52,6 +52,23 @@ def validate(cfg: DictConfig) -> None:
                           "(only the end-to-end routers routerdc, cosinecls, zooter and vlc do)")
     if int(cfg.get("num_workers", 0)) < 0:
         raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    check_data_root(cfg)
+
+
+def check_data_root(cfg: DictConfig) -> None:
+    """data.root holds a built benchmark, or is a place the demo may be built into (checked before any import
+    of torch, so a wrong path fails in a second)."""
+    from vlrb.data.build import check_root
+
+    root = Path(cfg.data.root)
+    if (root / "data" / "matrices" / "Y.npz").exists():
+        return
+    if cfg.data.get("generate") is None:
+        raise ConfigError(f"data.root={root} holds no built benchmark; build it first: "
+                          f"python build_data.py data={cfg.data.get('name', '...')} data.root={root} ...")
+    from vlrb.jobs.build import may_create_parents
+
+    check_root(root, create_parents=may_create_parents(cfg))  # the demo will be built there: never over user files
 
 
 def _choice(group: str) -> str:
