@@ -544,6 +544,22 @@ def test_openai_client_in_route_only_mode(dry):
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
 
 
+def test_a_router_that_cannot_score_new_requests_is_refused_at_start(monkeypatch, tmp_path):
+    import vlrb
+    from omegaconf import OmegaConf
+
+    from vlrb.jobs.serve import load
+
+    class Oracle(StubRouter):
+        def score_raw(self, prompts, images):
+            raise ValueError("oracle reads the answers' correctness, so it cannot route new inputs")
+
+    monkeypatch.setattr(vlrb, "load_router", lambda path: Oracle())
+    cfg = OmegaConf.create({"router_dir": str(tmp_path), "route_only": True, "host": "127.0.0.1"})
+    with pytest.raises(ConfigError, match="this router cannot score new requests .*cannot route new inputs"):
+        load(cfg)
+
+
 def test_serve_py_refuses_a_bad_config_in_one_line(tiny_router, tmp_path):
     import subprocess
     import sys

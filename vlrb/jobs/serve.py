@@ -31,6 +31,13 @@ def load(cfg: DictConfig):
         plain["upstreams"] = read_upstreams(plain["upstreams"])
     router = vlrb.load_router(path)
     settings = ServeSettings.from_config(plain, router.models, router_label=router.name)
+    try:  # one request's worth now: the encoders load, and a router that cannot serve says so in one line
+        router.score_raw(["warm-up"], [None])
+    except (ValueError, RuntimeError, OSError) as e:
+        raise ConfigError(f"router_dir={path}: this router cannot score new requests ({e})") from None
+    if str(cfg.host) not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
+        log.warning("listening on %s with no auth.api_keys_env: whoever reaches this port spends your upstream keys",
+                    cfg.host)
     return router, settings
 
 
