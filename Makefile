@@ -5,7 +5,7 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full bench bench-build bench-eval bench-features bench-train bench-e2e data features train evaluate clean clean-logs
+.PHONY: help install demo test test-full bench bench-build bench-eval bench-features bench-train bench-e2e bench-serve data features train evaluate clean clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -55,12 +55,16 @@ bench-train: $(STAMP) ## fit every feature router (6 x 6 grid) + routing through
 bench-e2e: $(STAMP) ## end-to-end routing throughput (encoder included) at batch 64
 	$(PYTHON) benchmarks/bench_e2e.py
 
+bench-serve: $(STAMP) ## serve.py requests/s and p50/p99 latency at concurrency 1/16/64 vs offline route_raw
+	$(PYTHON) benchmarks/bench_serve.py
+
 bench: $(STAMP) ## every benchmark script (each prints its targets; a missed target does not stop the rest)
 	-$(MAKE) --no-print-directory bench-build
 	-$(MAKE) --no-print-directory bench-eval
 	-$(MAKE) --no-print-directory bench-features
 	-$(MAKE) --no-print-directory bench-train
 	-$(MAKE) --no-print-directory bench-e2e
+	-$(MAKE) --no-print-directory bench-serve
 
 clean-logs: ## remove run logs
 	rm -rf logs

@@ -1,0 +1,108 @@
+"""`calibrate.py`: the budget knob μ for target average costs, chosen on dev and reported on test."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from vlrb.errors import ConfigError
+from vlrb.io import claim_run_dir, write_json, write_text
+from vlrb.jobs.common import output_dir, run_job
+
+log = logging.getLogger("vlrb.calibrate")
+TARGET_UNITS = ("strongest", "usd")
+
+
+def main(cfg: DictConfig):
+    return run_job(calibrate, cfg)
+
+
+def _targets(cfg: DictConfig) -> list[float]:
+    unit = cfg.target_unit
+    if unit not in TARGET_UNITS:
+        raise ConfigError(f"target_unit must be one of {TARGET_UNITS}, got {unit!r}")
+    targets = list(cfg.targets or [])
+    if not targets or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in targets):
+        raise ConfigError(f"targets must be a non-empty list of positive numbers, got {targets}")
+    return [float(t) for t in targets]
+
+
+def _calibrate_on(cfg: DictConfig) -> list[str]:
+    names = list(cfg.calibrate_on) if OmegaConf.is_list(cfg.calibrate_on) else [cfg.calibrate_on]
+    if not names or any(n not in ("train", "dev") for n in names):
+        raise ConfigError(f"calibrate_on must list splits among train and dev (never test), got {names}")
+    return names
+
+
+def calibrate(cfg: DictConfig):
+    import vlrb
+    from vlrb.jobs.build import load_benchmark
+    from vlrb.serve.calibrate import Routed, budget_curve, calibrate as solve, plot_budget_curve
+    from vlrb.serve.decide import CostModel
+
+    if OmegaConf.is_missing(cfg, "router_dir") or not cfg.router_dir:
+        raise ConfigError("router_dir is required: python calibrate.py router_dir=<train run>/router")
+    if not Path(cfg.router_dir).exists():
+        raise ConfigError(f"router_dir={cfg.router_dir} does not exist (a train run's router/ folder)")
+    targets = _targets(cfg)
+    _calibrate_on(cfg)
+    out = output_dir()
+    tr = vlrb.load_router(cfg.router_dir)
+    costs = CostModel.for_router(tr.models, tr.prices, tr.mean_cost, mode=cfg.budget.cost_estimate,
+                                 output_tokens=int(cfg.budget.output_tokens))
+    claim_run_dir(out)
+    bench = load_benchmark(cfg, encoder=tr.recipe.encoder if tr.recipe is not None else None)
+    if list(bench.models) != tr.models:
+        raise ConfigError(f"data={cfg.data.root}: its models {bench.models[:3]}... are not the router's "
+                          f"{tr.models[:3]}...; calibrate on the benchmark the router was trained on")
+
+    def routed(name: str) -> Routed:
+        split = bench.split(name)
+        return Routed(np.asarray(tr.predict_scores(split), np.float64), costs.estimate(split.input_tokens),
+                      split.C.astype(np.float64), split.Y)
+
+    on = "+".join(_calibrate_on(cfg))
+    calib = Routed.concat([routed(name) for name in _calibrate_on(cfg)])
+    test = routed("test")
+    train = bench.split("train")
+    strongest = int(np.argmax(train.Y.mean(0)))  # as the Strongest baseline: first most accurate on train
+    ref_cost = float(train.C[:, strongest].mean())
+    if cfg.target_unit == "strongest":
+        labels = [f"{t:g} x {tr.models[strongest]}" for t in targets]
+        targets = [t * ref_cost for t in targets]
+    else:
+        labels = [f"${t:g}" for t in targets]
+    table = solve(calib, test, targets, costs.scale, labels=labels)
+    log.info("mu chosen on %s (%d requests), reported on test (%d)", on, len(calib.C), len(test.C))
+    curve = budget_curve(calib, test, costs.scale)
+    plot = plot_budget_curve(curve, table, out / "budget_curve.png", calib_label=on,
+                             title=f"Budget curve: {tr.name} ({costs.mode} cost estimate)")
+    table.to_csv(out / "calibration.csv", index=False)
+    curve.to_csv(out / "budget_curve.csv", index=False)
+    ref = {"strongest_model": tr.models[strongest], "strongest_train_cost": ref_cost,
+           "strongest_test_cost": float(test.C[:, strongest].mean()),
+           "strongest_test_accuracy": float(test.Y[:, strongest].mean()),
+           "router_mu0_test_cost": test.at(0.0, costs.scale)[0], "router_mu0_test_accuracy": test.at(0.0, costs.scale)[1]}
+    write_json(out / "calibration.json", {"router_dir": str(cfg.router_dir), "cost_estimate": costs.mode,
+                                          "calibrate_on": _calibrate_on(cfg),
+                                          "scale": costs.scale, "reference": ref, "targets": table.to_dict("records")})
+    md = _markdown(table, ref, on)
+    write_text(out / "calibration.md", md)
+    log.info("%s", md)
+    log.info("budget curve: %s", plot)
+    log.info("serve with one of them: python serve.py router_dir=%s budget.mu=<mu>", cfg.router_dir)
+    return table
+
+
+def _markdown(table, ref: dict, on: str) -> str:
+    lines = [f"Strongest model {ref['strongest_model']}: test cost {ref['strongest_test_cost'] * 1e4:.3f} $/10K, "
+             f"accuracy {ref['strongest_test_accuracy']:.2%}; router at mu=0: {ref['router_mu0_test_cost'] * 1e4:.3f} "
+             f"$/10K, {ref['router_mu0_test_accuracy']:.2%}", "",
+             f"| target | target $/10K | mu | {on} $/10K | test $/10K | test vs target | test accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.target} | {r.target_cost * 1e4:.3f} | {r.mu:.4g} | {r.calib_cost * 1e4:.3f} | "
+                     f"{r.test_cost * 1e4:.3f} | {r.test_cost_error:+.1%} | {r.test_accuracy:.2%} |")
+    return "\n".join(lines) + "\n"

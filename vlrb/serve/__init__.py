@@ -1,0 +1,10 @@
+"""Serve a trained router: an OpenAI-compatible HTTP server that routes each chat request to one of K models.
+
+    python serve.py router_dir=logs/train/runs/<time>/router route_only=true
+
+Modules, one concept each: `settings` (the validated server config), `decide` (the budget rule and cost
+estimates), `batching` (concurrent requests share one router forward), `schema` (chat requests in the
+OpenAI format), `security` (limits, image checks, auth), `upstream` (forwarding with fallback, streaming),
+`metrics` (Prometheus), `errors` (OpenAI-style JSON errors), `app` (the FastAPI routes), `calibrate` (finding μ
+for a target $/request). Importing this package does not import FastAPI; `vlrb.serve.app.create_app` does.
+"""

@@ -1,0 +1,108 @@
+"""Micro-batching: requests that arrive together share one router forward (the encoder runs once per batch).
+
+A request waits at most `max_wait_ms` after it arrived for others to join it; a batch holds at most
+`max_batch`; the queue holds at most `max_queue` waiting requests (beyond that: `Overloaded`, a 503, rather
+than unbounded memory and latency). The forward runs in one worker thread, so the event loop keeps
+accepting requests (and forming the next batch) meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("vlrb.serve")
+
+
+class Overloaded(Exception):
+    """The queue is full."""
+
+
+class MicroBatcher:
+    def __init__(self, fn: Callable[[list], Sequence], *, max_batch: int = 64, max_wait_ms: float = 5.0,
+                 max_queue: int = 1024, on_batch: Callable[[int, float], None] | None = None):
+        """`fn(items) -> results` (one per item, in order) runs in the worker thread; `on_batch(size, seconds)`
+        is told about each batch (metrics)."""
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(self.max_queue)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vlrb-router")
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue is not None and not self._queue.empty():  # nobody will answer these now
+            _, fut, _ = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(Overloaded("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, item: Any) -> Any:
+        """The result of `fn` for this item, computed in a batch with whatever else arrived meanwhile."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((item, fut, time.perf_counter()))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self.max_queue} requests are already waiting for the router") from None
+        return await fut
+
+    async def _next_batch(self) -> list:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = batch[0][2] + self.max_wait  # counted from the first request's arrival, not from now
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+            except asyncio.TimeoutError:
+                break
+        return [b for b in batch if not b[1].done()]  # a client that went away is not computed
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self.fn, [b[0] for b in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the router returned {len(results)} results for {len(batch)} inputs")
+            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
+                log.exception("router batch of %d failed", len(batch))
+                for _, fut, _ in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            seconds = time.perf_counter() - t0
+            log.debug("router batch of %d in %.0f ms (first request waited %.0f ms)", len(batch), seconds * 1000,
+                      (t0 - batch[0][2]) * 1000)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), seconds)
+            for (_, fut, _), r in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(r)

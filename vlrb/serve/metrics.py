@@ -1,0 +1,69 @@
+"""Prometheus metrics (GET /metrics, text exposition format): requests and errors by endpoint and status,
+request latency, router batch sizes and forward time, routed-model counts, upstream attempts by outcome.
+Each app has its own registry, so several servers (tests) in one process do not share counts."""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, endpoints: set[str]):
+        self.endpoints = endpoints  # paths counted by name; any other path is "other" (bounded label values)
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("vlrb_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "code"], registry=r)
+        self.errors = Counter("vlrb_errors", "HTTP responses with a 4xx or 5xx status", ["endpoint", "code"],
+                              registry=r)
+        self.latency = Histogram("vlrb_request_latency_seconds", "Time from request to the end of the response",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.routed = Counter("vlrb_routed", "Requests routed to each model (the first choice)", ["model"], registry=r)
+        self.batch_size = Histogram("vlrb_batch_size", "Requests per router forward", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_seconds = Histogram("vlrb_router_batch_seconds", "Time of one router forward (encoder included)",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream = Counter("vlrb_upstream_attempts", "Upstream calls by model and outcome", ["model", "outcome"],
+                                registry=r)
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def on_attempt(self, model: str, outcome: str) -> None:
+        self.upstream.labels(model, outcome).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def middleware(self, app):
+        """An ASGI middleware that counts every HTTP request, its status and its latency (streams: to their end)."""
+        metrics = self
+
+        async def counted(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            endpoint = scope["path"] if scope["path"] in metrics.endpoints else "other"
+            status = [500]  # what a request that raised ends as
+
+            async def send_(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            t0 = time.perf_counter()
+            try:
+                await app(scope, receive, send_)
+            finally:
+                code = str(status[0])
+                metrics.requests.labels(endpoint, code).inc()
+                if status[0] >= 400:
+                    metrics.errors.labels(endpoint, code).inc()
+                metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+        return counted

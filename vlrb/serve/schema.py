@@ -1,0 +1,140 @@
+"""Chat requests in the OpenAI format, checked field by field (a bad field is a 400 naming it).
+
+    {"model": "<the router's name>", "messages": [{"role": "user", "content": "text" | [parts]}],
+     "stream": false, "max_tokens": 256, "vlrb": {"mu": 0.5}}
+
+Content parts: `{"type": "text", "text": ...}` and `{"type": "image_url", "image_url": {"url": ...}}` (or the
+URL as a plain string). What the router reads: the text of the last user message and the first image of the
+latest user message that has one (the question being asked now, and the picture it is about).
+
+`vlrb` is vlrb's own field (the OpenAI client sends it with `extra_body={"vlrb": {...}}`); it is removed before
+a request is forwarded. Keys: `mu` (a number: this request's budget knob, instead of the server's budget.mu).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlrb.serve.errors import ApiError, bad_request
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+VLRB_KEYS = {"mu"}
+
+
+@dataclass
+class ChatRequest:
+    body: dict  # as sent, minus `vlrb`: what is forwarded (with the upstream's model name)
+    prompt: str  # text of the last user message
+    image_url: str | None  # the image the router reads
+    image_param: str | None  # where it is in the request (for error messages)
+    image_urls: list[tuple[str, str]] = field(default_factory=list)  # every image (url, param)
+    texts: list[str] = field(default_factory=list)  # every text (input token estimate)
+    stream: bool = False
+    mu: float | None = None
+    max_tokens: int | None = None
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise bad_request("empty request body: expected a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request("request body is nested too deeply", code="invalid_json") from None
+
+
+def parse_chat(raw: bytes, served_model: str, *, model_required: bool = True) -> ChatRequest:
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise bad_request(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    model = body.get("model")
+    if model is None and model_required:
+        raise bad_request(f"'model' is required (this server serves {served_model!r})", "model")
+    if model is not None and model != served_model:
+        raise ApiError(404, f"the model {model!r} does not exist here; this server routes {served_model!r} "
+                       "(GET /v1/models)", param="model", code="model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' is required: a non-empty list of {role, content} objects", "messages")
+    req = ChatRequest(body={k: v for k, v in body.items() if k != "vlrb"}, prompt="", image_url=None,
+                      image_param=None)
+    last_user_text = None
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise bad_request(f"{where} must be an object with 'role' and 'content'", where)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise bad_request(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}", f"{where}.role")
+        texts, images = _content(msg.get("content"), f"{where}.content")
+        req.texts += texts
+        req.image_urls += images
+        if role == "user":
+            last_user_text = "\n".join(texts)
+            if images:
+                req.image_url, req.image_param = images[0]
+    if last_user_text is None:
+        raise bad_request("'messages' has no user message to route", "messages")
+    req.prompt = last_user_text
+    req.stream = _flag(body.get("stream", False), "stream")
+    for key in ("max_tokens", "max_completion_tokens"):
+        v = body.get(key)
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad_request(f"'{key}' must be a positive integer, got {v!r}", key)
+            req.max_tokens = v
+    req.mu = _vlrb_field(body.get("vlrb"))
+    return req
+
+
+def _content(content: Any, where: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(texts, [(image url, param)]) of one message's content."""
+    if content is None:
+        return [], []
+    if isinstance(content, str):
+        return [content], []
+    if not isinstance(content, list):
+        raise bad_request(f"{where} must be a string or a list of content parts", where)
+    texts, images = [], []
+    for j, part in enumerate(content):
+        p = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise bad_request(f"{p}.text must be a string", f"{p}.text")
+            texts.append(part["text"])
+        elif kind == "image_url":
+            iu = part.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str) or not url:
+                raise bad_request(f"{p}.image_url.url must be a non-empty string", f"{p}.image_url")
+            images.append((url, f"{p}.image_url"))
+        else:
+            raise bad_request(f"{p}: unsupported content part type {kind!r} (text and image_url are)", p)
+    return texts, images
+
+
+def _flag(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise bad_request(f"'{key}' must be true or false, got {v!r}", key)
+    return v
+
+
+def _vlrb_field(v: Any) -> float | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise bad_request("'vlrb' must be an object, e.g. {\"mu\": 0.5}", "vlrb")
+    unknown = set(v) - VLRB_KEYS
+    if unknown:
+        raise bad_request(f"'vlrb' has unknown keys {sorted(unknown)} (known: {sorted(VLRB_KEYS)})", "vlrb")
+    mu = v.get("mu")
+    if mu is None:
+        return None
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+        raise bad_request(f"'vlrb.mu' must be a finite number, got {mu!r}", "vlrb.mu")
+    return float(mu)

@@ -1,0 +1,145 @@
+"""The server's settings (conf/serve.yaml), checked once at start-up: a bad value is a one-line ConfigError
+naming its key, never a failure on the first request."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from vlrb.errors import ConfigError
+
+COST_ESTIMATES = ("mean_cost", "tokens")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One model's OpenAI-compatible endpoint: `<base_url>/chat/completions`, called with `model` and the key
+    read from the environment variable `api_key_env` (none: no Authorization header)."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float | None = None  # None: fallback.timeout_s
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_name: str = "vlrb-router"
+    route_only: bool = True
+    mu: float = 0.0
+    cost_estimate: str = "mean_cost"
+    output_tokens: int = 256
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    attempts: int = 3
+    timeout_s: float = 60.0
+    max_body_bytes: int = 20_000_000
+    max_pixels: int = 36_000_000
+    max_images: int = 8
+    allow_remote_images: bool = False
+    remote_max_bytes: int = 10_000_000
+    remote_timeout_s: float = 5.0
+    api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], models: Sequence[str], router_label: str = "router",
+                    environ: Mapping[str, str] | None = None) -> "ServeSettings":
+        """Settings from the plain (resolved) serve config; `models` are the router's model ids."""
+        env = os.environ if environ is None else environ
+        budget = _section(cfg, "budget")
+        batching = _section(cfg, "batching")
+        fallback = _section(cfg, "fallback")
+        limits = _section(cfg, "limits")
+        remote = _section(cfg, "remote_images")
+        auth = _section(cfg, "auth")
+        route_only = _bool(cfg.get("route_only", False), "route_only")
+        upstreams = _upstreams(cfg.get("upstreams") or {}, models, env)
+        if not route_only and not upstreams:
+            raise ConfigError("upstreams is empty: configure at least one model's upstream (base_url, model, "
+                              "api_key_env) or set route_only=true")
+        cost = str(budget.get("cost_estimate", "mean_cost"))
+        if cost not in COST_ESTIMATES:
+            raise ConfigError(f"budget.cost_estimate must be one of {COST_ESTIMATES}, got {cost!r}")
+        keys_env = auth.get("api_keys_env")
+        api_keys: frozenset[str] = frozenset()
+        if keys_env:
+            api_keys = frozenset(k.strip() for k in env.get(str(keys_env), "").split(",") if k.strip())
+            if not api_keys:
+                raise ConfigError(f"auth.api_keys_env={keys_env}: the environment variable is unset or empty "
+                                  "(comma-separated bearer keys expected)")
+        return cls(
+            model_name=str(cfg.get("model_name") or f"vlrb-{router_label}"),
+            route_only=route_only,
+            mu=_number(budget.get("mu", 0.0), "budget.mu"),
+            cost_estimate=cost,
+            output_tokens=_int(budget.get("output_tokens", 256), "budget.output_tokens", lo=0),
+            max_batch=_int(batching.get("max_batch", 64), "batching.max_batch", lo=1),
+            max_wait_ms=_number(batching.get("max_wait_ms", 5.0), "batching.max_wait_ms", lo=0),
+            max_queue=_int(batching.get("max_queue", 1024), "batching.max_queue", lo=1),
+            upstreams=upstreams,
+            attempts=_int(fallback.get("attempts", 3), "fallback.attempts", lo=1),
+            timeout_s=_number(fallback.get("timeout_s", 60.0), "fallback.timeout_s", lo=1e-3),
+            max_body_bytes=_int(limits.get("max_body_bytes", 20_000_000), "limits.max_body_bytes", lo=1),
+            max_pixels=_int(limits.get("max_pixels", 36_000_000), "limits.max_pixels", lo=1),
+            max_images=_int(limits.get("max_images", 8), "limits.max_images", lo=0),
+            allow_remote_images=_bool(remote.get("allow", False), "remote_images.allow"),
+            remote_max_bytes=_int(remote.get("max_bytes", 10_000_000), "remote_images.max_bytes", lo=1),
+            remote_timeout_s=_number(remote.get("timeout_s", 5.0), "remote_images.timeout_s", lo=1e-3),
+            api_keys=api_keys,
+        )
+
+
+def _upstreams(raw: Any, models: Sequence[str], env: Mapping[str, str]) -> dict[str, Upstream]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"upstreams must map model id -> {{base_url, model, api_key_env}}, got {raw!r}")
+    out = {}
+    for mid, u in raw.items():
+        where = f"upstreams.{mid}"
+        if mid not in models:
+            raise ConfigError(f"{where}: {mid!r} is not one of the router's models {list(models)}")
+        if not isinstance(u, Mapping) or not u.get("base_url"):
+            raise ConfigError(f"{where}: expected a mapping with base_url (and model, api_key_env), got {u!r}")
+        base = str(u["base_url"]).rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url must start with http:// or https://, got {base!r}")
+        key = None
+        if u.get("api_key_env"):
+            key = env.get(str(u["api_key_env"]))
+            if not key:
+                raise ConfigError(f"{where}.api_key_env={u['api_key_env']}: the environment variable is unset")
+        timeout = u.get("timeout_s")
+        out[str(mid)] = Upstream(base_url=base, model=str(u.get("model") or mid), api_key=key,
+                                 timeout_s=None if timeout is None else _number(timeout, f"{where}.timeout_s", lo=1e-3))
+    return out
+
+
+def _section(cfg: Mapping, key: str) -> Mapping:
+    v = cfg.get(key) or {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{key} must be a mapping, got {v!r}")
+    return v
+
+
+def _number(v: Any, key: str, lo: float | None = None) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {v!r}") from None
+    if not math.isfinite(x) or (lo is not None and x < lo):
+        raise ConfigError(f"{key} must be a finite number" + (f" >= {lo}" if lo is not None else "") + f", got {v!r}")
+    return x
+
+
+def _int(v: Any, key: str, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{key} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key} must be true or false, got {v!r}")
+    return v
