@@ -259,7 +259,10 @@ def test_shared_preprocessing_golden_values():
     batch = PadIds(0)([[101, 7, 102], [101, 102]])
     assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    x = ImagePreprocess(image_transform(8, [0.5] * 3, [0.5] * 3))(Image.new("L", (20, 10), 255))
+    p = ImagePreprocess(image_transform(8, [0.5] * 3, [0.5] * 3))
+    u8 = p(Image.new("L", (20, 10), 255))  # resized and cropped in the worker, still uint8
+    assert u8.dtype == torch.uint8 and u8.shape == (3, 8, 8) and int(u8.min()) == 255
+    x = p.normalize(u8[None])[0]
     assert x.shape == (3, 8, 8) and torch.allclose(x, torch.ones_like(x))  # white: (1 - 0.5) / 0.5
 
 

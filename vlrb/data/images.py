@@ -116,6 +116,20 @@ class ImageLoader(Sequence):
             return self.refs[i]
         return None
 
+    def raw_bytes(self, i: int) -> bytes | None:
+        """The encoded image file of row i, undecoded (for decoding elsewhere, e.g. on a GPU); None: no image."""
+        kind = self.kinds[i]
+        if kind == "none":
+            return None
+        try:
+            if kind == "path":
+                return Path(self.refs[i]).read_bytes()
+            return base64.b64decode(first_image_b64(self.b64(i)), validate=False)
+        except ImageDecodeError as e:
+            raise ImageDecodeError(f"{self._name(i)}: {e}") from None
+        except (OSError, binascii.Error, ValueError) as e:
+            raise ImageDecodeError(f"{self._name(i)}: cannot read image {self.refs[i]!r} ({e})") from None
+
     def __getitem__(self, i: int):
         kind = self.kinds[i]
         if kind == "none":

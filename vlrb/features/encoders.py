@@ -6,7 +6,8 @@ Every encoder is an `nn.Module` with
     It is a small picklable object (not a bound method of the module), so DataLoader workers run it
     without copying the model;
   * `.collate(list_of_preprocessed)` -> a dict of batched tensors;
-  * `forward(batch) -> (B, dim)` float32, L2-normalised rows.
+  * `forward(batch) -> (B, dim)` float32, L2-normalised rows. Images arrive as the preprocessing gives them:
+    uint8 (resized and cropped in the decode workers; normalised on the device by `pixels`) or float.
 
 Families (the `family` key of a section; `@register_encoder` adds more):
   text:   `minilm` (packaged all-MiniLM-L6-v2, offline, the default), `hf_text` (any HF / sentence-transformers
@@ -86,6 +87,8 @@ class Encoder(nn.Module):
     family: str = ""
     #: keys of a config section that do not change the embeddings (left out of the cache hash)
     RUNTIME_KEYS = ("batch_size", "num_workers", "dim")
+    #: a convolutional tower that runs faster in channels_last memory format (same numbers up to fp32 reordering)
+    channels_last: bool = False
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -117,6 +120,20 @@ class Encoder(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def pixels(self, batch: dict) -> torch.Tensor:
+        """The batch's images as the model's float input (a uint8 batch is normalised here, on its device)."""
+        px = batch["pixel_values"]
+        normalize = getattr(self.preprocess, "normalize", None)
+        px = normalize(px) if normalize is not None else px
+        if getattr(self, "_channels_last", False):
+            px = px.contiguous(memory_format=torch.channels_last)
+        return px
+
+    def set_channels_last(self, on: bool = True) -> None:
+        """Weights and inputs in channels_last (on) or the default NCHW layout (off)."""
+        self._channels_last = bool(on)
+        self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     def extra_repr(self) -> str:
         return f"family={self.family}, name={self.name}, dim={self.dim}"
@@ -233,6 +250,7 @@ class TimmEncoder(Encoder):
 
     modality = "vision"
     default_model: str | None = None
+    channels_last = True
 
     @classmethod
     def default_name(cls, cfg: dict) -> str:
@@ -292,7 +310,7 @@ class TimmEncoder(Encoder):
             f"/path/to/weights, or pretrained=false for random weights, or {OFFLINE_HINT}.")
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return F.normalize(self.model(batch["pixel_values"]).float(), dim=-1)
+        return F.normalize(self.model(self.pixels(batch)).float(), dim=-1)
 
 
 @register_encoder("efficientnet_lite0", "packaged_efficientnet_lite0")
@@ -387,7 +405,7 @@ class HFVisionEncoder(Encoder):
         return int(vc.hidden_size)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        px = batch["pixel_values"]
+        px = self.pixels(batch)
         if self.use_image_features:
             out = self.model.get_image_features(pixel_values=px)
             if not torch.is_tensor(out):  # transformers 5: an output object

@@ -16,8 +16,11 @@ Rules (docs/method.md#features-and-fusion, docs/layout.md#embeddings):
     exception), so an interrupted run continues where it stopped and repeats no finished batch; the final file
     is written to a temporary name and renamed.
 
-Single device (CPU or one GPU): a plain loop, DataLoader workers decode images, `torch.inference_mode`, bf16
-autocast on GPU. Several GPUs (`devices > 1`): Lightning `Trainer.predict` with DDP, each rank writing shards.
+Single device (CPU or one GPU): a plain loop, DataLoader workers decode, resize and crop images (uint8 to the
+device, normalised there), `torch.inference_mode`, bf16 autocast on GPU; the forward runs on the fastest path
+that gives the same embeddings (`runtime`, vlrb/features/runtime.py: ONNX Runtime on a CPU when installed).
+Prompts are tokenised first and batched by token count, so a batch pads little. Several GPUs (`devices > 1`):
+Lightning `Trainer.predict` with DDP, each rank writing shards.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ SCHEMA_VERSION = 1
 MODALITIES = ("text", "vision")
 MAX_LISTED_FAILURES = 10_000
 _RUNTIME = ("batch_size", "num_workers", "dim", "device", "precision", "devices", "shard_every", "engine",
-            "strategy", "cpu_threads")
+            "strategy", "cpu_threads", "runtime", "decode")
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -59,6 +62,8 @@ class RunOptions:
     engine: str = "auto"  # auto | loop | lightning
     strategy: str = "ddp"  # Lightning strategy when engine=lightning
     cpu_threads: int | None = None  # torch intra-op threads on CPU during extraction (None: torch's default)
+    runtime: str = "auto"  # auto | eager | compile | onnxruntime (vlrb/features/runtime.py)
+    decode: str = "auto"  # auto | pil | torchvision (JPEG decoded on the extraction device; vlrb/features/decode.py)
 
     @classmethod
     def from_cfg(cls, cfg: dict, section: dict) -> "RunOptions":
@@ -315,12 +320,13 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
 
             encoder = build_encoder(sec, mod)
         run["load_s"] = time.perf_counter() - t0
-        if mod == "text":  # length-sorted batches pad less (order does not matter: shards are keyed by id)
-            prompts = bench.prompts
-            todo.sort(key=lambda i: -len(prompts[i]))
-            source = prompts
+        t_tok = time.perf_counter()
+        if mod == "text":  # token-count-sorted batches pad little (order does not matter: shards are keyed by id)
+            source = pretokenize(encoder, bench.prompts, todo)
+            todo.sort(key=lambda i: -len(source[i]))
         else:
             source = bench.images
+        t_tok = time.perf_counter() - t_tok
         engine = opts.engine if opts.engine != "auto" else ("lightning" if opts.devices > 1 else "loop")
         if engine == "lightning":
             r = _run_lightning(encoder, mod, source, todo, ids, part, opts, device, dtype, progress)
@@ -329,6 +335,7 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
             run.update(r)
         else:
             run.update(_run_loop(encoder, mod, source, todo, ids, part, opts, device, dtype, progress))
+        run["wall_s"] += t_tok
     dim = encoder.dim if encoder is not None else None
     meta_path.unlink(missing_ok=True)  # a stale sidecar must never vouch for the file about to be replaced
     stats = _merge(ids, part, final, mod, dim)
@@ -350,7 +357,8 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
         "device": str(device) if engine_of(opts) == "loop" else f"{opts.devices}x {device.type}",
         "precision": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
         "batch_size": opts.batch_size, "num_workers": opts.num_workers, "engine": engine_of(opts),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "runtime": run.get("runtime"),
+        "max_abs_diff_vs_eager": run.get("max_abs_diff"), "prepare_s": run.get("prepare_s"),
         "failures": stats["failures"][:MAX_LISTED_FAILURES],
         "encoder": identity, "config_hash": chash, "samples_hash": shash, "report": str(report_path),
     }
@@ -362,12 +370,32 @@ def engine_of(opts: RunOptions) -> str:
     return opts.engine if opts.engine != "auto" else ("lightning" if opts.devices > 1 else "loop")
 
 
-def _loader(encoder: Encoder, mod: str, source, todo, opts: RunOptions, device: torch.device) -> DataLoader:
+class Pretokenized(dict):
+    """row -> token ids of the prompts to encode (what `EncodeDataset` reads for text once tokenised)."""
+
+
+def pretokenize(encoder: Encoder, prompts, rows) -> Pretokenized:
+    return Pretokenized((i, encoder.preprocess(prompts[i])) for i in rows)
+
+
+def _identity(x):
+    return x
+
+
+def _loader(encoder: Encoder, mod: str, source, todo, opts: RunOptions, device: torch.device,
+            decoder=None) -> DataLoader:
+    """Batches of (rows, status, errors, inputs, ok); with a `decoder` (vlrb/features/decode.py) the workers
+    hand over encoded JPEGs, which `decoder.finish` turns into pixels on the device."""
     nw = opts.num_workers
     if nw and mod == "text":
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers + Rust threads deadlock otherwise
-    return DataLoader(EncodeDataset(mod, source, todo, encoder.preprocess), batch_size=opts.batch_size, shuffle=False,
-                      num_workers=nw, collate_fn=CollateEncoded(encoder.collate), pin_memory=device.type == "cuda",
+    preprocess, collate = (_identity if isinstance(source, Pretokenized) else encoder.preprocess), encoder.collate
+    if decoder is not None:
+        from vlrb.features.decode import RawImages
+
+        source, preprocess, collate = RawImages(source), decoder.item, decoder.collate
+    return DataLoader(EncodeDataset(mod, source, todo, preprocess), batch_size=opts.batch_size, shuffle=False,
+                      num_workers=nw, collate_fn=CollateEncoded(collate), pin_memory=device.type == "cuda",
                       prefetch_factor=4 if nw else None, persistent_workers=False)
 
 
@@ -390,10 +418,17 @@ def encode_items(encoder: Encoder, mod: str, source, *, batch_size: int = 32,
 def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device, dtype, progress) -> dict:
     from tqdm.auto import tqdm
 
+    from vlrb.features.decode import DeviceDecoder, choose_decode
+    from vlrb.features.runtime import prepare_forward
+
     encoder.to(device).eval()
     writer = ShardWriter(part, encoder.dim, prefix=_shard_prefix())
-    loader = _loader(encoder, mod, source, todo, opts, device)
+    decoder = None
+    if mod == "vision" and choose_decode(opts.decode, device, encoder.preprocess) == "torchvision":
+        decoder = DeviceDecoder(encoder.preprocess)
+    loader = _loader(encoder, mod, source, todo, opts, device, decoder)
     n_fwd, fwd_s, n_batches = 0, 0.0, 0
+    prepared = None
     threads = torch.get_num_threads()
     if device.type == "cpu" and opts.cpu_threads:
         torch.set_num_threads(int(opts.cpu_threads))
@@ -403,10 +438,16 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
         with torch.inference_mode():
             for rows, status, errors, inputs, ok in loader:
                 emb = np.zeros((len(rows), encoder.dim), np.float32)
+                if inputs is not None and decoder is not None:
+                    inputs = _decode_on_device(decoder, inputs, device, status, errors, ok)
                 if inputs is not None:
+                    inputs = _to_device(inputs, device)
+                    if prepared is None:  # the path is built (and checked) on the first batch
+                        prepared = prepare_forward(encoder, opts.runtime, device, dtype, inputs, n_items=len(todo),
+                                                   spin=opts.num_workers == 0)
                     tf = time.perf_counter()
                     with _autocast(device, dtype):
-                        y = encoder(_to_device(inputs, device))
+                        y = prepared.forward(inputs)
                     if y.shape != (int(ok.sum()), encoder.dim):
                         raise ValueError(f"{encoder.name}: forward gave {tuple(y.shape)}, expected "
                                          f"({int(ok.sum())}, {encoder.dim})")
@@ -422,8 +463,22 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
         writer.flush()
         bar.close()
         torch.set_num_threads(threads)
+    if getattr(encoder, "_channels_last", False):
+        encoder.set_channels_last(False)  # hand the encoder back as it came
     return {"n_encoded": writer.n_written, "n_forwarded": n_fwd, "wall_s": time.perf_counter() - t0,
-            "forward_s": fwd_s}
+            "forward_s": fwd_s, "runtime": prepared.runtime if prepared else None,
+            "max_abs_diff": prepared.max_abs_diff if prepared else None,
+            "prepare_s": prepared.prepare_s if prepared else 0.0}
+
+
+def _decode_on_device(decoder, batch: dict, device, status: list, errors: list, ok: np.ndarray) -> dict | None:
+    """Pixels of the batch's JPEGs decoded on the device; a JPEG that fails is marked like a PIL failure."""
+    inputs, failed = decoder.finish(batch, device)
+    at = np.flatnonzero(ok)  # the batch's inputs are its ok rows, in order
+    for j, err in failed:
+        r = at[j]
+        status[r], errors[r], ok[r] = "decode_failed", err, False
+    return inputs
 
 
 def _run_lightning(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device, dtype, progress) -> dict | None:

@@ -271,12 +271,11 @@ class E2ERouter(Router):
         if ctx.cost_bounds is None and bench is not None:
             ctx = dataclasses.replace(ctx, cost_bounds=bench.cost_bounds)
         trainer = dict(ctx.trainer)
-        if trainer.get("precision") is None:
-            trainer.pop("precision", None)
-            if self.precision != "auto":
-                trainer["precision"] = self.precision
-            elif self._device(ctx).type == "cuda":
-                trainer["precision"] = "bf16-mixed"
+        if trainer.get("precision") in (None, "auto"):  # the router's own precision, else the device's (lit)
+            from vlrb.routers.lit import resolve_precision
+
+            trainer["precision"] = self.precision
+            trainer = resolve_precision(trainer)
         return dataclasses.replace(ctx, trainer=trainer)
 
     @staticmethod

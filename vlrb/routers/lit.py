@@ -49,7 +49,7 @@ class FitContext:
         """A Lightning Trainer from the trainer config (its `_target_`), the given callbacks and the run's loggers."""
         from hydra.utils import instantiate
 
-        kw = {k: v for k, v in dict(self.trainer).items() if v is not None}
+        kw = {k: v for k, v in resolve_precision(dict(self.trainer)).items() if v is not None}
         kw.setdefault("_target_", "lightning.pytorch.Trainer")
         kw.update(overrides)
         kw.setdefault("enable_progress_bar", self.progress)
@@ -68,6 +68,23 @@ class FitContext:
                 raise ValueError(f"callbacks: {c['_target_']} must monitor a val/* metric, not {c.get('monitor')!r}")
         ckpt = instantiate(ckpt_cfg)
         return [ckpt, instantiate(stop_cfg), *(instantiate(c) for c in cfg.values())], ckpt
+
+
+def uses_gpu(trainer: dict) -> bool:
+    """Whether a Trainer with these settings runs on a CUDA GPU (`accelerator` gpu / cuda, or auto with one present)."""
+    acc = str(trainer.get("accelerator", "auto")).lower()
+    return acc in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
+def resolve_precision(trainer: dict) -> dict:
+    """`precision: auto` -> bf16-mixed on a GPU with bf16 (16-mixed on an older GPU), 32-true on a CPU."""
+    if str(trainer.get("precision")).lower() != "auto":
+        return trainer
+    if uses_gpu(trainer):
+        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    else:
+        precision = "32-true"
+    return {**trainer, "precision": precision}
 
 
 DEFAULT_CHECKPOINT = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "monitor": "val/rank_score",

@@ -1,0 +1,192 @@
+"""The fast extraction paths (issue 13): uint8 image preprocessing, the runtime choice and its check against
+eager, ONNX Runtime (when installed), JPEG decoding on the device (tested here on the CPU), text batched by
+token count, and the trainer's per-device precision."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_features import CORRUPT, NO_IMAGE, TINY_CFG, make_bench, read_emb
+from vlrb.data.benchmark import Benchmark
+from vlrb.features import runtime as rt
+from vlrb.features.encoders import build_text_encoder, build_vision_encoder
+from vlrb.features.extract import extract_features
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_text():
+    return build_text_encoder(TINY_CFG)
+
+
+@pytest.fixture(scope="module")
+def tiny_vision():
+    return build_vision_encoder(TINY_CFG)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLRB_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_uint8_preprocessing_gives_the_float_pipelines_numbers():
+    """Resize + crop in the worker (uint8), x / 255 - mean / std on the device: bit for bit timm's transform."""
+    import timm
+    from PIL import Image
+
+    from vlrb.preprocess import ImagePreprocess
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model), is_training=False)
+    p = ImagePreprocess(tf)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    u8 = p(img)
+    assert p.gives_uint8 and u8.dtype == torch.uint8
+    assert torch.equal(p.normalize(u8[None])[0], tf(img))
+
+
+def test_auto_runtime_choice(monkeypatch):
+    monkeypatch.setattr(rt, "onnxruntime_available", lambda: True)
+    assert rt.choose_runtime("auto", CPU, None, n_items=10_000) == "onnxruntime"
+    assert rt.choose_runtime("auto", CPU, None, n_items=10) == "eager"  # the export would cost more than it saves
+    assert rt.choose_runtime("auto", CPU, None, n_items=10, export_cached=True) == "onnxruntime"
+    assert rt.choose_runtime("auto", CPU, torch.bfloat16, n_items=10_000) == "eager"
+    assert rt.choose_runtime("auto", torch.device("cuda"), torch.bfloat16, n_items=10_000) == "eager"
+    monkeypatch.setattr(rt, "onnxruntime_available", lambda: False)
+    assert rt.choose_runtime("auto", CPU, None, n_items=10_000) == "eager"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        rt.choose_runtime("tensorrt", CPU, None, 1)
+
+
+def test_a_path_that_fails_gives_way_to_eager(monkeypatch, tiny_vision):
+    monkeypatch.setattr(rt, "onnxruntime_available", lambda: True)
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(rt, "_onnxruntime_forward", broken)
+    batch = {"pixel_values": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}
+    p = rt.prepare_forward(tiny_vision, "onnxruntime", CPU, None, batch)
+    assert p.runtime == "eager" and "unsupported operator" in p.note and p.forward is tiny_vision
+
+
+def test_runtime_is_checked_against_eager(monkeypatch, tiny_vision):
+    """A path whose embeddings drift beyond the tolerance is not used."""
+    monkeypatch.setattr(rt, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(rt, "_onnxruntime_forward", lambda enc, ex, path, spin=True: (lambda b: enc(b) + 1e-2))
+    batch = {"pixel_values": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}
+    p = rt.prepare_forward(tiny_vision, "onnxruntime", CPU, None, batch)
+    assert p.runtime == "eager" and "differ from eager" in p.note
+
+
+def test_onnxruntime_matches_eager_and_caches_its_export(tiny_text):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    enc = tiny_text
+    long = enc.collate([enc.preprocess("what is the value of the largest bar " * 3), enc.preprocess("hi")])
+    p = rt.prepare_forward(enc, "onnxruntime", CPU, None, long)
+    assert p.runtime == "onnxruntime" and p.max_abs_diff < 1e-5
+    path = rt.onnx_path(enc, long)
+    assert path.exists()
+    stamp = path.stat().st_mtime_ns
+    for texts in (["one"], ["a b c d e f g h i j k l m n o p", "x", "y z"]):  # other batch sizes and lengths
+        b = enc.collate([enc.preprocess(t) for t in texts])
+        with torch.inference_mode():
+            np.testing.assert_allclose(p.forward(b).numpy(), enc(b).numpy(), atol=1e-5)
+    again = rt.prepare_forward(enc, "onnxruntime", CPU, None, long)
+    assert again.runtime == "onnxruntime" and path.stat().st_mtime_ns == stamp  # reused, not exported again
+
+
+def test_extraction_on_onnxruntime_equals_eager(tmp_path, tiny_vision):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    bench = make_bench()
+    encs = {"vision": tiny_vision}
+    extract_features(bench, dict(TINY_CFG, runtime="eager"), root=tmp_path / "eager", progress=False,
+                     encoders=encs, modalities=["vision"])
+    r = extract_features(bench, dict(TINY_CFG, runtime="onnxruntime"), root=tmp_path / "ort", progress=False,
+                         encoders=encs, modalities=["vision"])["vision"]
+    assert r["runtime"] == "onnxruntime" and r["max_abs_diff_vs_eager"] < 1e-5 and r["n_decode_failed"] == 1
+    a = read_emb(tmp_path / "eager" / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet")[1]
+    b = read_emb(tmp_path / "ort" / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet")[1]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_device_jpeg_decoding_path_on_the_cpu(tmp_path, tiny_vision):
+    """decode=torchvision (the GPU path, here on the CPU): same statuses, embeddings close to PIL's."""
+    bench = make_bench()
+    encs = {"vision": tiny_vision}
+    cfg = dict(TINY_CFG, num_workers=2)
+    pil = extract_features(bench, dict(cfg, decode="pil"), root=tmp_path / "pil", progress=False, encoders=encs,
+                           modalities=["vision"])["vision"]
+    tv = extract_features(bench, dict(cfg, decode="torchvision"), root=tmp_path / "tv", progress=False,
+                          encoders=encs, modalities=["vision"])["vision"]
+    assert (tv["n_with_image"], tv["n_without_image"], tv["n_decode_failed"]) == \
+        (pil["n_with_image"], pil["n_without_image"], pil["n_decode_failed"]) == (20, 1, 1)
+    _, a, ta = read_emb(tmp_path / "pil" / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet")
+    _, b, tb = read_emb(tmp_path / "tv" / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet")
+    assert ta.column("image_status").to_pylist() == tb.column("image_status").to_pylist()
+    assert not b[NO_IMAGE].any() and not b[CORRUPT].any()
+    cos = (a * b).sum(1)[np.linalg.norm(a, axis=1) > 0]
+    assert cos.min() > 0.98  # another JPEG decoder and resampler: close, not identical
+
+
+def test_device_decoding_needs_a_resize_crop_preprocessing():
+    from vlrb.features.decode import choose_decode
+
+    class Processor:  # an HF image processor: not splittable into resize + normalise
+        gives_uint8 = False
+
+    assert choose_decode("auto", torch.device("cuda"), Processor()) == "pil"
+    with pytest.raises(ValueError, match="decode=torchvision needs"):
+        choose_decode("torchvision", CPU, Processor())
+    with pytest.raises(ValueError, match="decode must be one of"):
+        choose_decode("nvjpeg", CPU, Processor())
+
+
+def test_text_is_batched_by_token_count(tmp_path, monkeypatch, tiny_text):
+    """Prompts sorted by token count: each batch is as long as its longest prompt and no longer."""
+    n = 40
+    prompts = [("word " * int(k)).strip() for k in np.random.default_rng(0).integers(1, 60, n)]
+    bench = Benchmark.from_arrays(np.zeros((n, 2), np.int8), np.full((n, 2), 1e-5), prompts=prompts,
+                                  sample_ids=[f"t/{i}" for i in range(n)])
+    widths: list[int] = []
+    orig = type(tiny_text).forward
+
+    def fwd(batch):
+        widths.append(int(batch["input_ids"].shape[1]))
+        return orig(tiny_text, batch)
+
+    monkeypatch.setattr(tiny_text, "forward", fwd)
+    extract_features(bench, dict(TINY_CFG, batch_size=8), root=tmp_path, progress=False,
+                     encoders={"text": tiny_text}, modalities=["text"])
+    lengths = sorted((len(tiny_text.preprocess(p)) for p in bench.prompts), reverse=True)
+    assert widths == [lengths[s] for s in range(0, n, 8)]
+
+
+@pytest.mark.parametrize("accelerator,cuda,bf16,expected", [
+    ("auto", False, False, "32-true"), ("auto", True, True, "bf16-mixed"), ("auto", True, False, "16-mixed"),
+    ("cpu", True, True, "32-true"), ("gpu", True, True, "bf16-mixed")])
+def test_trainer_precision_auto_per_device(monkeypatch, accelerator, cuda, bf16, expected):
+    from vlrb.routers.lit import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    got = resolve_precision({"accelerator": accelerator, "precision": "auto"})
+    assert got["precision"] == expected
+    assert resolve_precision({"accelerator": accelerator, "precision": "16-mixed"})["precision"] == "16-mixed"
+
+
+def test_train_config_defaults_to_the_auto_trainer():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train")
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+        assert cfg.trainer.accelerator == "auto" and cfg.trainer.precision == "auto"
+        assert compose("train", overrides=["trainer=cpu"]).trainer.accelerator == "cpu"

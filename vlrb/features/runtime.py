@@ -1,0 +1,246 @@
+"""How an encoder's forward runs during extraction: the fastest path that gives the same embeddings.
+
+    eager        the module as it is; convolutional vision towers (timm) in channels_last memory format
+    compile      torch.compile of the eager path; the first batch pays the compilation (counted in the report's
+                 `prepare_s`), and torch keeps the compiled kernels in its own on-disk cache for later runs
+    onnxruntime  the encoder exported once with torch.onnx (dynamic batch and sequence sizes, the uint8 image
+                 normalisation inside the graph), cached on disk, and run by ONNX Runtime's CPU kernels
+    auto         on a CPU in fp32: onnxruntime when it is installed and pays off (its export is already cached,
+                 or there are at least `MIN_ITEMS_FOR_EXPORT` items to encode), else eager; on a GPU: eager
+
+Every path other than eager is checked on the first batch (its first rows) against the eager forward: the report
+keeps the largest absolute difference (about 1e-6 on unit-length embeddings), and a path that differs by more
+than `TOLERANCE`, or fails to build, gives way to eager with a warning. On the 2-core CPU this was tuned on,
+EfficientNet-Lite0 at 224 px ran 3-3.5x faster under ONNX Runtime than the eager NCHW forward, and 1.6-2x faster
+than torch.compile (see benchmarks/bench_features.py). bf16 is not chosen on a CPU: even with native bf16 (AMX)
+it changes the embeddings by about 1e-2, and it was slower than ONNX Runtime in fp32.
+
+Exports live under `cache_dir()/onnx/<encoder name>-<hash>/` where the hash covers the weights, the encoder
+config, the input signature and the torch / ONNX Runtime versions, so a changed model never reuses a stale graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "eager", "compile", "onnxruntime")
+TOLERANCE = 1e-4  # max |difference| accepted on unit-length embeddings (fp32 reordering noise is ~1e-6)
+MIN_ITEMS_FOR_EXPORT = 512  # below this an uncached export (seconds) costs more than it saves
+CHECK_ROWS = 4  # rows of the first batch compared with the eager forward
+
+
+@dataclass
+class PreparedForward:
+    """`forward(batch) -> (B, dim)` on the chosen path, and what to report about it."""
+
+    forward: Callable[[dict], torch.Tensor]
+    runtime: str
+    max_abs_diff: float | None = None  # vs the eager forward on the first batch (None: not checked)
+    prepare_s: float = 0.0
+    note: str = ""
+
+
+def cache_dir() -> Path:
+    """vlrb's own cache folder: $VLRB_CACHE_DIR, else $XDG_CACHE_HOME/vlrb, else ~/.cache/vlrb."""
+    if os.environ.get("VLRB_CACHE_DIR"):
+        return Path(os.environ["VLRB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vlrb"
+
+
+def onnxruntime_available() -> bool:
+    """ONNX Runtime to run, and torch.onnx's exporter dependencies (onnx, onnxscript) to export."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
+
+
+def choose_runtime(runtime: str, device: torch.device, dtype: torch.dtype | None, n_items: int,
+                   export_cached: bool = False) -> str:
+    """The path `auto` stands for on this device (see the module docstring); others are returned as given."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if runtime != "auto":
+        return runtime
+    if device.type == "cpu" and dtype is None and onnxruntime_available() and (
+            export_cached or n_items >= MIN_ITEMS_FOR_EXPORT):
+        return "onnxruntime"
+    return "eager"
+
+
+def prepare_forward(encoder, runtime: str, device: torch.device, dtype: torch.dtype | None, example: dict,
+                    n_items: int = 0, spin: bool = True) -> PreparedForward:
+    """The encoder's forward on `runtime` (auto resolved here), built and checked on `example` (a first batch).
+    spin=False: ONNX Runtime's idle threads sleep (when DataLoader workers share the cores)."""
+    t0 = time.perf_counter()
+    encoder.to(device).eval()
+    path = None
+    if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu" and dtype is None
+                                    and onnxruntime_available()):
+        path = onnx_path(encoder, example)
+    chosen = choose_runtime(runtime, device, dtype, n_items, export_cached=bool(path and path.exists()))
+    if chosen == "onnxruntime" and (device.type != "cpu" or dtype is not None):
+        raise ValueError("runtime=onnxruntime runs on the CPU in fp32: set device=cpu and precision=fp32 (or auto)")
+    if chosen == "onnxruntime" and not onnxruntime_available():
+        raise ValueError("runtime=onnxruntime needs the packages onnxruntime, onnx and onnxscript "
+                         "(pip install onnxruntime onnx onnxscript), or use runtime=auto")
+    if chosen == "eager":
+        _channels_last(encoder, True)
+        return PreparedForward(encoder, "eager", None, time.perf_counter() - t0)
+    with torch.inference_mode():
+        _channels_last(encoder, False)
+        # a few rows keep the check cheap; compile checks the whole batch (a new shape would compile again)
+        check = example if chosen == "compile" else {k: v[:CHECK_ROWS] for k, v in example.items()}
+        reference = encoder(check).float()
+        try:
+            if chosen == "onnxruntime":
+                fwd = _onnxruntime_forward(encoder, example, path, spin)
+            else:
+                _channels_last(encoder, True)
+                fwd = torch.compile(encoder)
+            got = fwd(check).float()
+            diff = float((got - reference).abs().max()) if got.shape == reference.shape else float("inf")
+        except Exception as e:  # an op the exporter or compiler does not handle: eager still works
+            fwd, diff, why = None, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if fwd is None or diff is None or not diff <= TOLERANCE:
+        why = why if fwd is None else f"embeddings differ from eager by {diff:.2e} (> {TOLERANCE:g})"
+        log.warning("%s: runtime %s not used (%s); running eager", encoder.name, chosen, why)
+        _channels_last(encoder, True)
+        return PreparedForward(encoder, "eager", None, time.perf_counter() - t0, note=f"{chosen} failed: {why}")
+    return PreparedForward(fwd, chosen, diff, time.perf_counter() - t0)
+
+
+def _channels_last(encoder, on: bool) -> None:
+    if getattr(encoder, "channels_last", False):
+        encoder.set_channels_last(on)
+
+
+# ---------------------------------------------------------------------------------------------- ONNX Runtime
+def _dynamic_dims(example: dict) -> list[dict[int, str]]:
+    """Batch size is dynamic everywhere; token sequences (2-D integer inputs) also in length."""
+    return [{0: "batch", 1: "seq"} if v.dim() == 2 and not v.is_floating_point() else {0: "batch"}
+            for v in example.values()]
+
+
+def onnx_path(encoder, example: dict) -> Path:
+    """Where this encoder's export is cached: its name plus a hash of weights, config, inputs and versions."""
+    h = hashlib.sha256()
+    sig = [(k, str(v.dtype), [None if d in dims else int(n) for d, n in enumerate(v.shape)])
+           for (k, v), dims in zip(example.items(), _dynamic_dims(example))]
+    versions = {"torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx")}
+    h.update(json.dumps({"class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+                         "identity": encoder.identity(), "inputs": sig, "versions": versions},
+                        sort_keys=True, default=str).encode())
+    for k, v in encoder.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return cache_dir() / "onnx" / f"{encoder.name}-{h.hexdigest()[:20]}" / "model.onnx"
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+class _Positional(torch.nn.Module):
+    """The encoder with positional tensor inputs (what the exporter traces)."""
+
+    def __init__(self, encoder, keys: list[str]):
+        super().__init__()
+        self.encoder, self.keys = encoder, keys
+
+    def forward(self, *tensors):
+        return self.encoder(dict(zip(self.keys, tensors)))
+
+
+def export_onnx(encoder, example: dict, path: Path) -> Path:
+    """Export `encoder` (inputs like `example`) to `path` through a temporary folder renamed into place."""
+    keys = list(example)
+    ex = {k: (torch.cat([v, v]) if v.shape[0] < 2 else v) for k, v in example.items()}  # batch 1 would specialise
+    dims = _dynamic_dims(ex)
+    shared = {name: torch.export.Dim(name, min=1) for name in ("batch", "seq")}
+    dynamic = tuple({d: shared[n] for d, n in dd.items()} for dd in dims)
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.parent.name}-", dir=path.parent.parent))
+    t0 = time.perf_counter()
+    try:
+        import warnings
+
+        with warnings.catch_warnings(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_Positional(encoder, keys).eval(), tuple(ex[k] for k in keys), dynamo=True,
+                                        input_names=keys, output_names=["vlrb_embedding"], dynamic_shapes=(dynamic,),
+                                        verbose=False)
+            program.save(str(tmp / path.name))
+        if path.parent.exists():  # another process finished the same export first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: exported to ONNX in %.1f s -> %s", encoder.name, time.perf_counter() - t0, path.parent)
+    return path
+
+
+class _quiet_exporter:
+    """torch.onnx prints progress lines to stdout; keep them out of the job's output."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self._redirect = contextlib.redirect_stdout(io.StringIO())
+        self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._redirect.__exit__(*exc)
+
+
+def _onnxruntime_forward(encoder, example: dict, path: Path, spin: bool = True) -> Callable[[dict], torch.Tensor]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not spin:  # idle threads sleep instead of spinning: the decode workers need those cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = None
+    if path.exists():
+        try:
+            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a damaged or incompatible cached export: export it again
+            log.warning("%s: cached ONNX export %s does not load (%s); exporting again", encoder.name, path.parent,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            shutil.rmtree(path.parent, ignore_errors=True)
+    if session is None:
+        with torch.inference_mode(False), torch.no_grad():
+            export_onnx(encoder, example, path)
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    keys = list(example)
+    if sorted(names) != sorted(keys):
+        raise ValueError(f"{path}: graph inputs {names} do not match the batch keys {keys}")
+
+    def forward(batch: dict) -> torch.Tensor:
+        feeds = {k: batch[k].detach().cpu().contiguous().numpy() for k in names}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    return forward
