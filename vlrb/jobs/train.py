@@ -142,6 +142,7 @@ def train(cfg: DictConfig, out: Path) -> dict:
     from vlrb.routers.lit import FitContext
     from vlrb.routing.metrics import route_metrics, router_throughput
     from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
+    from vlrb.selection import report_test, select_and_refit, selection_name
 
     route_lightning_logs()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -160,31 +161,40 @@ def train(cfg: DictConfig, out: Path) -> dict:
                      cost_bounds=bench.cost_bounds, beta=float(cfg.scoring.beta), seed=int(cfg.seed),
                      num_workers=data.num_workers, progress=sys.stderr.isatty())
     train_split = data["train"]
+    t_fit = time.perf_counter()
+    sel = None
+    if selection_name(cfg) == "cv":  # k-fold CV on train+dev picks λ and hyper-parameters, then refits
+        sel = select_and_refit(cfg, data, ctx, build_router, router, out)
+        router, cfg, lam = sel.router, sel.cfg, parse_lambda(sel.cfg["lambda"])
+    else:
+        fit_on = getattr(router, "fit_on", "train")  # baselines: fit_on=test reproduces upstream (labelled)
+        log.info("training %s on %d %s samples (λ=%s)", router.label, len(data[fit_on]), fit_on,
+                 cfg["lambda"] if router.uses_lambda else "unused")
+        if router.trainable:  # networks take the run's trainer, callbacks and loggers
+            router.fit(data[fit_on], data["dev"], ctx)
+        else:
+            router.fit(data[fit_on], data["dev"])
+    fit_s = time.perf_counter() - t_fit
     # the shared label definition, logged with every run (what the trainable routers are fitted to)
     diag = label_diagnostics(soft_labels(train_split.Y, train_split.C, lam), train_split.Y, train_split.C)
-    fit_on = getattr(router, "fit_on", "train")  # baselines: fit_on=test reproduces upstream (labelled)
-    log.info("training %s on %d %s samples (λ=%s)", router.label, len(data[fit_on]), fit_on,
-             cfg["lambda"] if router.uses_lambda else "unused")
-    t_fit = time.perf_counter()
-    if router.trainable:  # networks take the run's trainer, callbacks and loggers
-        router.fit(data[fit_on], data["dev"], ctx)
-    else:
-        router.fit(data[fit_on], data["dev"])
-    fit_s = time.perf_counter() - t_fit
 
     metrics: dict = {"router": router.name, "label": router.label,
                      "lambda": (lam if math.isfinite(lam) else "inf") if router.uses_lambda else None,
                      "fit_seconds": fit_s}
-    preds = []
+    preds, routed = [], {}
     for name, prefix in (("dev", "val/"), ("test", "test/")):  # test is scored exactly once, after fitting
         sp = data[name]
-        choice = router.route(sp)
+        choice = routed[name] = router.route(sp)
         metrics.update(route_metrics(sp, choice, bench.cost_bounds, prefix=prefix, beta=float(cfg.scoring.beta)))
         rows = np.arange(len(sp))
         preds.append(pd.DataFrame({"sample_id": sp.sample_ids, "split": name,
                                    "model_id": np.asarray(bench.models, dtype=object)[choice],
                                    "correct": sp.Y[rows, choice].astype(np.int8),
                                    "cost": sp.C[rows, choice].astype(np.float64)}))
+    if sel is not None:
+        metrics.update(sel.metrics)  # val/* are out-of-fold scores on train+dev (dev took part in the refit)
+    metrics.update(report_test(data, routed["test"], beta=float(cfg.scoring.beta), router=router,
+                               n_bootstrap=int(cfg.scoring.bootstrap), seed=int(cfg.scoring.seed)))
     tp = cfg.scoring.get("throughput")
     if tp:
         thr = router_throughput(router, data["test"], batch_size=int(tp.batch_size), warmup=int(tp.warmup),
