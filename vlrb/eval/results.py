@@ -146,5 +146,6 @@ def ood_markdown(df: pd.DataFrame) -> str:
                 cells.append("–")
         body.append(cells)
     singles = df.drop_duplicates("holdout")["best_single_rank_score"]
-    body.append(["**mean**", "", _pct(float(singles.mean()))] + [_pct(float(np.mean(v))) if v else "–" for v in mean.values()])
+    body.append(["**mean**", "", _pct(float(singles.mean()))]
+                + [_pct(float(np.mean(v))) if v else "–" for v in mean.values()])
     return _md_table(header, body) + "\n"
