@@ -100,7 +100,8 @@ def read_items(root: Path, data_cfg, f: dict) -> pd.DataFrame:
                          f"(set data.fields.image=null for items without images)")
     ids = df[f["id"]].astype(str).str.strip()
     if (ids == "").any() or df[f["id"]].isna().any():
-        raise BuildError(f"{path}: field {f['id']!r} is empty on item {int(np.flatnonzero((ids == '') | df[f['id']].isna())[0]) + 1}")
+        first = int(np.flatnonzero((ids == "") | df[f["id"]].isna())[0]) + 1
+        raise BuildError(f"{path}: field {f['id']!r} is empty on item {first}")
     dup = ids.duplicated()
     if dup.any():
         raise BuildError(f"{path}: duplicate item id(s) {ids[dup].head(3).tolist()}; an id names one item")
@@ -118,7 +119,8 @@ def read_items(root: Path, data_cfg, f: dict) -> pd.DataFrame:
     if f.get("group"):
         g = df[f["group"]]
         # a numeric column (MATH-V's `level`) reads better as "level 3" than as "3" in per-group tables
-        out["group"] = (f["group"] + " " + g.astype(str) if pd.api.types.is_numeric_dtype(g) else g.astype(str)).to_numpy()
+        g = f["group"] + " " + g.astype(str) if pd.api.types.is_numeric_dtype(g) else g.astype(str)
+        out["group"] = g.to_numpy()
     return out
 
 
@@ -161,7 +163,8 @@ def read_result_file(path: Path, model: str, f: dict, items: pd.DataFrame) -> pd
     df = pd.DataFrame(rows)
     for k in ("id", "correct"):
         if f[k] not in df.columns:
-            raise BuildError(f"{path}: result rows need the field {f[k]!r} (data.fields.{k}); found {list(df.columns)[:12]}")
+            raise BuildError(f"{path}: result rows need the field {f[k]!r} (data.fields.{k}); "
+                             f"found {list(df.columns)[:12]}")
     missing = df[f["correct"]].isna().to_numpy()
     if missing.any():
         raise BuildError(f"{path}:{int(np.flatnonzero(missing)[0]) + 1}: field {f['correct']!r} is empty "

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir, write_json
 from vlrb.jobs.common import output_dir, route_lightning_logs, run_job, sweep_name, to_plain
+from vlrb.jobs.reuse import train_once_per_lambda_free_config
 
 log = logging.getLogger("vlrb.train")
 
@@ -30,7 +31,7 @@ def _run(cfg: DictConfig) -> float:
     out = output_dir()
     claim_run_dir(out)  # never write over another run's results
     try:
-        metrics = train(cfg, out)
+        metrics = train_once_per_lambda_free_config(cfg, out, train)  # sweeps: λ-free routers fitted once
     finally:
         _finish_wandb()
     return float(metrics.get(cfg.get("optimized_metric", "val/rank_score"), float("nan")))
@@ -127,6 +128,10 @@ def prepare_data(cfg: DictConfig, router):
 
     needs_features = "features" in router.inputs
     bench = load_benchmark(cfg, encoder=cfg.encoder if needs_features else None)
+    if cfg.get("ood"):  # leave one dataset (group) out: the held-out part is the whole test split
+        from vlrb.data.ood import hold_out
+
+        bench = hold_out(bench, cfg.ood.protocol, cfg.ood.holdout)
     data = RoutingData.prepare(bench, router.inputs, encoder=to_plain(cfg.encoder) if needs_features else None,
                                fusion=cfg.get("fusion"), scaler_fit=router.scaler_fit,
                                num_workers=int(cfg.get("num_workers", 2)))

@@ -215,7 +215,8 @@ class CalibratedRouter(Router):
                  fallback_confidence: float = 0.9, bootstrap: int = 1000, beta: float = 0.1, seed: int = 42) -> None:
         super().__init__()
         if mu not in ("auto", "lambda"):
-            raise ValueError(f"mu must be 'auto' (chosen out of fold on the training rows) or 'lambda' (λ·cost_scale), got {mu!r}")
+            raise ValueError(f"mu must be 'auto' (chosen out of fold on the training rows) or 'lambda' "
+                             f"(λ·cost_scale), got {mu!r}")
         self.lam, self.mu_mode = lam, mu
         self.uses_lambda = mu == "lambda"  # mu=auto ignores λ: sweeps and selection=cv fit it once, not per λ
         self.mu = parse_lambda(lam) * float(cost_scale)  # $ -> probability points; inf at λ = inf
@@ -229,7 +230,8 @@ class CalibratedRouter(Router):
         self.interact = interact
         if not 0.5 <= float(fallback_confidence) <= 1.0:
             raise ValueError(f"fallback_confidence must be in [0.5, 1], got {fallback_confidence}")
-        self.fallback_confidence, self.bootstrap, self.beta, self.seed = float(fallback_confidence), int(bootstrap), float(beta), int(seed)
+        self.fallback_confidence, self.bootstrap = float(fallback_confidence), int(bootstrap)
+        self.beta, self.seed = float(beta), int(seed)
 
     # ------------------------------------------------------------ pieces
     def _project(self, X: np.ndarray) -> np.ndarray:
@@ -369,7 +371,8 @@ class CalibratedRouter(Router):
         save_arrays(self, path, {
             "pca_mean": self.pca_mean_, "pca_components": self.pca_components_, "coef": self.coef_,
             "intercept": self.intercept_, "platt_a": self.platt_a_, "platt_c": self.platt_c_,
-            "cost_keys": self.cost_keys_.astype(str), "cost_table": self.cost_table_, "cost_overall": self.cost_overall_,
+            "cost_keys": self.cost_keys_.astype(str), "cost_table": self.cost_table_,
+            "cost_overall": self.cost_overall_,
             "fallback": np.asarray([self.fallback_, self.single_], np.int64), "alpha": np.asarray(self.alpha_),
             "mu": np.asarray(self.mu), "interact_keys": self.interact_keys_.astype(str),
             **{f"prior_{k}": v for k, v in self.priors_.state().items()}})
