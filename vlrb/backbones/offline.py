@@ -116,6 +116,7 @@ class OfflineBackbone(Backbone):
         self.k_text = 0 if freeze == "none" else n_layers - min(keep, n_layers)
         self.k_image = 0 if freeze == "none" else n_stages - min(keep, n_stages)
         self.cache = FrozenCache(cache_max_gb) if cache_frozen and freeze != "none" else None
+        self.image.to(memory_format=torch.channels_last)  # depthwise convolutions run faster so on a CPU
 
     def towers(self):
         return [([self.text.embeddings], list(encoder_layers(self.text)), []),
@@ -152,7 +153,7 @@ class OfflineBackbone(Backbone):
             mask4d = self._mask4d(text, mask)
             for layer in encoder_layers(self.text)[:self.k_text]:
                 text = layer_output(layer(text, mask4d))
-            fmap = self.image.bn1(self.image.conv_stem(pixels))
+            fmap = self.image.bn1(self.image.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
             for stage in self.image.blocks[:self.k_image]:
                 fmap = stage(fmap)
             if self.freeze == "towers":

@@ -169,11 +169,13 @@ class E2ERouter(Router):
 
         if self.module is None:
             raise RuntimeError(f"{self.label}: call fit() (or load()) before predict_scores()")
-        rows = np.arange(len(prompts)) if rows is None else rows
+        rows = np.arange(len(prompts)) if rows is None else np.asarray(rows)
         ctx = self._context(ctx)
         device = self._device(ctx)
         module = self.module.eval().to(device)
-        ds = RawDataset(prompts, images, rows, module.backbone.processor)
+        # batches of similar prompt lengths pad little; the scores go back to the caller's order at the end
+        order = np.argsort([-len(str(prompts[i] or "")) for i in rows], kind="stable")
+        ds = RawDataset(prompts, images, rows[order], module.backbone.processor)
         loader = make_loader(ds, self._predict_bs(), shuffle=False, num_workers=int(ctx.num_workers),
                              pin_memory=device.type == "cuda", collate_fn=Collate(ds.processor))
         out = []
@@ -190,7 +192,9 @@ class E2ERouter(Router):
         self.fit_info.setdefault("images", {}).update(_flat({stage: module.image_stats.summary().get(stage, {})}))
         if not out:
             return np.zeros((0, self.n_models), dtype=np.float32)
-        return torch.cat(out).numpy()
+        scores = np.empty((len(rows), self.n_models), dtype=np.float32)
+        scores[order] = torch.cat(out).numpy()
+        return scores
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
