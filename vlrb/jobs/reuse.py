@@ -47,6 +47,7 @@ def train_once_per_lambda_free_config(cfg: DictConfig, out: Path, train: Callabl
     if src is not None and (src / "metrics.json").exists() and (src / "predictions.parquet").exists():
         metrics = json.loads((src / "metrics.json").read_text())
         metrics["reused_from"] = str(src)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)  # this job's own config (its λ), like any run
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.copy2(src / "predictions.parquet", out / "predictions.parquet")
         if (src / "router").is_dir():
