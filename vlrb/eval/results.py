@@ -4,7 +4,7 @@
 every test metric with a 95% bootstrap CI and paired comparisons against the best single model and against the best
 seed router, all on one shared resample matrix. Selection never reads test: a router with several runs keeps the one
 with the best `val/rank_score` (out-of-fold under selection=cv), the best single model is chosen on train+dev, and
-the best seed router is the one with the best `val/rank_score`.
+the best seed router is the one with the best cross-validated score (`cv/rank_score`).
 
 `ood_table`: leave-one-out runs (ood=lodo|logo), one row per held-out part, one column per router.
 """
@@ -31,6 +31,8 @@ BASELINES = ("oracle", "strongest", "cheapest", "per_dataset", "random")
 def _chosen(metrics: dict) -> str:
     """What selection chose, from the run's metrics: λ and the cv/chosen/* values."""
     parts = [f"{k.split('/', 2)[2]}={v}" for k, v in metrics.items() if k.startswith("cv/chosen/")]
+    if metrics.get("selection") != "cv" and metrics.get("val/rank_score") is not None:
+        parts.append("selection=dev")
     if not any(p.startswith("lambda=") for p in parts) and metrics.get("lambda") is not None:
         parts.insert(0, f"lambda={metrics['lambda']}")
     if metrics.get("fit/mu") is not None:
@@ -65,16 +67,18 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
     for name, run in sorted(chosen.items(), key=lambda kv: (kv[0] != "oracle", kv[0] == OURS, kv[0])):
         choices, _ = rescore_choices(run, bench, "test")
         kind = "oracle" if name == "oracle" else "ours" if name == OURS else "baseline" if name in BASELINES else "seed"
-        entries.append((name, choices, run.metrics, kind))
-    seeds = [e for e in entries if e[3] == "seed" and e[2].get("val/rank_score") is not None]
-    best_seed = max(seeds, key=lambda e: e[2]["val/rank_score"]) if seeds else None
+        entries.insert(0 if kind == "oracle" else len(entries), (name, choices, run.metrics, kind))
+    # the best seed router by its cross-validated score (runs selected on one dev split do not compete here)
+    seeds = [e for e in entries if e[3] == "seed" and e[2].get("cv/rank_score") is not None]
+    best_seed = max(seeds, key=lambda e: e[2]["cv/rank_score"]) if seeds else None
+    reference = next(e for e in entries if e[3] == "reference")
     for name, choices, metrics, kind in entries:
         m = route_metrics(test, choices, bounds, prefix="", beta=beta, breakdown=False)
         ci = bootstrap_ci(test, choices, bounds, beta=beta, indices=W)
         row = {"router": name, "kind": kind, "chosen": _chosen(metrics) if metrics else "–",
                "cv_rank_score": metrics.get("cv/rank_score", math.nan) if metrics else math.nan,
                **{k: m[k] for k in ("accuracy", "avg_cost", "rank_score")}, **ci}
-        for ref_name, ref in (("best_single", entries[0]), ("best_seed", best_seed)):
+        for ref_name, ref in (("best_single", reference), ("best_seed", best_seed)):
             if ref is None or ref[0] == name or kind == "oracle":
                 continue
             pb = paired_bootstrap(test, choices, ref[1], bounds, beta=beta, indices=W)
