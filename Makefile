@@ -45,9 +45,11 @@ bench-build: $(STAMP) ## time + peak memory of building the full-scale demo (30,
 bench-eval: $(STAMP) ## baselines + metrics + 1,000 bootstrap resamples at full scale
 	$(PYTHON) benchmarks/bench_eval.py
 
-bench-features: $(STAMP) ## feature extraction throughput vs the bare encoder (demo benchmark)
+bench-features: $(STAMP) ## feature extraction: default path vs plain eager, pipeline vs bare, whole stage, full-scale floor
 	$(PYTHON) build_data.py progress=false
-	$(PYTHON) benchmarks/bench_features.py data/demo
+	$(PYTHON) benchmarks/bench_features.py data/demo --stage
+	$(PYTHON) build_data.py data=demo_full progress=false
+	$(PYTHON) benchmarks/bench_features.py data/demo_full --floor --limit 3000 --repeats 1
 
 bench-train: $(STAMP) ## fit every feature router (6 x 6 grid) + routing throughput at full scale
 	$(PYTHON) benchmarks/bench_train.py

@@ -213,7 +213,8 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
                   f"workers={opts.num_workers} {device} {results[mod]['precision']} ({n} items)\n"
                   f"       plain eager NCHW {best['eager']:8.1f} items/s | default path ({fast.runtime}) "
                   f"{best['fast']:8.1f} items/s = {speedup:4.2f}x | pipeline {best['pipeline']:8.1f} items/s = "
-                  f"{share:6.1%} of the bare default path ({'OK' if share >= TARGET else 'BELOW'} target {TARGET:.0%})\n"
+                  f"{share:6.1%} of the bare default path ({'OK' if share >= TARGET else 'BELOW'} "
+                  f"target {TARGET:.0%})\n"
                   f"       max |diff| vs eager: default path {diff_fast:.1e}, pipeline {diff_pipe:.1e}; "
                   f"prepare {prepare_s:.1f} s" + (f" ({note})" if fast.runtime == "onnxruntime" else ""),
                   flush=True)
@@ -292,7 +293,8 @@ def floor_report(bench, full, cfg: dict, results: dict) -> dict:
         out["modalities"][mod] = {"gflop_full": f_full / 1e9, "measured_s": meas_s, "estimated_full_s": est_s,
                                   "floor_s": floor_s, "ratio": est_s / floor_s}
         print(f"floor  {mod:6s} {f_full / 1e9:9.0f} GFLOP at full scale | estimated {est_s:7.1f} s (from "
-              f"{r['items']} items measured in {meas_s:.1f} s) | floor {floor_s:6.1f} s | {est_s / floor_s:4.1f}x floor")
+              f"{r['items']} items measured in {meas_s:.1f} s) | floor {floor_s:6.1f} s | "
+              f"{est_s / floor_s:4.1f}x floor")
     out.update(estimated_full_s=total_est, floor_s=total_floor, ratio=total_est / total_floor)
     print(f"floor  total: estimated {total_est:.0f} s for {full.n_samples} samples, floor {total_floor:.0f} s "
           f"(dense fp32 matmul {rate:.0f} GFLOP/s measured now) -> {total_est / total_floor:.1f}x the floor "
@@ -348,9 +350,10 @@ def main(argv=None) -> int:
           f"{int(bench.images.has_image.sum())} with an image; torch threads {torch.get_num_threads()}, "
           f"CPU cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, CUDA {cuda or 'no'}, "
           f"ONNX Runtime {'installed' if onnxruntime_available() else 'not installed'}", flush=True)
+    load_start = os.getloadavg()[0]
     res = run(bench, cfg, [m for m in a.modalities.split(",") if m], repeats=a.repeats)
     out = {"source": src, "n_samples": bench.n_samples, "torch_threads": torch.get_num_threads(),
-           "cpu_cores": os.cpu_count(), "load_average_start": os.getloadavg()[0], "results": res}
+           "cpu_cores": os.cpu_count(), "load_average_start": load_start, "results": res}
     vision = res.get("vision")
     if vision and vision["family"] == "efficientnet_lite0" and vision["image_size"] == (224, 224):
         ok = vision["speedup_vs_eager"] >= SPEEDUP_TARGET
