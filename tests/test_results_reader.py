@@ -33,7 +33,6 @@ def mathv_cfg(folder: Path, root: Path, **kw):
                           OmegaConf.load(REPO / "conf" / "data" / "mathv.yaml"))
     cfg.pop("defaults", None)
     cfg.root, cfg.dir, cfg.workers = str(root), str(folder), 1
-    cfg.text_only_models = [TEXT_ONLY]  # the slice leaves out the other text-only configuration
     for k, v in kw.items():
         OmegaConf.update(cfg, k, v, merge=False)
     return cfg
@@ -58,6 +57,9 @@ def mathv_slice(shared, tmp_path_factory) -> Path:
             rows = (src / "outputs" / fam / f"{m}.jsonl").read_text().splitlines()[:N_ITEMS]
             (dst / "outputs" / fam / f"{m}.jsonl").write_text("\n".join(rows) + "\n")
             shutil.copy(src / "outputs" / fam / f"{m}_result.json", dst / "outputs" / fam)  # ignored: not .jsonl
+    # a real clone also holds MATH-V's random-answer baseline, which data=mathv leaves out (it has no price)
+    rows = [{"id": json.loads(l)["id"], "model": "random", "response": "A", "correct": False} for l in lines]
+    (dst / "outputs" / "Random-Chance.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
     return dst
 
 
@@ -142,7 +144,7 @@ def _break(folder: Path, how: str) -> dict:
         rows[0]["image"] = "../../outside.jpg"
         items.write_text("\n".join(map(json.dumps, rows)) + "\n")
     elif how == "text-only-typo":
-        return {"text_only_models": ["GPT4 (Text Only)"]}
+        return {"text_only_models": ["GPT4 (Text Only)", "GPT4 (Text+Caption)"]}
     elif how == "no-image-field":
         return {"fields.image": "picture"}
     return {}
@@ -154,7 +156,7 @@ def _break(folder: Path, how: str) -> dict:
     ("duplicate-stem", r"two result files give model 'Gemini-Pro'"),
     ("bad-json", r"Gemini-Pro.jsonl:41: not a JSON object"),
     ("image-outside", r"image '../../outside.jpg' resolves to .*, outside the results folder"),
-    ("text-only-typo", r"data.text_only_models names \['GPT4 \(Text Only\)'\], which have no result file"),
+    ("text-only-typo", r"data.text_only_models names \['GPT4 \(Text Only\)', 'GPT4 \(Text\+Caption\)'\], none of which"),
     ("no-image-field", r"items lack the field\(s\) 'picture' \(data.fields.image\)"),
 ])
 def test_bad_result_folders(mathv_slice, tmp_path, how, error):
@@ -173,3 +175,10 @@ def test_build_never_writes_into_the_results_folder(mathv_slice, tmp_path):
     build(mathv_cfg(folder, tmp_path / "b"), MATHV_PRICES, progress=False, log=quiet)
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
     assert (tmp_path / "b" / "data" / "matrices" / "Y.npz").exists()
+
+
+def test_a_clone_without_some_text_only_files_is_reported_not_refused(built):
+    """mathv.yaml names three text-only configurations; the slice has one: the others are listed, not an error."""
+    rep = json.loads((built.root / "reports" / "data_integrity" / "validation_results.json").read_text())["reader"]
+    assert rep["text_only_models"] == [TEXT_ONLY]
+    assert rep["text_only_models_without_results"] == ["ChatGPT3.5-CoT (Text+Image Caption)", "GPT4-CoT (Text+Image Caption)"]

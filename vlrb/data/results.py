@@ -44,11 +44,10 @@ def read_results(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
     items = read_items(root, data_cfg, f)
     files = result_files(root, str(data_cfg["results"]))
     text_only = {str(m) for m in data_cfg.get("text_only_models") or []}
-    unknown = sorted(text_only - set(files))
-    if unknown:
-        raise BuildError(f"data.text_only_models names {unknown}, which have no result file under {root} "
-                         f"(models: {', '.join(sorted(files)[:8])}{', ...' if len(files) > 8 else ''}); "
-                         f"correct the name or leave it out of data.text_only_models")
+    if text_only and not text_only & set(files):  # none matches: a typo, not a clone that lacks some files
+        raise BuildError(f"data.text_only_models names {sorted(text_only)}, none of which has a result file under "
+                         f"{root} (models: {', '.join(sorted(files)[:8])}{', ...' if len(files) > 8 else ''}); "
+                         f"correct the names or leave data.text_only_models empty")
 
     frames = [read_result_file(path, model, f, items) for model, path in files.items()]
     table = pd.concat(frames, ignore_index=True)
@@ -58,7 +57,8 @@ def read_results(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
         counted = _input_tokens(table, items, text_only)
         table["input_tokens"] = table["input_tokens"].fillna(pd.Series(counted)) if "input_tokens" in table else counted
     report = {"dir": str(root), "items_file": str(root / str(data_cfg["items"])), "result_files": len(files),
-              "text_only_models": sorted(text_only)}
+              "text_only_models": sorted(text_only & set(files)),
+              "text_only_models_without_results": sorted(text_only - set(files))}
     return records_inputs(table, data_cfg, prices, root, base=root.resolve(), reader="results",
                           files=[str(root / str(data_cfg["items"]))] + [str(p) for p in files.values()], report=report)
 

@@ -3,7 +3,7 @@
 In a multirun such as `router=knn,mlp lambda=0,100,inf`, the KNN jobs differ only in a value KNN never reads. The
 first of them trains; it leaves a marker in `<sweep dir>/.lambda_free/` keyed by its config without λ. Each later job
 with the same key copies that run's results (metrics.json with `reused_from`, predictions.parquet, router/) into
-its own run dir instead of training again. A marker is written only after a run finished, so jobs of a parallel
+its own run dir (beside its own config.yaml) instead of training again. A marker is written only after a run finished, so jobs of a parallel
 launcher that start together may each train (never wrong, only slower).
 """
 from __future__ import annotations
