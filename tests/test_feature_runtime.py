@@ -3,6 +3,8 @@ eager, ONNX Runtime (when installed), JPEG decoding on the device (tested here o
 token count, and the trainer's per-device precision."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -81,13 +83,19 @@ def test_runtime_is_checked_against_eager(monkeypatch, tiny_vision):
     assert p.runtime == "eager" and "differ from eager" in p.note
 
 
-def test_onnxruntime_matches_eager_and_caches_its_export(tiny_text):
+def test_onnxruntime_matches_eager_and_caches_its_export(tiny_text, tmp_path, monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    monkeypatch.setenv("VLRB_CACHE_DIR", str(tmp_path))  # a fresh cache: the export really runs
     enc = tiny_text
     long = enc.collate([enc.preprocess("what is the value of the largest bar " * 3), enc.preprocess("hi")])
-    p = rt.prepare_forward(enc, "onnxruntime", CPU, None, long)
+    with caplog.at_level(logging.INFO):  # as under Hydra: INFO on the root logger
+        p = rt.prepare_forward(enc, "onnxruntime", CPU, None, long)
     assert p.runtime == "onnxruntime" and p.max_abs_diff < 1e-5
+    assert rt.onnx_path(enc, long).is_relative_to(tmp_path)
+    chatter = [r for r in caplog.records if r.name.startswith(rt._quiet_exporter.LOGGERS)]
+    assert not chatter, f"the exporter's INFO lines reached the job log: {chatter[:2]}"
+    assert any("exported to ONNX" in r.getMessage() for r in caplog.records)  # our own one line remains
     path = rt.onnx_path(enc, long)
     assert path.exists()
     stamp = path.stat().st_mtime_ns

@@ -199,17 +199,25 @@ def export_onnx(encoder, example: dict, path: Path) -> Path:
 
 
 class _quiet_exporter:
-    """torch.onnx prints progress lines to stdout; keep them out of the job's output."""
+    """torch.onnx prints progress lines to stdout, and its optimiser logs one INFO line per merged weight (which
+    Hydra's INFO root logger would show by the hundred); keep both out of the job's output."""
+
+    LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 
     def __enter__(self):
         import contextlib
         import io
 
+        self._levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
+        for name in self.LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         self._redirect = contextlib.redirect_stdout(io.StringIO())
         self._redirect.__enter__()
         return self
 
     def __exit__(self, *exc):
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
         return self._redirect.__exit__(*exc)
 
 
