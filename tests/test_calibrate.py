@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import REPO, data_cfg
 from vlrb.errors import ConfigError
-from vlrb.serve.calibrate import Routed, budget_curve, calibrate, plot_budget_curve, solve_mu
+from vlrb.serve.calibrate import Routed, budget_curve, calibrate, mean_ci, plot_budget_curve, solve_mu
 
 
 def two_requests() -> Routed:
@@ -48,10 +48,21 @@ def test_calibration_hits_targets_and_cost_falls_with_mu():
     targets = [1e-4, 2.5e-4, 5e-4]
     table = calibrate(dev, test, targets, scale=price.max())
     assert list(table.columns) == ["target", "target_cost", "mu", "calib_cost", "calib_accuracy", "test_cost",
-                                   "test_accuracy", "test_cost_error"]
+                                   "test_accuracy", "test_cost_error", "test_cost_lo", "test_cost_hi"]
+    assert ((table["test_cost_lo"] <= table["test_cost"]) & (table["test_cost"] <= table["test_cost_hi"])).all()
+    width = (table["test_cost_hi"] - table["test_cost_lo"]) / table["test_cost"]
+    assert ((width > 0.005) & (width < 0.3)).all()  # 2,000 requests: a few percent of sampling spread
     assert (table["mu"].diff().dropna() < 0).all()  # a bigger budget, a smaller μ
     assert np.allclose(table["calib_cost"], targets, rtol=0.01)  # 2,000 requests: steps are fine
     assert (table["test_cost_error"].abs() < 0.05).all()
+
+
+def test_mean_ci_golden_values():
+    assert mean_ci(np.full(50, 3.0)) == (3.0, 3.0)  # no spread, no interval
+    # half the requests cost 1, half 0: the mean of 400 resampled requests has sd 0.5/20 = 0.025, so the 95%
+    # interval is about 0.5 ± 1.96·0.025 = [0.451, 0.549]
+    lo, hi = mean_ci(np.r_[np.ones(200), np.zeros(200)], n=4000)
+    assert lo == pytest.approx(0.451, abs=0.006) and hi == pytest.approx(0.549, abs=0.006)
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -120,6 +131,7 @@ def test_calibrate_py_end_to_end(trained):
     for t, frac in zip(res["targets"], (0.3, 0.6)):
         assert t["target_cost"] == pytest.approx(frac * ref)
         assert 0 <= t["test_accuracy"] <= 1 and t["test_cost"] > 0
+        assert t["test_cost_lo"] <= t["test_cost"] <= t["test_cost_hi"]
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 0.3 x dear |" in (out / "calibration.md").read_text() and "budget.mu=<mu>" in p.stdout + p.stderr
     curve = pd.read_csv(out / "budget_curve.csv")

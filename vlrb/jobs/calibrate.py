@@ -100,9 +100,10 @@ def _markdown(table, ref: dict, on: str) -> str:
     lines = [f"Strongest model {ref['strongest_model']}: test cost {ref['strongest_test_cost'] * 1e4:.3f} $/10K, "
              f"accuracy {ref['strongest_test_accuracy']:.2%}; router at mu=0: {ref['router_mu0_test_cost'] * 1e4:.3f} "
              f"$/10K, {ref['router_mu0_test_accuracy']:.2%}", "",
-             f"| target | target $/10K | mu | {on} $/10K | test $/10K | test vs target | test accuracy |",
+             f"| target | target $/10K | mu | {on} $/10K | test $/10K [95% CI] | test vs target | test accuracy |",
              "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.target} | {r.target_cost * 1e4:.3f} | {r.mu:.4g} | {r.calib_cost * 1e4:.3f} | "
-                     f"{r.test_cost * 1e4:.3f} | {r.test_cost_error:+.1%} | {r.test_accuracy:.2%} |")
-    return "\n".join(lines) + "\n"
+                     f"{r.test_cost * 1e4:.3f} [{r.test_cost_lo * 1e4:.3f}, {r.test_cost_hi * 1e4:.3f}] | "
+                     f"{r.test_cost_error:+.1%} | {r.test_accuracy:.2%} |")
+    return "\n".join(lines) + "\n\nThe CI is the test cost's spread from sampling the test requests alone, at that mu.\n"
