@@ -104,3 +104,27 @@ def test_config_builds_the_router():
                              "router": OmegaConf.load(REPO / "conf" / "router" / "vlrb_cal.yaml")})
     r = build_router(node.router)
     assert isinstance(r, CalibratedRouter) and r.name == "vlrb_cal" and r.seed == 3 and r.mu_mode == "auto"
+
+
+def test_offset_logistic_matches_sklearn_and_warm_starts_reach_the_same_optimum():
+    """With a zero offset each model's fit is sklearn's L2 logistic regression (intercept unpenalised); an offset
+    column is a known term of the logit; a start from another strength's solution converges to the same weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    from vlrb.routers.calibrated import fit_offset_logistic
+
+    rng = np.random.default_rng(0)
+    n, q, K, alpha = 600, 5, 3, 4.0
+    Z = rng.normal(size=(n, q))
+    Y = (rng.random((n, K)) < 1 / (1 + np.exp(-(Z @ rng.normal(size=(q, K)) + 0.3)))).astype(float)
+    W, b = fit_offset_logistic(Z, Y, np.zeros((n, K)), alpha)
+    for k in range(K):
+        ref = LogisticRegression(C=1 / alpha, tol=1e-10, max_iter=10_000).fit(Z, Y[:, k])
+        np.testing.assert_allclose(W[:, k], ref.coef_[0], atol=1e-5)
+        np.testing.assert_allclose(b[k], ref.intercept_[0], atol=1e-5)
+    off = rng.normal(size=(n, K))  # the offset enters the logit as is: the same data shifted by it
+    W_off, b_off = fit_offset_logistic(Z, Y, off, alpha)
+    assert not np.allclose(W_off, W, atol=1e-3)
+    warm = fit_offset_logistic(Z, Y, off, alpha, start=fit_offset_logistic(Z, Y, off, 100 * alpha))
+    np.testing.assert_allclose(warm[0], W_off, atol=1e-6)
+    np.testing.assert_allclose(warm[1], b_off, atol=1e-6)

@@ -26,7 +26,7 @@ the honest answer is the best single model, not a worse guess. So:
    (by rank score) in a paired bootstrap; unless routing wins with probability `fallback_confidence`, the router
    sends everything to that model. Decided on training rows only; test is never read.
 
-Fitting is numpy/scipy (no Lightning): about 20 s on 2,400 samples x 15 models on a 2-core CPU.
+Fitting is numpy/scipy (no Lightning): about 5 s on the demo (980 samples x 17 models) on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -122,10 +122,12 @@ class Priors:
 
 # ------------------------------------------------------------------------------------------ predictors
 def fit_offset_logistic(Z: np.ndarray, Y: np.ndarray, offset: np.ndarray, alpha: float,
-                        max_iter: int = 50, tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+                        max_iter: int = 50, tol: float = 1e-8,
+                        start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """K independent L2-penalised logistic regressions sharing the inputs Z (n, q), each with its own offset
     column: logit P(Y_k = 1) = offset_k + Z·w_k + b_k. Penalty (alpha/2)·‖w_k‖² (b unpenalised). Newton's method
-    for all K at once (batched (q+1)x(q+1) solves), halving a step that would raise a model's loss."""
+    for all K at once (batched (q+1)x(q+1) solves), halving a step that would raise a model's loss. `start`:
+    (w, b) to start from, e.g. the solution for a neighbouring alpha (the same optimum, fewer steps)."""
     n, q = Z.shape
     K = Y.shape[1]
     Z1 = np.hstack([Z, np.ones((n, 1))])
@@ -136,7 +138,7 @@ def fit_offset_logistic(Z: np.ndarray, Y: np.ndarray, offset: np.ndarray, alpha:
         eta = offset + Z1 @ W
         return (np.logaddexp(0.0, eta) - Y * eta).sum(0) + 0.5 * (reg[:, None] * W ** 2).sum(0)
 
-    W = np.zeros((q + 1, K))
+    W = np.zeros((q + 1, K)) if start is None else np.vstack([start[0], start[1][None]]).astype(np.float64)
     cur = losses(W)
     with threadpool_limits(1, user_api="blas"):  # K small products: threads cost more than they save (30x here)
         W = _newton(Z1, Y, offset, reg, W, cur, losses, max_iter, tol)
@@ -145,11 +147,14 @@ def fit_offset_logistic(Z: np.ndarray, Y: np.ndarray, offset: np.ndarray, alpha:
 
 def _newton(Z1, Y, offset, reg, W, cur, losses, max_iter, tol):
     K = Y.shape[1]
+    Z1f = Z1.astype(np.float32)
     for _ in range(max_iter):
         p = _sigmoid(offset + Z1 @ W)
         grad = Z1.T @ (p - Y) + reg[:, None] * W  # (q+1, K)
-        weighted = Z1[:, None, :] * (p * (1 - p))[:, :, None]  # (n, K, q+1)
-        H = np.matmul(weighted.transpose(1, 2, 0), Z1) + np.diag(reg)[None]  # (K, q+1, q+1), one BLAS call
+        # The Hessians in float32 (2.5x faster, relative error ~1e-6): they only steer the steps; the gradient,
+        # the losses and so the optimum stay float64.
+        weighted = Z1f[:, None, :] * (p * (1 - p)).astype(np.float32)[:, :, None]  # (n, K, q+1)
+        H = np.matmul(weighted.transpose(1, 2, 0), Z1f).astype(np.float64) + np.diag(reg)[None]  # (K, q+1, q+1)
         step = np.linalg.solve(H, grad.T[:, :, None])[:, :, 0].T  # (q+1, K)
         t = np.ones(K)
         for _ in range(20):  # backtracking, per model
@@ -268,19 +273,22 @@ class CalibratedRouter(Router):
             return -c + 1e-9 * p  # λ = inf: the cheapest model; p̂ breaks exact ties
         return p - mu * c
 
-    def _cv_logits(self, Z, Y, groups, datasets, alpha) -> np.ndarray:
-        """Out-of-fold logits (priors and predictors refitted on each fold's training part)."""
-        out = np.empty(Y.shape, np.float64)
+    def _cv_logits(self, Z, Y, groups, datasets, alphas) -> dict[float, np.ndarray]:
+        """Out-of-fold logits for each L2 strength (priors and predictors refitted on each fold's training part).
+        Within a fold the strengths are fitted strongest first, each starting from the previous solution."""
+        out = {a: np.empty(Y.shape, np.float64) for a in alphas}
         fold = _folds(len(Y), self.folds, self.seed)
         for f in range(self.folds):
             tr, te = fold != f, fold == f
             pri = Priors().fit(Y[tr], groups[tr], datasets[tr])
             off_tr, off_te = _logit(pri.rates(groups[tr], datasets[tr])), _logit(pri.rates(groups[te], datasets[te]))
-            if Z.shape[1]:
-                W, b = fit_offset_logistic(Z[tr], Y[tr], off_tr, alpha)
-                out[te] = off_te + Z[te] @ W + b
-            else:
-                out[te] = off_te
+            start = None
+            for alpha in sorted(alphas, reverse=True):
+                if Z.shape[1]:
+                    start = fit_offset_logistic(Z[tr], Y[tr], off_tr, alpha, start=start)
+                    out[alpha][te] = off_te + Z[te] @ start[0] + start[1]
+                else:
+                    out[alpha][te] = off_te
         return out
 
     # ------------------------------------------------------------ fit / predict
@@ -307,8 +315,9 @@ class CalibratedRouter(Router):
         # the L2 strength by out-of-fold log-loss (only when there are features to weigh)
         alphas = self.alphas if Z.shape[1] else [self.alphas[0]]
         best = None
-        for alpha in alphas:
-            z = self._cv_logits(Z, Y, groups, datasets, alpha)
+        oof = self._cv_logits(Z, Y, groups, datasets, alphas)
+        for alpha in alphas:  # in the configured order: ties go to the first
+            z = oof[alpha]
             ll = float((np.logaddexp(0.0, z) - Y * z).mean())
             if best is None or ll < best[1]:
                 best = (alpha, ll, z)
