@@ -233,6 +233,14 @@ def test_fit_without_dev_trains_the_full_budget(data):
     assert router.fit_info["epochs"] == 3 and router.route(s["test"]).shape == (len(s["test"]),)
 
 
+def test_fits_do_not_repeat_lightnings_own_deprecation_warnings(data, recwarn):
+    """Lightning calls a torch API torch deprecates, once per fit; a user can do nothing about it."""
+    _, s = data
+    create_router("linear", max_epochs=1).fit(s["train"], s["dev"])
+    create_router("linear", max_epochs=1).fit(s["train"], None)
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
+
+
 # ------------------------------------------------------------------------------------------ PRkNN golden values
 # 3 neighbours × 3 models.  m beats b: Y_m > Y_b, or Y_m = Y_b and C_m < C_b.
 #   nb 1 (w=1): Y 1 1 0, C 3 1 2 -> m1 beats m0 on cost, both beat m2: wins [1, 2, 0]

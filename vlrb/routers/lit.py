@@ -220,6 +220,12 @@ def train_module(module: RoutingModule, train_loader, val_loader, ctx: FitContex
     return dict(module.fit_info)
 
 
+def _ignore_upstream_deprecations() -> None:
+    """Lightning's own use of a torch API torch deprecates (utilities/_pytree.py): a line per fit that the user
+    can do nothing about."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext, *, max_epochs: int | None = None,
                patience: int | None = None) -> RoutingModule:
     """Train with early stopping + checkpointing on val/rank_score; return the module with the best weights.
@@ -238,7 +244,9 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext,
     with tempfile.TemporaryDirectory(prefix="vlrb-ckpt-") as tmp:
         callbacks, ckpt = ctx.selection_callbacks(tmp, ctx.patience if patience is None else patience)
         trainer = ctx.make_trainer(callbacks, default_root_dir=tmp, **kw)
-        trainer.fit(module, train_loader, val_loader)
+        with warnings.catch_warnings():
+            _ignore_upstream_deprecations()
+            trainer.fit(module, train_loader, val_loader)
         best = ckpt.best_model_path
         if best and Path(best).exists():
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -261,5 +269,6 @@ def fit_without_dev(module: RoutingModule, train_loader, ctx: FitContext, max_ep
         trainer = ctx.make_trainer([], default_root_dir=tmp, **kw)
         with warnings.catch_warnings():  # "validation_step but no val_dataloader": intended here
             warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+            _ignore_upstream_deprecations()
             trainer.fit(module, train_loader)
     return {"epochs": trainer.current_epoch, "best_val_rank_score": None}  # nothing was validated
