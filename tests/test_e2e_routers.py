@@ -258,6 +258,44 @@ def test_frozen_prefix_cache_is_exact():
     assert create_backbone("tiny_offline", freeze="none").cache is None  # nothing frozen: nothing to cache
 
 
+def test_folded_batch_norms_route_the_same_and_leave_the_trained_tower_alone():
+    """Routing folds the image tower's batch norms into its convolutions (vlrb.backbones.fold): same outputs, the
+    trained tower and its state_dict untouched, the folded copy rebuilt when a weight changes, none in training."""
+    from PIL import Image
+    from torch import nn
+
+    bb = create_backbone("tiny_offline", freeze="partial").eval()
+    g = torch.Generator().manual_seed(0)
+    norms = [m for m in bb.image.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    with torch.no_grad():  # statistics and affine parameters far from the identity they start as
+        for m in norms:
+            m.running_mean.normal_(0, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.uniform_(0.5, 1.5, generator=g)
+            m.bias.normal_(0, 0.3, generator=g)
+    items = [bb.processor(p, Image.new("RGB", (20, 20), (80 * i, 10, 200))) for i, p in enumerate(["a b", "c", "d e f"])]
+    batch = bb.processor.collate(items)
+    state = {k: v.clone() for k, v in bb.state_dict().items()}
+    with torch.no_grad():
+        plain = bb(batch)
+        with bb.inference():
+            assert not any(isinstance(m, nn.BatchNorm2d) for m in bb.image.modules())
+            folded = bb(batch)
+        torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+        assert any(isinstance(m, nn.BatchNorm2d) for m in bb.image.modules())  # the trained tower is back
+        assert all(torch.equal(state[k], v) for k, v in bb.state_dict().items())
+        bb.image.conv_stem.weight.mul_(2.0)  # a weight changes (as in training): the folded copy must follow
+        plain2 = bb(batch)
+        with bb.inference():
+            folded2 = bb(batch)
+    assert not torch.allclose(plain2, plain, atol=1e-4)
+    torch.testing.assert_close(folded2, plain2, atol=1e-5, rtol=1e-5)
+    bb.train()
+    with bb.inference():  # training mode: the real tower, never a folded copy
+        assert any(isinstance(m, nn.BatchNorm2d) for m in bb.image.modules())
+
+
 def test_head_lr_groups():
     r = create_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=1e-3, warmup_ratio=0.0)
     m = r.init_module([f"m{j}" for j in range(3)])

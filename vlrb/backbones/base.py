@@ -18,6 +18,8 @@ such samples and report them (see `vlrb.backbones.data`).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -93,6 +95,9 @@ class Backbone(nn.Module):
     """
 
     name: str = ""  # registry name, set by create_backbone
+    # convolutional towers (attribute names) whose batch norms are folded into their convolutions for routing:
+    # only towers built as (conv, bn) pairs in forward order (vlrb.backbones.fold)
+    fold_for_inference: tuple[str, ...] = ()
 
     def __init__(self, freeze: str = "none", train_last: int = 1):
         super().__init__()
@@ -106,6 +111,31 @@ class Backbone(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def inference(self):
+        """For routing (eval mode, no gradients): the towers of `fold_for_inference` swapped for copies with their
+        batch norms folded in (the same scores up to float rounding, less time). The copies are kept until a
+        weight of the tower changes (training, loading, moving to another device); the trained towers, their
+        state_dict and checkpoints are never touched."""
+        if not self.fold_for_inference or self.training:
+            yield self
+            return
+        from vlrb.backbones.fold import fold_batchnorms
+
+        cache = self.__dict__.setdefault("_folded_towers", {})  # plain attribute: not a submodule, never saved
+        trained = {name: self._modules[name] for name in self.fold_for_inference}
+        for name, tower in trained.items():
+            key = tuple((t.data_ptr(), t._version, t.device) for t in (*tower.parameters(), *tower.buffers()))
+            if cache.get(name, (None,))[0] != key:
+                folded = copy.deepcopy(tower).eval()
+                fold_batchnorms(folded)
+                cache[name] = (key, folded)
+            self._modules[name] = cache[name][1]
+        try:
+            yield self
+        finally:
+            self._modules.update(trained)
 
     def towers(self) -> list[tuple[list[nn.Module], list[nn.Module], list[nn.Module]]]:
         """Per pretrained tower: (stem modules, ordered blocks, head modules after the last block)."""

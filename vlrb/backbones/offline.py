@@ -81,6 +81,8 @@ class OfflineBackbone(Backbone):
     cache_max_gb (2.0), tiny (random tiny towers, tests).
     """
 
+    fold_for_inference = ("image",)  # timm EfficientNet: (conv, BatchNormAct2d) pairs
+
     def __init__(self, hidden: int = 256, fusion_layers: int = 2, fusion_heads: int = 4, dropout: float = 0.1,
                  image_size: int = 128, max_length: int = 128, freeze: str = "partial", train_last: int = 1,
                  cache_frozen: bool = True, cache_max_gb: float = 2.0, tiny: bool = False, seed: int = 0):

@@ -180,7 +180,7 @@ class E2ERouter(Router):
                              pin_memory=device.type == "cuda", collate_fn=Collate(ds.processor))
         out = []
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=self._bf16(ctx, device)):
+                                                    enabled=self._bf16(ctx, device)), module.backbone.inference():
             for batch in loader:
                 module.image_stats.update(stage, batch)
                 # without its rows a batch bypasses the training-time frozen-prefix cache: routing a request
