@@ -198,3 +198,15 @@ def test_train_config_defaults_to_the_auto_trainer():
         assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
         assert cfg.trainer.accelerator == "auto" and cfg.trainer.precision == "auto"
         assert compose("train", overrides=["trainer=cpu"]).trainer.accelerator == "cpu"
+
+
+def test_auto_workers_leave_the_forward_its_cores():
+    from vlrb.features.extract import RunOptions, auto_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [auto_workers(cpu, c) for c in (1, 2, 4, 16)] == [1, 1, 2, 4]
+    assert [auto_workers(gpu, c) for c in (1, 2, 16)] == [1, 1, 8]
+    assert RunOptions.from_cfg({"num_workers": "auto", "device": "cpu"}, {}).num_workers == auto_workers(cpu)
+    assert RunOptions.from_cfg({"num_workers": "auto"}, {"num_workers": 0}).num_workers == 0  # a section wins
+    with pytest.raises(ValueError, match="num_workers must be auto or a whole number"):
+        RunOptions.from_cfg({"num_workers": "many"}, {})

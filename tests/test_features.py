@@ -490,3 +490,19 @@ def test_hard_kill_keeps_finished_shards(tmp_path):
     # 5 batches of 4 ran before the kill; 2 shards of 2 batches (rows 0-15, 14 images) had been written:
     # the re-run forwards the other 6 images (the unflushed 5th batch again, at most shard_every batches)
     assert int(p.stdout.strip().splitlines()[-1]) == 20 - 14
+
+
+def test_build_reports_cached_features_without_made_up_numbers(capsys, caplog):
+    """Features already up to date: the build names them as cached, with no dimension, rate or device of a run
+    that did not happen (it used to print "None-d ... 0.0 items/s on None")."""
+    from vlrb.jobs.build import _log_features
+
+    with caplog.at_level("INFO"):
+        _log_features("text", {"name": "minilm", "status": "cached", "n_samples": 12, "path": "/x/minilm.parquet"})
+        _log_features("vision", {"name": "lite0", "status": "extracted", "n_samples": 12, "dim": 1280,
+                                 "throughput_items_s": 50.0, "device": "cpu", "path": "/x/lite0.parquet"})
+    out = capsys.readouterr()
+    said = out.out + out.err + caplog.text
+    assert "text features: minilm (12 samples, cached: up to date, nothing extracted)" in said
+    assert "vision features: lite0 (1280-d, 12 samples, extracted; 50.0 items/s on cpu)" in said
+    assert "None" not in said

@@ -54,7 +54,7 @@ _RUNTIME = ("batch_size", "num_workers", "dim", "device", "precision", "devices"
 @dataclass
 class RunOptions:
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # auto: auto_workers(device)
     device: str = "auto"
     precision: str = "auto"
     devices: int = 1
@@ -74,9 +74,24 @@ class RunOptions:
             if v is not None:
                 kw[f] = v
         o = cls(**kw)
+        if o.num_workers == "auto":
+            o.num_workers = auto_workers(resolve_device(o.device))
+        elif not str(o.num_workers).isdigit():
+            raise ValueError(f"num_workers must be auto or a whole number >= 0, got {o.num_workers!r}")
         o.batch_size, o.num_workers, o.shard_every = int(o.batch_size), int(o.num_workers), max(1, int(o.shard_every))
         o.devices = int(o.devices) if str(o.devices).isdigit() else (torch.cuda.device_count() or 1)
         return o
+
+
+def auto_workers(device: torch.device, cores: int | None = None) -> int:
+    """DataLoader workers for `num_workers: auto`. On a CPU the workers share the cores with the forward, which
+    uses them all: half the cores, at most 4 (on 2 cores one worker is 15% faster than two, pipeline 73.5% vs
+    67.5% of the bare Lite0 forward, benchmarks/results/cpu_speed_2core.md). On a GPU the CPU only decodes and
+    feeds it: every core but one, at most 8."""
+    cores = cores or os.cpu_count() or 1
+    if device.type == "cpu":
+        return min(4, max(1, cores // 2))
+    return min(8, max(1, cores - 1))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -163,6 +163,9 @@ def load_benchmark(cfg: DictConfig, *, encoder=None):
 
 def _log_features(mod: str, st, why: str = "") -> None:
     if isinstance(st, dict):
-        _say(f"{mod} features: {st.get('name')} ({st.get('dim')}-d, {st.get('n_samples')} samples, "
-             f"{st.get('status')}; {st.get('throughput_items_s') or 0:.1f} items/s on {st.get('device')}) "
-             f"-> {st.get('path')}" + (f" [{why}]" if why else ""))
+        if st.get("status") == "cached":  # nothing ran: no dimension, rate or device to report
+            detail = f"{st.get('n_samples')} samples, cached: up to date, nothing extracted"
+        else:
+            detail = (f"{st.get('dim')}-d, {st.get('n_samples')} samples, {st.get('status')}; "
+                      f"{st.get('throughput_items_s') or 0:.1f} items/s on {st.get('device')}")
+        _say(f"{mod} features: {st.get('name')} ({detail}) -> {st.get('path')}" + (f" [{why}]" if why else ""))
