@@ -51,9 +51,11 @@ class Routed:
 
 def mean_ci(values: np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of a mean over requests: how far the achieved cost may move by sampling alone."""
+    from vlrb.routing.metrics import bootstrap_indices  # the resamples every other CI of vlrb uses
+
     values = np.asarray(values, np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(values), (n, len(values)))
-    lo, hi = np.quantile(values[idx].mean(1), [(1 - level) / 2, 1 - (1 - level) / 2])
+    means = values[bootstrap_indices(len(values), n, seed)].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
 
