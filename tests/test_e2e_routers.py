@@ -274,7 +274,8 @@ def test_folded_batch_norms_route_the_same_and_leave_the_trained_tower_alone():
             m.running_var.uniform_(0.5, 2.0, generator=g)
             m.weight.uniform_(0.5, 1.5, generator=g)
             m.bias.normal_(0, 0.3, generator=g)
-    items = [bb.processor(p, Image.new("RGB", (20, 20), (80 * i, 10, 200))) for i, p in enumerate(["a b", "c", "d e f"])]
+    items = [bb.processor(p, Image.new("RGB", (20, 20), (80 * i, 10, 200)))
+             for i, p in enumerate(["a b", "c", "d e f"])]
     batch = bb.processor.collate(items)
     state = {k: v.clone() for k, v in bb.state_dict().items()}
     with torch.no_grad():
