@@ -9,23 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from test_features import CORRUPT, NO_IMAGE, TINY_CFG, make_bench, read_emb
+from test_features import CORRUPT, NO_IMAGE, TINY_CFG, make_bench, read_emb, tiny_text, tiny_vision  # noqa: F401
 from vlrb.data.benchmark import Benchmark
 from vlrb.features import runtime as rt
-from vlrb.features.encoders import build_text_encoder, build_vision_encoder
 from vlrb.features.extract import extract_features
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_text():
-    return build_text_encoder(TINY_CFG)
-
-
-@pytest.fixture(scope="module")
-def tiny_vision():
-    return build_vision_encoder(TINY_CFG)
 
 
 @pytest.fixture(autouse=True)
