@@ -5,6 +5,7 @@ forward of the same path, measured in one run.
     python benchmarks/bench_features.py --synthetic 600           # no built benchmark needed
     python benchmarks/bench_features.py --stage                   # also time `build_data.py stage=features`
     python benchmarks/bench_features.py data/demo_full --floor --limit 3000   # full-scale estimate + its floor
+    python benchmarks/bench_features.py data/demo_full --full-stage           # full scale measured + its floor
 
 Per modality of the encoder pair (conf/encoder/default.yaml, or --encoder NAME) it measures, alternating
 `--repeats` times and keeping the best of each:
@@ -121,17 +122,33 @@ def predecoded(encoder, bench, batch_size: int, device: torch.device) -> tuple[l
     return [_to_device(b, device) for b in batches], rows
 
 
-def timed_forward(forward, batches: list[dict], device: torch.device, dtype) -> tuple[float, torch.Tensor]:
-    """(seconds, embeddings) of `forward` over the batches (one warm-up batch first, not timed)."""
+def timed_forward(forward, batches: list[dict], device: torch.device, dtype, width: int = 1,
+                  threads: int | None = None) -> tuple[float, torch.Tensor]:
+    """(seconds, embeddings) of `forward` over the batches (one warm-up batch first, not timed); `width` batches
+    at once on as many threads, as extraction runs them (`parallel_batches`), with `threads` torch threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from vlrb.features.extract import _autocast
 
-    with torch.inference_mode(), _autocast(device, dtype):
-        forward(batches[0])
+    def one(b):
+        with torch.inference_mode(), _autocast(device, dtype):
+            return forward(b).float().cpu()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        one(batches[0])
         _sync(device)
         t0 = time.perf_counter()
-        out = [forward(b).float().cpu() for b in batches]
+        if width > 1:
+            with ThreadPoolExecutor(width) as pool:
+                out = list(pool.map(one, batches))
+        else:
+            out = [one(b) for b in batches]
         _sync(device)
         return time.perf_counter() - t0, torch.cat(out)
+    finally:
+        torch.set_num_threads(before)
 
 
 def pipeline(encoder, bench, cfg: dict, workdir: Path) -> dict:
@@ -152,7 +169,7 @@ def pipeline(encoder, bench, cfg: dict, workdir: Path) -> dict:
 def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> dict:
     """eager / fast / pipeline alternate `repeats` times; the best of each is compared (robust to a busy machine)."""
     from vlrb.features.encoders import build_encoder
-    from vlrb.features.extract import RunOptions, resolve_device, resolve_precision
+    from vlrb.features.extract import RunOptions, batches_in_flight, resolve_device, resolve_precision
     from vlrb.features.runtime import onnx_path, prepare_forward
 
     results = {}
@@ -167,8 +184,14 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
             batches, rows = predecoded(enc, bench, opts.batch_size, device)
             n = len(rows)
             cached = onnx_path(enc, batches[0]).exists()
+            width = batches_in_flight(opts, device, dtype, device_decode=False)
+            all_threads = torch.get_num_threads()
+            fast_threads = max(1, all_threads // width)  # as extraction runs the path (vlrb/features/extract.py)
             t0 = time.perf_counter()
-            fast = prepare_forward(enc, opts.runtime, device, dtype, batches[0], n_items=n, spin=opts.num_workers == 0)
+            torch.set_num_threads(fast_threads)
+            fast = prepare_forward(enc, opts.runtime, device, dtype, batches[0], n_items=n,
+                                   spin=opts.num_workers == 0 and width == 1)
+            torch.set_num_threads(all_threads)
             prepare_s = time.perf_counter() - t0
 
             def eager(b, enc=enc):  # the plain path: NCHW, the module as it is
@@ -183,7 +206,7 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
                 runs["eager"].append(n / s_)
                 if getattr(enc, "channels_last", False):
                     enc.set_channels_last(fast.runtime in ("eager", "compile"))
-                s_, got = timed_forward(fast.forward, batches, device, dtype)
+                s_, got = timed_forward(fast.forward, batches, device, dtype, width, fast_threads)
                 runs["fast"].append(n / s_)
                 runs["pipeline"].append(pipeline(enc, bench, cfg, Path(tmp)))
             pipe = max(runs["pipeline"], key=lambda r: r["items_s"])
@@ -196,7 +219,8 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
             results[mod] = {
                 "encoder": enc.name, "family": enc.family, "dim": enc.dim, "device": str(device),
                 "precision": str(dtype).replace("torch.", "") if dtype else "fp32", "batch_size": opts.batch_size,
-                "num_workers": opts.num_workers, "image_size": size, "items": n, "load_s": load_s,
+                "num_workers": pipe["report"].get("num_workers"), "batches_in_flight": width, "image_size": size,
+                "items": n, "load_s": load_s,
                 "runtime": fast.runtime, "export_cached_before": cached, "prepare_s": prepare_s,
                 "pipeline_prepare_s": pipe["report"].get("prepare_s"),
                 "eager_items_s": best["eager"], "fast_items_s": best["fast"], "pipeline_items_s": best["pipeline"],
@@ -210,7 +234,8 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
             }
             note = "export cached" if cached else "export counted"
             print(f"{mod:6s} {enc.family}:{enc.name} {'%dx%d px ' % size if size else ''}bs={opts.batch_size} "
-                  f"workers={opts.num_workers} {device} {results[mod]['precision']} ({n} items)\n"
+                  f"workers={pipe['report'].get('num_workers')} in-flight={width} {device} {results[mod]['precision']} "
+                  f"({n} items)\n"
                   f"       plain eager NCHW {best['eager']:8.1f} items/s | default path ({fast.runtime}) "
                   f"{best['fast']:8.1f} items/s = {speedup:4.2f}x | pipeline {best['pipeline']:8.1f} items/s = "
                   f"{share:6.1%} of the bare default path ({'OK' if share >= TARGET else 'BELOW'} "
@@ -225,19 +250,59 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
 
 
 # ---------------------------------------------------------------------------------------------- the whole stage
-def time_stage(root: Path, encoder: str) -> float:
-    """Seconds of `python build_data.py stage=features force=true` in a fresh process, on a copy of `root`."""
+def time_stage(root: Path, encoder: str, reports: dict | None = None) -> float:
+    """Seconds of `python build_data.py stage=features force=true` in a fresh process, on a copy of `root`;
+    `reports` (if given) receives each modality's extraction report of that run."""
     import shutil
     import subprocess
 
     with tempfile.TemporaryDirectory(prefix="vlrb-bench-stage-") as tmp:
         copy = Path(tmp) / root.name
         shutil.copytree(root, copy, ignore=shutil.ignore_patterns("EMBEDDINGS"))
+        for old in (copy / "reports" / "features").glob("*.json"):
+            old.unlink()
         t0 = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "build_data.py"), "stage=features", "force=true", "progress=false",
                         f"encoder={encoder}", f"data.root={copy}"], cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if reports is not None:
+            for f in (copy / "reports" / "features").glob("*.json"):
+                r = json.loads(f.read_text())
+                reports[r["modality"]] = r
+        return seconds
+
+
+def full_stage_report(root: Path, cfg: dict, encoder: str) -> dict:
+    """The whole feature stage on every sample of `root`, as a user runs it, beside its FLOPs floor: the
+    encoders' FLOPs over the dense fp32 matmul rate measured right after, in the same run."""
+    from vlrb.data.benchmark import Benchmark
+    from vlrb.features.encoders import build_encoder
+
+    reports: dict = {}
+    stage_s = time_stage(root, encoder, reports)
+    rate = matmul_gflops()
+    bench = Benchmark.load(root)
+    out = {"stage_s": stage_s, "matmul_gflops": rate, "modalities": {}}
+    floor_total = 0.0
+    for mod in ("text", "vision"):
+        f = encoder_flops(build_encoder(cfg, mod).eval(), bench)
+        floor_s, r = f / (rate * 1e9), reports.get(mod, {})
+        floor_total += floor_s
+        out["modalities"][mod] = {"gflop": f / 1e9, "floor_s": floor_s, "wall_s": r.get("wall_s"),
+                                  "items_s": r.get("throughput_items_s"), "runtime": r.get("runtime"),
+                                  "batches_in_flight": r.get("batches_in_flight"),
+                                  "ratio": r["wall_s"] / floor_s if r.get("wall_s") else None}
+        print(f"full   {mod:6s} {f / 1e9:9.0f} GFLOP | extracted in {r.get('wall_s', float('nan')):7.1f} s "
+              f"({r.get('throughput_items_s') or float('nan'):.1f} items/s, {r.get('runtime')}) | floor "
+              f"{floor_s:6.1f} s | {(r.get('wall_s') or float('nan')) / floor_s:4.1f}x floor", flush=True)
+    extract_s = sum(m["wall_s"] or 0.0 for m in out["modalities"].values())
+    out.update(floor_s=floor_total, extract_s=extract_s, ratio=extract_s / floor_total)
+    print(f"full   total: {bench.n_samples} samples extracted in {extract_s:.0f} s ({stage_s:.0f} s for the whole "
+          f"`build_data.py stage=features`, start-up and loading included), floor {floor_total:.0f} s (dense fp32 "
+          f"matmul {rate:.0f} GFLOP/s measured now) -> {extract_s / floor_total:.1f}x the floor "
+          f"({'OK' if extract_s / floor_total <= FLOOR_TARGET else 'ABOVE'} target {FLOOR_TARGET}x)", flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- the FLOPs floor
@@ -313,12 +378,15 @@ def main(argv=None) -> int:
     ap.add_argument("--num-workers", type=int)
     ap.add_argument("--device")
     ap.add_argument("--precision")
+    ap.add_argument("--parallel-batches", help="auto | N: batches encoded at once (default: the config's, auto)")
     ap.add_argument("--runtime", help="auto | eager | compile | onnxruntime (default: the config's, auto)")
     ap.add_argument("--modalities", default="text,vision")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=2, help="alternate the three measurements this often")
     ap.add_argument("--stage", action="store_true", help="also time the whole `build_data.py stage=features`")
     ap.add_argument("--floor", action="store_true", help="also print the FLOPs floor (and the full-scale estimate)")
+    ap.add_argument("--full-stage", action="store_true",
+                    help="only time the whole feature stage on every sample (fresh process) beside its FLOPs floor")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
 
@@ -339,7 +407,7 @@ def main(argv=None) -> int:
         if a.limit:
             bench = _head(full, a.limit)
     cfg = default_cfg(a.encoder, batch_size=a.batch_size, num_workers=a.num_workers, device=a.device,
-                      precision=a.precision, runtime=a.runtime)
+                      precision=a.precision, runtime=a.runtime, parallel_batches=a.parallel_batches)
     if a.num_workers is not None:  # an explicit worker count applies to both modalities
         for m in ("text", "vision"):
             cfg.get(m, {}).pop("num_workers", None)
@@ -351,6 +419,15 @@ def main(argv=None) -> int:
           f"CPU cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, CUDA {cuda or 'no'}, "
           f"ONNX Runtime {'installed' if onnxruntime_available() else 'not installed'}", flush=True)
     load_start = os.getloadavg()[0]
+    if a.full_stage:
+        out = {"source": src, "n_samples": full.n_samples, "cpu_cores": os.cpu_count(),
+               "load_average_start": load_start,
+               "full_stage": full_stage_report(Path(a.root), cfg, a.encoder), "load_average_end": os.getloadavg()[0]}
+        print(f"load average at the end {out['load_average_end']:.1f}")
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(out, indent=2, default=str))
+        return 0
     res = run(bench, cfg, [m for m in a.modalities.split(",") if m], repeats=a.repeats)
     out = {"source": src, "n_samples": bench.n_samples, "torch_threads": torch.get_num_threads(),
            "cpu_cores": os.cpu_count(), "load_average_start": load_start, "results": res}

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,13 @@ def count_forward(monkeypatch, enc, fail_after: int | None = None) -> list[int]:
     calls: list[int] = []
     orig = type(enc).forward
 
+    lock = threading.Lock()  # batches may run on several threads
+
     def fwd(batch):
-        if fail_after is not None and len(calls) >= fail_after:
-            raise RuntimeError("injected interruption")
-        calls.append(int(next(iter(batch.values())).shape[0]))
+        with lock:
+            if fail_after is not None and len(calls) >= fail_after:
+                raise RuntimeError("injected interruption")
+            calls.append(int(next(iter(batch.values())).shape[0]))
         return orig(enc, batch)
 
     monkeypatch.setattr(enc, "forward", fwd)
@@ -374,9 +378,12 @@ def test_rerun_is_a_noop_and_changes_are_noticed(tmp_path, monkeypatch, tiny_tex
         fu.load_features(bench, TINY_CFG, "only_image", root=tmp_path)
 
 
-def test_resume_after_interruption_loses_nothing_and_repeats_nothing(tmp_path, monkeypatch, tiny_vision):
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_resume_after_interruption_loses_nothing_and_repeats_nothing(tmp_path, monkeypatch, tiny_vision, parallel):
+    """One batch at a time, or several in flight (a batch that fails lets those already encoded be written)."""
     bench = make_bench()
     encs = {"vision": tiny_vision}
+    cfg = dict(TINY_CFG, parallel_batches=parallel)
     ref_root = tmp_path / "ref"
     extract_features(bench, TINY_CFG, root=ref_root, progress=False, encoders=encs, modalities=["vision"])
     _, ref, _ = read_emb(ref_root / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet")
@@ -384,14 +391,14 @@ def test_resume_after_interruption_loses_nothing_and_repeats_nothing(tmp_path, m
     root = tmp_path / "run"
     calls = count_forward(monkeypatch, tiny_vision, fail_after=3)
     with pytest.raises(RuntimeError, match="injected"):
-        extract_features(bench, TINY_CFG, root=root, progress=False, encoders=encs, modalities=["vision"])
+        extract_features(bench, cfg, root=root, progress=False, encoders=encs, modalities=["vision"])
     part = root / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet.partial"
     assert part.is_dir() and not (root / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet").exists()
     done_first = sum(calls)
-    assert len(calls) == 3 and done_first > 0
+    assert len(calls) == 3 and 0 < done_first < 20
     monkeypatch.undo()
     calls2 = count_forward(monkeypatch, tiny_vision)
-    r = extract_features(bench, TINY_CFG, root=root, progress=False, encoders=encs, modalities=["vision"])["vision"]
+    r = extract_features(bench, cfg, root=root, progress=False, encoders=encs, modalities=["vision"])["vision"]
     assert done_first + sum(calls2) == 20  # every image forwarded exactly once over both runs
     assert r["status"] == "resumed" and r["n_resumed"] + r["n_encoded"] == 22 and r["n_decode_failed"] == 1
     ids, got, _ = read_emb(root / "EMBEDDINGS" / "vision" / "tiny-hf_vision-dinov2.parquet")
@@ -478,7 +485,9 @@ def test_hard_kill_keeps_finished_shards(tmp_path):
             calls.append(batch["pixel_values"].shape[0])
             return orig(enc, batch)
         enc.forward = fwd
-        extract_features(make_bench(), dict(TINY_CFG, shard_every=2), root={str(tmp_path)!r}, progress=False,
+        # one batch at a time: the count below follows the batch order (in flight, threads may run ahead)
+        extract_features(make_bench(), dict(TINY_CFG, shard_every=2, parallel_batches=1), root={str(tmp_path)!r},
+                         progress=False,
                          encoders={{"vision": enc}}, modalities=["vision"])
         print(json.dumps(sum(calls)))
     """)

@@ -12,6 +12,7 @@ import ast
 import base64
 import binascii
 import io
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -86,11 +87,17 @@ class ImageLoader(Sequence):
         self.tsv_files = np.asarray(tsv_files if tsv_files is not None else [""] * len(self.kinds), dtype=object)
         self.sample_ids = sample_ids
         self._tsv_cache: dict[str, dict[str, str]] = {}
+        self._tsv_lock = threading.Lock()  # decode threads share the cache: each TSV is read once
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_tsv_cache"] = {}  # each worker process reads its own copy lazily
+        del state["_tsv_lock"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tsv_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -107,7 +114,9 @@ class ImageLoader(Sequence):
         if kind == "tsv":
             f = self.tsv_files[i]
             if f not in self._tsv_cache:
-                self._tsv_cache[f] = read_tsv_images(f)
+                with self._tsv_lock:
+                    if f not in self._tsv_cache:
+                        self._tsv_cache[f] = read_tsv_images(f)
             try:
                 return self._tsv_cache[f][str(self.refs[i])]
             except KeyError:

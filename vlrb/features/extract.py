@@ -18,7 +18,9 @@ Rules (docs/method.md#features-and-fusion, docs/layout.md#embeddings):
 
 Single device (CPU or one GPU): a plain loop, DataLoader workers decode, resize and crop images (uint8 to the
 device, normalised there), `torch.inference_mode`, bf16 autocast on GPU; the forward runs on the fastest path
-that gives the same embeddings (`runtime`, vlrb/features/runtime.py: ONNX Runtime on a CPU when installed).
+that gives the same embeddings (`runtime`, vlrb/features/runtime.py: ONNX Runtime on a CPU when installed). On a
+multi-core CPU several batches are encoded at once instead (`parallel_batches`), one per core, each thread
+decoding its own images and running a single-threaded forward; results are written in order.
 Prompts are tokenised first and batched by token count, so a batch pads little. Several GPUs (`devices > 1`):
 Lightning `Trainer.predict` with DDP, each rank writing shards.
 """
@@ -26,10 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -47,7 +53,7 @@ SCHEMA_VERSION = 1
 MODALITIES = ("text", "vision")
 MAX_LISTED_FAILURES = 10_000
 _RUNTIME = ("batch_size", "num_workers", "dim", "device", "precision", "devices", "shard_every", "engine",
-            "strategy", "cpu_threads", "runtime", "decode")
+            "strategy", "cpu_threads", "runtime", "decode", "parallel_batches")
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -64,6 +70,7 @@ class RunOptions:
     cpu_threads: int | None = None  # torch intra-op threads on CPU during extraction (None: torch's default)
     runtime: str = "auto"  # auto | eager | compile | onnxruntime (vlrb/features/runtime.py)
     decode: str = "auto"  # auto | pil | torchvision (JPEG decoded on the extraction device; vlrb/features/decode.py)
+    parallel_batches: int | str = "auto"  # batches encoded at once, one thread each (auto: batches_in_flight)
 
     @classmethod
     def from_cfg(cls, cfg: dict, section: dict) -> "RunOptions":
@@ -78,6 +85,8 @@ class RunOptions:
             o.num_workers = auto_workers(resolve_device(o.device))
         elif not str(o.num_workers).isdigit():
             raise ValueError(f"num_workers must be auto or a whole number >= 0, got {o.num_workers!r}")
+        if str(o.parallel_batches) != "auto" and not (str(o.parallel_batches).isdigit() and int(o.parallel_batches)):
+            raise ValueError(f"parallel_batches must be auto or a whole number >= 1, got {o.parallel_batches!r}")
         o.batch_size, o.num_workers, o.shard_every = int(o.batch_size), int(o.num_workers), max(1, int(o.shard_every))
         o.devices = int(o.devices) if str(o.devices).isdigit() else (torch.cuda.device_count() or 1)
         return o
@@ -371,7 +380,8 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
         "wall_s": run["wall_s"], "forward_s": run["forward_s"], "load_s": run["load_s"],
         "device": str(device) if engine_of(opts) == "loop" else f"{opts.devices}x {device.type}",
         "precision": str(dtype).replace("torch.", "") if dtype is not None else "fp32",
-        "batch_size": opts.batch_size, "num_workers": opts.num_workers, "engine": engine_of(opts),
+        "batch_size": opts.batch_size, "num_workers": run.get("num_workers", opts.num_workers),
+        "batches_in_flight": run.get("batches_in_flight", 1), "engine": engine_of(opts),
         "torch_threads": torch.get_num_threads(), "runtime": run.get("runtime"),
         "max_abs_diff_vs_eager": run.get("max_abs_diff"), "prepare_s": run.get("prepare_s"),
         "failures": stats["failures"][:MAX_LISTED_FAILURES],
@@ -397,21 +407,26 @@ def _identity(x):
     return x
 
 
-def _loader(encoder: Encoder, mod: str, source, todo, opts: RunOptions, device: torch.device,
-            decoder=None) -> DataLoader:
-    """Batches of (rows, status, errors, inputs, ok); with a `decoder` (vlrb/features/decode.py) the workers
-    hand over encoded JPEGs, which `decoder.finish` turns into pixels on the device."""
-    nw = opts.num_workers
-    if nw and mod == "text":
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers + Rust threads deadlock otherwise
+def _dataset(encoder: Encoder, mod: str, source, todo, decoder=None) -> tuple["EncodeDataset", "CollateEncoded"]:
+    """The items to encode and how a list of them becomes a batch of (rows, status, errors, inputs, ok); with a
+    `decoder` (vlrb/features/decode.py) JPEGs stay encoded, for `decoder.finish` to decode on the device."""
     preprocess, collate = (_identity if isinstance(source, Pretokenized) else encoder.preprocess), encoder.collate
     if decoder is not None:
         from vlrb.features.decode import RawImages
 
         source, preprocess, collate = RawImages(source), decoder.item, decoder.collate
-    return DataLoader(EncodeDataset(mod, source, todo, preprocess), batch_size=opts.batch_size, shuffle=False,
-                      num_workers=nw, collate_fn=CollateEncoded(collate), pin_memory=device.type == "cuda",
-                      prefetch_factor=4 if nw else None, persistent_workers=False)
+    return EncodeDataset(mod, source, todo, preprocess), CollateEncoded(collate)
+
+
+def _loader(encoder: Encoder, mod: str, source, todo, opts: RunOptions, device: torch.device,
+            decoder=None) -> DataLoader:
+    """Batches of `_dataset`, decoded ahead by `opts.num_workers` DataLoader worker processes."""
+    nw = opts.num_workers
+    if nw and mod == "text":
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers + Rust threads deadlock otherwise
+    dataset, collate = _dataset(encoder, mod, source, todo, decoder)
+    return DataLoader(dataset, batch_size=opts.batch_size, shuffle=False, num_workers=nw, collate_fn=collate,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if nw else None, persistent_workers=False)
 
 
 def encode_items(encoder: Encoder, mod: str, source, *, batch_size: int = 32,
@@ -441,39 +456,81 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
     decoder = None
     if mod == "vision" and choose_decode(opts.decode, device, encoder.preprocess) == "torchvision":
         decoder = DeviceDecoder(encoder.preprocess)
-    loader = _loader(encoder, mod, source, todo, opts, device, decoder)
-    n_fwd, fwd_s, n_batches = 0, 0.0, 0
-    prepared = None
     threads = torch.get_num_threads()
     if device.type == "cpu" and opts.cpu_threads:
         torch.set_num_threads(int(opts.cpu_threads))
+    width = batches_in_flight(opts, device, dtype, decoder is not None)
+    if width > 1:  # each batch decodes its own images and runs its forward on one core
+        torch.set_num_threads(max(1, torch.get_num_threads() // width))
+    prepared, prepare_lock = None, threading.Lock()
+
+    def forward_path(inputs):
+        """The prepared forward, built (and checked) on the first batch with inputs, by whichever thread has it."""
+        nonlocal prepared
+        with prepare_lock:
+            if prepared is None:
+                prepared = prepare_forward(encoder, opts.runtime, device, dtype, inputs, n_items=len(todo),
+                                           spin=opts.num_workers == 0 and width == 1)
+        return prepared
+
+    def encode(batch):
+        """One batch -> (rows, status, errors, embeddings, items forwarded, forward seconds)."""
+        rows, status, errors, inputs, ok = batch
+        emb = np.zeros((len(rows), encoder.dim), np.float32)
+        if inputs is not None and decoder is not None:
+            inputs = _decode_on_device(decoder, inputs, device, status, errors, ok)
+        if inputs is None:
+            return rows, status, errors, emb, 0, 0.0
+        inputs = _to_device(inputs, device)
+        with torch.inference_mode():  # per thread: inference mode and autocast are thread-local
+            forward = (prepared or forward_path(inputs)).forward
+            tf = time.perf_counter()
+            with _autocast(device, dtype):
+                y = forward(inputs)
+        if y.shape != (int(ok.sum()), encoder.dim):
+            raise ValueError(f"{encoder.name}: forward gave {tuple(y.shape)}, expected "
+                             f"({int(ok.sum())}, {encoder.dim})")
+        emb[ok] = y.float().cpu().numpy()
+        return rows, status, errors, emb, int(ok.sum()), time.perf_counter() - tf
+
+    def results():
+        if width == 1:
+            for batch in _loader(encoder, mod, source, todo, opts, device, decoder):
+                yield encode(batch)
+            return
+        dataset, collate = _dataset(encoder, mod, source, todo, decoder)
+        n, bs = len(dataset), opts.batch_size
+
+        def task(s):
+            return encode(collate([dataset[j] for j in range(s, min(n, s + bs))]))
+
+        starts = iter(range(0, n, bs))
+        pool = ThreadPoolExecutor(width, thread_name_prefix="vlrb-encode")
+        try:  # a window of batches in flight, handed back in order
+            window = deque(pool.submit(task, s) for s in itertools.islice(starts, 2 * width))
+            while window:
+                try:
+                    done = window.popleft().result()
+                except BaseException:  # a failed batch (or Ctrl-C): the batches already encoded are still written
+                    for f in window:
+                        f.cancel()
+                    yield from (f.result() for f in window if not f.cancelled() and f.exception() is None)
+                    raise
+                window.extend(pool.submit(task, s) for s in itertools.islice(starts, 1))
+                yield done
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    n_fwd, fwd_s, n_batches = 0, 0.0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit=" items", desc=f"{mod}:{encoder.name}", disable=not progress, leave=False)
     try:
-        with torch.inference_mode():
-            for rows, status, errors, inputs, ok in loader:
-                emb = np.zeros((len(rows), encoder.dim), np.float32)
-                if inputs is not None and decoder is not None:
-                    inputs = _decode_on_device(decoder, inputs, device, status, errors, ok)
-                if inputs is not None:
-                    inputs = _to_device(inputs, device)
-                    if prepared is None:  # the path is built (and checked) on the first batch
-                        prepared = prepare_forward(encoder, opts.runtime, device, dtype, inputs, n_items=len(todo),
-                                                   spin=opts.num_workers == 0)
-                    tf = time.perf_counter()
-                    with _autocast(device, dtype):
-                        y = prepared.forward(inputs)
-                    if y.shape != (int(ok.sum()), encoder.dim):
-                        raise ValueError(f"{encoder.name}: forward gave {tuple(y.shape)}, expected "
-                                         f"({int(ok.sum())}, {encoder.dim})")
-                    emb[ok] = y.float().cpu().numpy()
-                    fwd_s += time.perf_counter() - tf
-                    n_fwd += int(ok.sum())
-                writer.add([ids[i] for i in rows], emb, status, errors)
-                n_batches += 1
-                bar.update(len(rows))
-                if n_batches % opts.shard_every == 0:
-                    writer.flush()
+        for rows, status, errors, emb, n_ok, seconds in results():
+            writer.add([ids[i] for i in rows], emb, status, errors)
+            n_fwd, fwd_s, n_batches = n_fwd + n_ok, fwd_s + seconds / width, n_batches + 1
+            bar.update(len(rows))
+            if n_batches % opts.shard_every == 0:
+                writer.flush()
     finally:  # an interruption keeps every finished batch
         writer.flush()
         bar.close()
@@ -483,7 +540,22 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
     return {"n_encoded": writer.n_written, "n_forwarded": n_fwd, "wall_s": time.perf_counter() - t0,
             "forward_s": fwd_s, "runtime": prepared.runtime if prepared else None,
             "max_abs_diff": prepared.max_abs_diff if prepared else None,
-            "prepare_s": prepared.prepare_s if prepared else 0.0}
+            "prepare_s": prepared.prepare_s if prepared else 0.0, "batches_in_flight": width,
+            "num_workers": 0 if width > 1 else opts.num_workers}
+
+
+def batches_in_flight(opts: RunOptions, device: torch.device, dtype, device_decode: bool) -> int:
+    """Batches encoded at once (`parallel_batches`). auto: on a CPU in fp32, under ONNX Runtime or eager, one
+    batch per core, each decoding its own images and running its forward on one thread; else 1 (one batch at a
+    time on every core, DataLoader workers decoding ahead). On the 2-core machine this was tuned on, two
+    single-threaded Lite0 forwards ran as fast as one two-threaded forward, and decoding inside them left no
+    worker process competing for the cores (benchmarks/results/cpu_speed_2core.md)."""
+    if str(opts.parallel_batches) != "auto":
+        return max(1, int(opts.parallel_batches))
+    if (device.type != "cpu" or dtype is not None or device_decode or opts.runtime == "compile"
+            or torch.get_num_threads() < 2):
+        return 1
+    return torch.get_num_threads()
 
 
 def _decode_on_device(decoder, batch: dict, device, status: list, errors: list, ok: np.ndarray) -> dict | None:
