@@ -239,3 +239,44 @@ def test_batches_in_flight_give_the_embeddings_of_one_batch_at_a_time(tmp_path, 
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert many["vision"]["n_decode_failed"] == 1 and many["vision"]["n_without_image"] == 1
     assert tb.column("image_status").to_pylist() == ta.column("image_status").to_pylist()
+
+
+def test_frozen_image_prefix_of_the_offline_backbone_on_onnxruntime(monkeypatch):
+    """The offline backbone's frozen image stages run on ONNX Runtime once an export pays off (here after 8
+    images), with eager's numbers; never with gradients on; a copy or pickle drops the session, not the rule."""
+    import copy
+    import pickle
+
+    if not rt.onnxruntime_available():
+        pytest.skip("onnxruntime / onnxscript not installed")
+    from vlrb.backbones import create_backbone
+
+    monkeypatch.setattr(rt, "MIN_ITEMS_FOR_EXPORT", 8)
+    bb = create_backbone("tiny_offline").eval()
+    fast = bb.__dict__["_fast_image_prefix"]
+    assert fast is not None and "_fast_image_prefix" not in dict(bb.named_modules())  # not a submodule, not saved
+    assert not any(k.startswith("_fast") for k in bb.state_dict())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (4, 7), generator=g)
+    mask, px = torch.ones(4, 7, dtype=torch.long), torch.randn(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        bb.__dict__["_fast_image_prefix"] = None
+        text_ref, fmap_ref = bb._prefix(ids, mask, px)
+        bb.__dict__["_fast_image_prefix"] = fast
+        assert fast(px) is None and fast(px) is None and fast.seen == 8  # eager until 8 images ran
+        text, fmap = bb._prefix(ids, mask, px)  # exported and checked now
+        assert fast._prepared is not None and rt.onnx_path(fast.encoder, {"pixel_values": px}).exists()
+    assert torch.equal(text, text_ref) and fmap.shape == fmap_ref.shape
+    assert float((fmap - fmap_ref).abs().max()) < 1e-4
+    assert fast(px) is None  # gradients on (training a tower that is not frozen would need them): eager
+    twin = copy.deepcopy(bb)
+    assert twin.__dict__["_fast_image_prefix"]._prepared is None and pickle.loads(pickle.dumps(fast))._prepared is None
+    with torch.no_grad():
+        assert float((twin._prefix(ids, mask, px)[1] - fmap_ref).abs().max()) < 1e-4  # the export is cached on disk
+        for p in bb.image.conv_stem.parameters():
+            p.mul_(1.5)  # new weights: a new export, checked again
+        bb.__dict__["_fast_image_prefix"] = None
+        moved = bb._prefix(ids, mask, px)[1]
+        bb.__dict__["_fast_image_prefix"] = fast
+        assert float((bb._prefix(ids, mask, px)[1] - moved).abs().max()) < 1e-4
+    assert create_backbone("tiny_offline", freeze="none").__dict__["_fast_image_prefix"] is None

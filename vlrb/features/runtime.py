@@ -252,3 +252,53 @@ def _onnxruntime_forward(encoder, example: dict, path: Path, spin: bool = True) 
         return torch.from_numpy(session.run(None, feeds)[0])
 
     return forward
+
+
+# ---------------------------------------------------------------------------------------------- frozen sub-networks
+class FrozenOnnx:
+    """A frozen sub-network (one tensor in, one out) of a trainable model, run on ONNX Runtime on a CPU once that
+    pays off: at once when its export is cached, else after `MIN_ITEMS_FOR_EXPORT` rows ran eagerly in this
+    process (the export then costs seconds once per machine). Returns None wherever the caller must run it
+    eagerly: gradients or autocast on, not a CPU fp32 input, ONNX Runtime missing, or a failed export or check.
+
+    The module is checked against its eager forward when prepared (`prepare_forward`), and prepared again when its
+    weights change. Never pickled or copied with its session: a copy prepares its own."""
+
+    def __init__(self, module: torch.nn.Module, name: str, identity: dict, key: str = "pixel_values"):
+        self.encoder = _NamedModule(module, name, identity, key)
+        self.key, self.seen, self.failed = key, 0, False
+        self._prepared: tuple | None = None  # (weights key, forward)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_prepared": None}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        if (self.failed or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
+                or torch.is_autocast_enabled("cpu") or not onnxruntime_available()):
+            return None
+        weights = tuple((t.data_ptr(), t._version) for t in self.encoder.state_dict(keep_vars=True).values())
+        if self._prepared is None or self._prepared[0] != weights:
+            example = {self.key: x}
+            if not onnx_path(self.encoder, example).exists() and self.seen < MIN_ITEMS_FOR_EXPORT:
+                self.seen += len(x)
+                return None
+            prepared = prepare_forward(self.encoder, "onnxruntime", x.device, None, example, spin=False)
+            if prepared.runtime != "onnxruntime":
+                self.failed = True  # prepare_forward said why; eager from now on
+                return None
+            self._prepared = (weights, prepared.forward)
+        return self._prepared[1]({self.key: x})
+
+
+class _NamedModule(torch.nn.Module):
+    """What `prepare_forward` and `onnx_path` expect of an encoder: a name, an identity, a dict input."""
+
+    def __init__(self, module: torch.nn.Module, name: str, identity: dict, key: str):
+        super().__init__()
+        self.module, self.name, self._identity, self.key = module, name, identity, key
+
+    def identity(self) -> dict:
+        return self._identity
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.module(batch[self.key])
