@@ -15,6 +15,9 @@ EfficientNet-Lite0 at 224 px ran 3-3.5x faster under ONNX Runtime than the eager
 than torch.compile (see benchmarks/bench_features.py). bf16 is not chosen on a CPU: even with native bf16 (AMX)
 it changes the embeddings by about 1e-2, and it was slower than ONNX Runtime in fp32.
 
+`FrozenOnnx` applies the same path to the frozen part of an end-to-end backbone (the offline backbone's first
+EfficientNet stages), during training and routing alike: eager until the export pays off, then ONNX Runtime.
+
 Exports live under `cache_dir()/onnx/<encoder name>-<hash>/` where the hash covers the weights, the encoder
 config, the input signature and the torch / ONNX Runtime versions, so a changed model never reuses a stale graph.
 """
