@@ -49,7 +49,7 @@ bench-features: $(STAMP) ## feature extraction: default path vs plain eager, pip
 	$(PYTHON) build_data.py progress=false
 	$(PYTHON) benchmarks/bench_features.py data/demo --stage
 	$(PYTHON) build_data.py data=demo_full progress=false
-	$(PYTHON) benchmarks/bench_features.py data/demo_full --floor --limit 3000 --repeats 1
+	$(PYTHON) benchmarks/bench_features.py data/demo_full --full-stage
 
 bench-train: $(STAMP) ## fit every feature router (6 x 6 grid) + routing throughput at full scale
 	$(PYTHON) benchmarks/bench_train.py

@@ -178,7 +178,7 @@ def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> di
             t0 = time.perf_counter()
             enc = build_encoder(cfg, mod).eval()
             load_s = time.perf_counter() - t0
-            opts = RunOptions.from_cfg(cfg, cfg.get(mod, {}))
+            opts = RunOptions.from_cfg(cfg, cfg.get(mod, {}), mod)
             device = resolve_device(opts.device)
             dtype = resolve_precision(opts.precision, device)
             batches, rows = predecoded(enc, bench, opts.batch_size, device)

@@ -201,6 +201,17 @@ def test_auto_workers_leave_the_forward_its_cores():
         RunOptions.from_cfg({"num_workers": "many"}, {})
 
 
+def test_auto_batch_size_is_smaller_for_images_on_a_cpu():
+    from vlrb.features.extract import RunOptions, auto_batch_size
+
+    assert RunOptions.from_cfg({"batch_size": "auto", "device": "cpu"}, {}, "vision").batch_size == 16
+    assert RunOptions.from_cfg({"batch_size": "auto", "device": "cpu"}, {}, "text").batch_size == 32
+    assert auto_batch_size(torch.device("cuda"), "vision") == 32
+    assert RunOptions.from_cfg({"batch_size": "auto"}, {"batch_size": 8}, "vision").batch_size == 8  # section wins
+    with pytest.raises(ValueError, match="batch_size must be auto or a whole number >= 1"):
+        RunOptions.from_cfg({"batch_size": 0}, {}, "vision")
+
+
 def test_batches_in_flight_on_a_multi_core_cpu_only(monkeypatch):
     from vlrb.features.extract import RunOptions, batches_in_flight
 
