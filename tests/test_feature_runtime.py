@@ -43,6 +43,7 @@ def test_auto_runtime_choice(monkeypatch):
     assert rt.choose_runtime("auto", CPU, None, n_items=10_000) == "onnxruntime"
     assert rt.choose_runtime("auto", CPU, None, n_items=10) == "eager"  # the export would cost more than it saves
     assert rt.choose_runtime("auto", CPU, None, n_items=10, export_cached=True) == "onnxruntime"
+    assert rt.choose_runtime("auto", CPU, None, n_items=10_000, convolutional=False) == "eager"  # Transformers
     assert rt.choose_runtime("auto", CPU, torch.bfloat16, n_items=10_000) == "eager"
     assert rt.choose_runtime("auto", torch.device("cuda"), torch.bfloat16, n_items=10_000) == "eager"
     monkeypatch.setattr(rt, "onnxruntime_available", lambda: False)

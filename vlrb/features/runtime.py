@@ -5,15 +5,18 @@
                  `prepare_s`), and torch keeps the compiled kernels in its own on-disk cache for later runs
     onnxruntime  the encoder exported once with torch.onnx (dynamic batch and sequence sizes, the uint8 image
                  normalisation inside the graph), cached on disk, and run by ONNX Runtime's CPU kernels
-    auto         on a CPU in fp32: onnxruntime when it is installed and pays off (its export is already cached,
-                 or there are at least `MIN_ITEMS_FOR_EXPORT` items to encode), else eager; on a GPU: eager
+    auto         on a CPU in fp32, for a convolutional tower: onnxruntime when it is installed and pays off (its
+                 export is already cached, or there are at least `MIN_ITEMS_FOR_EXPORT` items to encode), else
+                 eager; for a Transformer (text) encoder and on a GPU: eager
 
 Every path other than eager is checked on the first batch (its first rows) against the eager forward: the report
 keeps the largest absolute difference (about 1e-6 on unit-length embeddings), and a path that differs by more
 than `TOLERANCE`, or fails to build, gives way to eager with a warning. On the 2-core CPU this was tuned on,
 EfficientNet-Lite0 at 224 px ran 3-3.5x faster under ONNX Runtime than the eager NCHW forward, and 1.6-2x faster
-than torch.compile (see benchmarks/bench_features.py). bf16 is not chosen on a CPU: even with native bf16 (AMX)
-it changes the embeddings by about 1e-2, and it was slower than ONNX Runtime in fp32.
+than torch.compile (see benchmarks/bench_features.py). MiniLM, with a batch per core in flight, ran 1.1-1.2x
+faster eager than under ONNX Runtime, idle and under load (torch's fused attention; the exported graph's is not
+fused), so Transformer encoders stay eager and need no export. bf16 is not chosen on a CPU: even with native
+bf16 (AMX) it changes the embeddings by about 1e-2, and it was slower than ONNX Runtime in fp32.
 
 `FrozenOnnx` applies the same path to the frozen part of an end-to-end backbone (the offline backbone's first
 EfficientNet stages), during training and routing alike: eager until the export pays off, then ONNX Runtime.
@@ -70,13 +73,13 @@ def onnxruntime_available() -> bool:
 
 
 def choose_runtime(runtime: str, device: torch.device, dtype: torch.dtype | None, n_items: int,
-                   export_cached: bool = False) -> str:
+                   export_cached: bool = False, convolutional: bool = True) -> str:
     """The path `auto` stands for on this device (see the module docstring); others are returned as given."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
     if runtime != "auto":
         return runtime
-    if device.type == "cpu" and dtype is None and onnxruntime_available() and (
+    if convolutional and device.type == "cpu" and dtype is None and onnxruntime_available() and (
             export_cached or n_items >= MIN_ITEMS_FOR_EXPORT):
         return "onnxruntime"
     return "eager"
@@ -89,10 +92,12 @@ def prepare_forward(encoder, runtime: str, device: torch.device, dtype: torch.dt
     t0 = time.perf_counter()
     encoder.to(device).eval()
     path = None
-    if runtime == "onnxruntime" or (runtime == "auto" and device.type == "cpu" and dtype is None
+    convolutional = bool(getattr(encoder, "channels_last", False))  # timm convnets declare it (encoders.py)
+    if runtime == "onnxruntime" or (runtime == "auto" and convolutional and device.type == "cpu" and dtype is None
                                     and onnxruntime_available()):
         path = onnx_path(encoder, example)
-    chosen = choose_runtime(runtime, device, dtype, n_items, export_cached=bool(path and path.exists()))
+    chosen = choose_runtime(runtime, device, dtype, n_items, export_cached=bool(path and path.exists()),
+                            convolutional=convolutional)
     if chosen == "onnxruntime" and (device.type != "cpu" or dtype is not None):
         raise ValueError("runtime=onnxruntime runs on the CPU in fp32: set device=cpu and precision=fp32 (or auto)")
     if chosen == "onnxruntime" and not onnxruntime_available():
