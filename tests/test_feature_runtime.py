@@ -292,3 +292,40 @@ def test_frozen_image_prefix_of_the_offline_backbone_on_onnxruntime(monkeypatch)
         bb.__dict__["_fast_image_prefix"] = fast
         assert float((bb._prefix(ids, mask, px)[1] - moved).abs().max()) < 1e-4
     assert create_backbone("tiny_offline", freeze="none").__dict__["_fast_image_prefix"] is None
+
+
+def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off(monkeypatch):
+    """Routing raw inputs (a server): a convolutional encoder runs eager until 8 images went through (here), then
+    on ONNX Runtime with eager's numbers; a new forward finds the export cached and uses it at once; a
+    Transformer encoder stays eager."""
+    if not rt.onnxruntime_available():
+        pytest.skip("onnxruntime / onnxscript not installed")
+    from vlrb.features.encoders import build_vision_encoder
+    from vlrb.features.extract import encode_items
+    from vlrb.data.images import ImageList
+    from PIL import Image
+
+    monkeypatch.setattr(rt, "MIN_ITEMS_FOR_EXPORT", 8)
+    enc = build_vision_encoder({"family": "timm", "tiny": True}).eval()
+    rng = np.random.default_rng(0)
+    images = ImageList([Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(5)])
+    reference = encode_items(enc, "vision", images, device="cpu")
+    fast = rt.AutoForward(enc, CPU)
+    first = encode_items(enc, "vision", images, device="cpu", forward=fast)
+    assert fast._prepared is None and fast.seen == 5  # eager so far
+    second = encode_items(enc, "vision", images, device="cpu", forward=fast)
+    assert fast._prepared is not None and fast._prepared.runtime == "onnxruntime"
+    np.testing.assert_allclose(first, reference, atol=1e-5)
+    np.testing.assert_allclose(second, reference, atol=1e-5)
+    again = rt.AutoForward(enc, CPU)
+    encode_items(enc, "vision", ImageList(list(images)[:1]), device="cpu", forward=again)
+    assert again._prepared is not None and again._prepared.runtime == "onnxruntime"  # cached export: at once
+
+
+def test_auto_forward_keeps_transformers_eager(monkeypatch, tiny_text):
+    monkeypatch.setattr(rt, "MIN_ITEMS_FOR_EXPORT", 2)
+    fast = rt.AutoForward(tiny_text, CPU)
+    batch = tiny_text.collate([tiny_text.preprocess(p) for p in ("a chart", "what is shown", "read it")])
+    with torch.inference_mode():
+        fast(batch), fast(batch)
+    assert fast._prepared is not None and fast._prepared.runtime == "eager" and fast._path is None

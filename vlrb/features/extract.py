@@ -442,18 +442,20 @@ def _loader(encoder: Encoder, mod: str, source, todo, opts: RunOptions, device: 
 
 
 def encode_items(encoder: Encoder, mod: str, source, *, batch_size: int = 32,
-                 device: str | torch.device = "auto") -> np.ndarray:
+                 device: str | torch.device = "auto", forward=None) -> np.ndarray:
     """(n, dim) float32 embeddings of `source` (prompts, or images as a Sequence giving PIL/None) in memory,
-    through the same preprocessing as extraction; a missing or undecodable image gives a zero vector."""
+    through the same preprocessing as extraction; a missing or undecodable image gives a zero vector.
+    `forward`: the encoder's forward to use (an `AutoForward` kept across calls); default the module itself."""
     device = resolve_device(device)
     encoder.to(device).eval()
+    forward = forward or encoder
     opts = RunOptions(batch_size=batch_size, num_workers=0)
     out = np.zeros((len(source), encoder.dim), np.float32)
     with torch.inference_mode():
         for rows, status, errors, inputs, ok in _loader(encoder, mod, source, range(len(source)), opts, device):
             if inputs is not None:
                 with _autocast(device, resolve_precision("auto", device)):
-                    out[rows[ok]] = encoder(_to_device(inputs, device)).float().cpu().numpy()
+                    out[rows[ok]] = forward(_to_device(inputs, device)).float().cpu().numpy()
     return out
 
 

@@ -28,6 +28,7 @@ class FeatureRecipe:
     text_weight: float = 0.5
     scaler: FeatureScaler | None = None
     _encoders: dict = field(default_factory=dict, repr=False)  # built on first encode()
+    _forwards: dict = field(default_factory=dict, repr=False)  # their AutoForward, kept across encode() calls
 
     @classmethod
     def from_config(cls, encoder_cfg: Any, fusion: str | None = None) -> "FeatureRecipe":
@@ -64,7 +65,8 @@ class FeatureRecipe:
         emb = {}
         sources = {"text": list(prompts), "vision": ImageList(images)}
         for mod in self.modalities:
-            emb[mod] = encode_items(self._encoder(mod), mod, sources[mod], batch_size=batch_size)
+            emb[mod] = encode_items(self._encoder(mod), mod, sources[mod], batch_size=batch_size,
+                                    forward=self._forward(mod))
         X = fuse(emb.get("text"), emb.get("vision"), self.fusion, self.text_weight)
         return self._scale(X)
 
@@ -74,6 +76,18 @@ class FeatureRecipe:
 
             self._encoders[mod] = build_encoder(self.encoder, mod).eval()
         return self._encoders[mod]
+
+    def _forward(self, mod: str):
+        """Eager at first; ONNX Runtime for a convolutional encoder on a CPU once its export is cached or enough
+        inputs went through (a server), as in extraction (vlrb/features/runtime.py)."""
+        if mod not in self._forwards:
+            from vlrb.features.extract import resolve_device, resolve_precision
+            from vlrb.features.runtime import AutoForward
+
+            device = resolve_device("auto")
+            self._forwards[mod] = AutoForward(self._encoder(mod), device, resolve_precision("auto", device),
+                                              runtime=str(self.encoder.get("runtime", "auto")))
+        return self._forwards[mod]
 
     def _scale(self, X: np.ndarray) -> np.ndarray:
         if self.scaler is None:

@@ -262,6 +262,35 @@ def _onnxruntime_forward(encoder, example: dict, path: Path, spin: bool = True) 
     return forward
 
 
+# ---------------------------------------------------------------------------------------------- many small calls
+class AutoForward:
+    """An encoder's forward for many small calls (routing raw inputs, a server): eager (channels_last for a
+    convolutional tower) until ONNX Runtime pays off under `runtime: auto`, i.e. at once when the export is
+    cached, else once `MIN_ITEMS_FOR_EXPORT` items went through eagerly; then the prepared path, checked
+    against eager like any other (`prepare_forward`)."""
+
+    def __init__(self, encoder, device: torch.device, dtype: torch.dtype | None = None, runtime: str = "auto"):
+        self.encoder, self.device, self.dtype, self.runtime = encoder, device, dtype, runtime
+        self.seen, self._path, self._prepared = 0, None, None
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        if self._prepared is None:
+            n = len(next(iter(batch.values())))
+            convolutional = bool(getattr(self.encoder, "channels_last", False))
+            if self._path is None and self.runtime == "auto" and convolutional and onnxruntime_available():
+                self._path = onnx_path(self.encoder, batch)  # weights hashed once: they do not change here
+            chosen = choose_runtime(self.runtime, self.device, self.dtype, self.seen + n,
+                                    export_cached=bool(self._path and self._path.exists()), convolutional=convolutional)
+            if chosen == "eager" and self.runtime == "auto" and self.seen + n < MIN_ITEMS_FOR_EXPORT:
+                self.seen += n
+                if not getattr(self.encoder, "_channels_last", False):
+                    _channels_last(self.encoder, True)
+                return self.encoder(batch)
+            self._prepared = prepare_forward(self.encoder, self.runtime, self.device, self.dtype, batch,
+                                             n_items=self.seen + n)
+        return self._prepared.forward(batch)
+
+
 # ---------------------------------------------------------------------------------------------- frozen sub-networks
 class FrozenOnnx:
     """A frozen sub-network (one tensor in, one out) of a trainable model, run on ONNX Runtime on a CPU once that
