@@ -304,6 +304,7 @@ class FrozenOnnx:
     def __init__(self, module: torch.nn.Module, name: str, identity: dict, key: str = "pixel_values"):
         self.encoder = _NamedModule(module, name, identity, key)
         self.key, self.seen, self.failed = key, 0, False
+        self._path: tuple | None = None  # (weights key, export path): the weights are hashed once per version
         self._prepared: tuple | None = None  # (weights key, forward)
 
     def __getstate__(self):
@@ -313,11 +314,14 @@ class FrozenOnnx:
         if (self.failed or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cpu") or not onnxruntime_available()):
             return None
-        weights = tuple((t.data_ptr(), t._version) for t in self.encoder.state_dict(keep_vars=True).values())
+        weights = tuple((t.data_ptr(), t._version) for t in (*self.encoder.parameters(), *self.encoder.buffers()))
         if self._prepared is None or self._prepared[0] != weights:
             example = {self.key: x}
-            if not onnx_path(self.encoder, example).exists() and self.seen < MIN_ITEMS_FOR_EXPORT:
-                self.seen += len(x)
+            if self._path is None or self._path[0] != weights:
+                self._path = (weights, onnx_path(self.encoder, example))
+            n = self.seen + len(x)
+            if choose_runtime("auto", x.device, None, n, export_cached=self._path[1].exists()) != "onnxruntime":
+                self.seen = n
                 return None
             prepared = prepare_forward(self.encoder, "onnxruntime", x.device, None, example, spin=False)
             if prepared.runtime != "onnxruntime":
