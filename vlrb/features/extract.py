@@ -521,7 +521,7 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
         starts = iter(range(0, n, bs))
         pool = ThreadPoolExecutor(width, thread_name_prefix="vlrb-encode")
         try:  # a window of batches in flight, handed back in order
-            window = deque(pool.submit(task, s) for s in itertools.islice(starts, 2 * width))
+            window = deque(pool.submit(task, s) for s in itertools.islice(starts, 4 * width))
             while window:
                 try:
                     done = window.popleft().result()
