@@ -291,6 +291,9 @@ def test_frozen_image_prefix_of_the_offline_backbone_on_onnxruntime(monkeypatch)
         moved = bb._prefix(ids, mask, px)[1]
         bb.__dict__["_fast_image_prefix"] = fast
         assert float((bb._prefix(ids, mask, px)[1] - moved).abs().max()) < 1e-4
+    warm = copy.deepcopy(bb).__dict__["_fast_image_prefix"]
+    warm.seen = 0
+    assert warm.warm_up(px) and warm._prepared is not None  # benchmarks: ready before the clock starts
     assert create_backbone("tiny_offline", freeze="none").__dict__["_fast_image_prefix"] is None
 
 

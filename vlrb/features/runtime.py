@@ -310,6 +310,13 @@ class FrozenOnnx:
     def __getstate__(self):
         return {**self.__dict__, "_prepared": None}
 
+    def warm_up(self, x: torch.Tensor) -> bool:
+        """Export (or load) and check now, on the example `x`, instead of after `MIN_ITEMS_FOR_EXPORT` rows
+        (benchmarks: the steady state, with the one-off export timed apart). True if ONNX Runtime will be used."""
+        self.seen = max(self.seen, MIN_ITEMS_FOR_EXPORT)
+        with torch.no_grad():
+            return self(x.float().cpu()) is not None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         if (self.failed or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cpu") or not onnxruntime_available()):
