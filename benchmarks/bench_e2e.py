@@ -5,7 +5,7 @@
 
 Self-contained: a synthetic benchmark (prompts + base64 JPEGs decoded by the real image loader, random
 correctness and prices) is made in memory; no benchmark files, no downloads. Per router it reports
-  * train samples/s: `--steps` optimiser steps (AdamW, grad clip 1.0, bf16 autocast on a GPU) at
+  * train samples/s: `--steps` optimiser steps (AdamW, grad clip 1.0, bf16 autocast under `--precision`) at
     `--train-batch`, after 2 untimed warm-up steps; the data pipeline (decode + tokenise) included; every
     step sees new samples, so this is first-epoch speed (the offline backbone's frozen-prefix cache makes
     later epochs faster);
@@ -77,7 +77,7 @@ def backbone_spec(name: str, image_size: int | None) -> tuple[str, dict]:
     return name, params
 
 
-def train_throughput(router, bench, split, steps: int, batch: int, workers: int, device) -> float:
+def train_throughput(router, bench, split, steps: int, batch: int, workers: int, device, precision: str) -> float:
     """Optimiser steps per second × batch on the synthetic data (2 warm-up steps untimed)."""
     import torch
 
@@ -93,8 +93,8 @@ def train_throughput(router, bench, split, steps: int, batch: int, workers: int,
     loader = make_loader(ds, batch, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                          collate_fn=Collate(ds.processor))
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=router.lr, weight_decay=router.weight_decay)
-    bf16 = device.type == "cuda"
+    opt = module.optimizer(precision)  # the router's own AdamW (its parameter groups; fused on a CPU)
+    bf16 = "bf16" in precision
 
     def batches():
         while True:
@@ -145,12 +145,16 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=64, help="routing batch size")
     ap.add_argument("--train-batch", type=int, default=16, help="training batch size (upstream: 16)")
-    ap.add_argument("--steps", type=int, default=None, help="timed training steps (default: 3 on CPU, 30 on GPU)")
-    ap.add_argument("--samples", type=int, default=None, help="synthetic samples routed (default: 256 CPU, 1024 GPU)")
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps (default: 20 on CPU, 30 on GPU)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="synthetic samples routed and trained on (default: 512 CPU, 1024 GPU; at least "
+                         "(steps + 2) x train batch, so that no training step meets a cached sample)")
     ap.add_argument("--models", type=int, default=17)
     ap.add_argument("--image-px", type=int, default=224, help="side of the synthetic JPEGs")
     ap.add_argument("--image-size", type=int, default=None, help="offline backbone input size override")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, cores - 1))")
+    ap.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
+                    help="auto: as the routers resolve it (bf16-mixed on a GPU with bf16 and on a CPU with AMX)")
     ap.add_argument("--no-warm-up", action="store_true",
                     help="leave the frozen image stages eager until 512 images went through (as a short job does)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -159,14 +163,14 @@ def main() -> int:
     import torch
 
     from vlrb.routers import create_router
-    from vlrb.routers.lit import FitContext
+    from vlrb.routers.lit import FitContext, resolve_precision
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
     gpu = args.device == "cuda"
-    steps = args.steps if args.steps is not None else (30 if gpu else 3)
-    n = args.samples or (1024 if gpu else 256)
+    steps = args.steps if args.steps is not None else (30 if gpu else 20)
+    n = max(args.samples or (1024 if gpu else 512), (steps + 2) * args.train_batch)
     workers = args.workers if args.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
     device = torch.device(args.device)
     t0 = time.perf_counter()
@@ -179,8 +183,11 @@ def main() -> int:
           f"train batch {args.train_batch} x {steps} steps")
 
     name, bb_params = backbone_spec(args.backbone, args.image_size)
-    ctx = FitContext(trainer={"accelerator": "gpu" if gpu else "cpu", "devices": 1,
-                                "precision": "bf16-mixed" if gpu else "32-true"}, num_workers=workers)
+    trainer = resolve_precision({"accelerator": "gpu" if gpu else "cpu", "devices": 1, "precision": args.precision},
+                                cpu_bf16=True)
+    precision = trainer["precision"]
+    print(f"precision {precision}")
+    ctx = FitContext(trainer=trainer, num_workers=workers)
     rows = []
     for rname in [r.strip() for r in args.routers.split(",") if r.strip()]:
         router = create_router(rname, backbone=name, backbone_params=bb_params, predict_batch_size=args.batch,
@@ -190,8 +197,8 @@ def main() -> int:
         build_s = time.perf_counter() - t_build
         frozen = warm_frozen_prefix(router.module.backbone, device) if not args.no_warm_up else "not warmed up"
         desc = router.module.backbone.describe()
-        train_sps = train_throughput(router, bench, split, steps, args.train_batch, workers, device) if steps else \
-            float("nan")
+        train_sps = train_throughput(router, bench, split, steps, args.train_batch, workers, device, precision) \
+            if steps else float("nan")
         router.predict_scores(bench.split("test") if n <= args.batch else _head(split, args.batch), ctx)  # warm-up
         if gpu:
             torch.cuda.synchronize()
@@ -204,7 +211,7 @@ def main() -> int:
                "params_trainable": desc["params_trainable"], "build_s": build_s, "train_samples_per_s": train_sps,
                "route_samples_per_s": n / sec, "route_ktok_per_s": float(split.input_tokens.sum()) / 1e3 / sec,
                "route_batch": args.batch, "train_batch": args.train_batch, "steps": steps, "samples": n,
-               "workers": workers, "frozen_image_stages": frozen}
+               "workers": workers, "precision": precision, "frozen_image_stages": frozen}
         if gpu:
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()

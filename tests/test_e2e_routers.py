@@ -4,6 +4,7 @@ Loss golden values are worked out by hand in the comments: logits are logs of sm
 softmax is a ratio of integers.
 """
 import base64
+import copy
 import inspect
 import io
 import math
@@ -295,6 +296,97 @@ def test_folded_batch_norms_route_the_same_and_leave_the_trained_tower_alone():
     bb.train()
     with bb.inference():  # training mode: the real tower, never a folded copy
         assert any(isinstance(m, nn.BatchNorm2d) for m in bb.image.modules())
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_frozen_text_prefix_runs_on_a_bf16_copy_where_the_cpu_has_native_bf16(monkeypatch):
+    """prefix_precision bf16 (auto on a CPU with AMX) runs the frozen MiniLM layers on a bf16 copy: within 3% of
+    fp32, returned in fp32, never a submodule or saved, remade when the weights change, not pickled; fp32 (and
+    auto without AMX, or with gradients on) runs the tower itself, exactly."""
+    import pickle
+
+    from vlrb.backbones import offline
+
+    bb = create_backbone("tiny_offline", prefix_precision="bf16").eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (3, 13), generator=g)  # 13: padded to 16 for the copy, cut back after
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    eager = bb.__dict__["_frozen_text"]
+    with torch.no_grad():
+        ref, got = eager(ids, mask), bb._text_prefix(ids, mask)
+    assert got.dtype == torch.float32 and got.shape == ref.shape and not torch.equal(got, ref)
+    assert _rel(got, ref) < 0.03
+    half = bb.__dict__["_frozen_text_bf16"]._copy[1]
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    assert not any("frozen_text" in k for k in bb.state_dict()) and "_frozen_text" not in dict(bb.named_modules())
+    assert pickle.loads(pickle.dumps(bb.__dict__["_frozen_text_bf16"]))._copy is None
+    twin = copy.deepcopy(bb)  # the copy's prefix is made of the copy's own layers
+    assert twin.__dict__["_frozen_text"].embeddings is twin.text.embeddings
+    with torch.no_grad():
+        bb.text.embeddings.word_embeddings.weight.mul_(2.0)  # new weights (a loaded checkpoint): a new copy
+        ref2, got2 = eager(ids, mask), bb._text_prefix(ids, mask)
+    assert bb.__dict__["_frozen_text_bf16"]._copy[1] is not half and _rel(got2, ref2) < 0.03
+    assert not torch.allclose(ref2, ref, atol=1e-3)
+    assert torch.equal(bb._text_prefix(ids, mask), ref2)  # gradients on: the tower itself
+
+    monkeypatch.setattr(offline, "cpu_has_amx", lambda: False)
+    auto = create_backbone("tiny_offline").eval()
+    with torch.no_grad():
+        assert torch.equal(auto._text_prefix(ids, mask), auto.__dict__["_frozen_text"](ids, mask))
+    monkeypatch.setattr(offline, "cpu_has_amx", lambda: True)
+    assert auto._bf16_prefix(torch.device("cpu")) and not auto._bf16_prefix(torch.device("cuda"))
+    assert not create_backbone("tiny_offline", prefix_precision="fp32")._bf16_prefix(torch.device("cpu"))
+    assert not create_backbone("tiny_offline", freeze="none")._bf16_prefix(torch.device("cpu"))  # all trains
+    with pytest.raises(ValueError, match="prefix_precision"):
+        create_backbone("tiny_offline", prefix_precision="fp16")
+
+
+def test_e2e_precision_auto_is_bf16_mixed_on_an_amx_cpu_only(monkeypatch):
+    """End-to-end routers train (and route) in bf16-mixed on a CPU with native bf16 matmuls; the shared trainer
+    rule (feature-level routers) stays 32-true on every CPU; an explicit precision wins."""
+    from vlrb.features import runtime
+    from vlrb.routers.lit import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = FitContext(trainer={"accelerator": "auto", "precision": "auto"})
+    for amx, expected in [(True, "bf16-mixed"), (False, "32-true")]:
+        monkeypatch.setattr(runtime, "cpu_has_amx", lambda amx=amx: amx)
+        r = create_router("vlc", backbone="tiny_offline")
+        ctx = r._context(auto)
+        assert ctx.trainer["precision"] == expected and r._bf16(ctx, cpu) == (expected == "bf16-mixed")
+        assert resolve_precision({"accelerator": "cpu", "precision": "auto"})["precision"] == "32-true"
+        forced = create_router("vlc", backbone="tiny_offline", precision="32-true")
+        assert forced._context(auto).trainer["precision"] == "32-true"
+        preset = r._context(FitContext(trainer={"accelerator": "cpu", "precision": "32-true"}))
+        assert preset.trainer["precision"] == "32-true"
+
+
+def test_e2e_optimizer_is_fused_on_a_cpu_with_the_same_maths():
+    """Full precision on a CPU: one fused AdamW kernel; mixed precision: foreach kernels (Lightning clips no
+    gradients of a fused optimizer there); both take the step torch's default loop takes."""
+    torch.manual_seed(0)
+    m = create_router("vlc", backbone="tiny_offline").init_module(["a", "b", "c"])
+    twins = [copy.deepcopy(m) for _ in range(3)]
+    opts = [twins[0].optimizer("32-true"), twins[1].optimizer("bf16-mixed"), None]
+    assert opts[0].defaults["fused"] and opts[1].defaults["foreach"] and not opts[1].defaults.get("fused")
+    groups = twins[2].optimizer("32-true").param_groups  # the reference: torch's default implementation
+    opts[2] = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in groups], weight_decay=m.weight_decay)
+    for twin, opt in zip(twins, opts):
+        for p in twin.parameters():
+            if p.requires_grad:
+                p.grad = torch.full_like(p, 0.01) * torch.linspace(-1, 1, p.numel()).view_as(p)
+        for _ in range(3):
+            opt.step()
+    ref = dict(twins[2].named_parameters())
+    for twin in twins[:2]:
+        for name, p in twin.named_parameters():
+            torch.testing.assert_close(p, ref[name], atol=1e-6, rtol=1e-5)
+    assert not torch.equal(ref["linear.weight"], m.linear.weight)  # the steps moved the weights
 
 
 def test_head_lr_groups():

@@ -33,8 +33,15 @@ class E2EModule(RoutingModule):
         return self.head(self.backbone(batch).float())
 
     def configure_optimizers(self):
+        """`optimizer()`, with a linear warm-up then linear decay, per step."""
+        return with_warmup(self.optimizer(), self, self.warmup_ratio)
+
+    def optimizer(self, precision: str | None = None) -> torch.optim.AdamW:
         """AdamW with two rates: `lr` for the pretrained backbone, `head_lr` for the randomly initialised parts
-        (the routing head and the backbone's `new_modules`); linear warm-up then linear decay, per step."""
+        (the routing head and the backbone's `new_modules`). On a CPU its update runs as one fused kernel in full
+        precision, as multi-tensor (foreach) kernels in mixed precision, where Lightning clips no gradients of a
+        fused optimizer: the same maths as torch's CPU default, a loop over the ~100 tensors, at 3-4x its speed.
+        `precision`: the trainer's (read from it when attached)."""
         new_ids = {id(p) for m in self.backbone.new_modules() for p in m.parameters()}
         in_backbone = {id(p) for p in self.backbone.parameters()}
         groups = {"pretrained": [], "new": []}
@@ -42,9 +49,13 @@ class E2EModule(RoutingModule):
             if p.requires_grad:
                 groups["new" if id(p) in new_ids or id(p) not in in_backbone else "pretrained"].append(p)
         head_lr = self.lr if self.head_lr is None else self.head_lr
-        opt = torch.optim.AdamW([{"params": groups["pretrained"], "lr": self.lr},
-                                 {"params": groups["new"], "lr": head_lr}], weight_decay=self.weight_decay)
-        return with_warmup(opt, self, self.warmup_ratio)
+        params = groups["pretrained"] + groups["new"]
+        precision = str(precision or getattr(self._trainer, "precision", None) or "32-true")
+        kw = {}
+        if params and all(p.device.type == "cpu" for p in params):
+            kw = {"fused": True} if "mixed" not in precision else {"foreach": True}
+        return torch.optim.AdamW([{"params": groups["pretrained"], "lr": self.lr},
+                                  {"params": groups["new"], "lr": head_lr}], weight_decay=self.weight_decay, **kw)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
