@@ -154,7 +154,7 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=None, help="offline backbone input size override")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, cores - 1))")
     ap.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
-                    help="auto: as the routers resolve it (bf16-mixed on a GPU with bf16 and on a CPU with AMX)")
+                    help="auto: as the routers resolve it (bf16-mixed on a GPU with bf16, 32-true on a CPU)")
     ap.add_argument("--no-warm-up", action="store_true",
                     help="leave the frozen image stages eager until 512 images went through (as a short job does)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -183,8 +183,7 @@ def main() -> int:
           f"train batch {args.train_batch} x {steps} steps")
 
     name, bb_params = backbone_spec(args.backbone, args.image_size)
-    trainer = resolve_precision({"accelerator": "gpu" if gpu else "cpu", "devices": 1, "precision": args.precision},
-                                cpu_bf16=True)
+    trainer = resolve_precision({"accelerator": "gpu" if gpu else "cpu", "devices": 1, "precision": args.precision})
     precision = trainer["precision"]
     print(f"precision {precision}")
     ctx = FitContext(trainer=trainer, num_workers=workers)

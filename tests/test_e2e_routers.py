@@ -345,25 +345,30 @@ def test_frozen_text_prefix_runs_on_a_bf16_copy_where_the_cpu_has_native_bf16(mo
         create_backbone("tiny_offline", prefix_precision="fp16")
 
 
-def test_e2e_precision_auto_is_bf16_mixed_on_an_amx_cpu_only(monkeypatch):
-    """End-to-end routers train (and route) in bf16-mixed on a CPU with native bf16 matmuls; the shared trainer
-    rule (feature-level routers) stays 32-true on every CPU; an explicit precision wins."""
-    from vlrb.features import runtime
-    from vlrb.routers.lit import resolve_precision
+def test_bf16_mixed_on_a_cpu_when_asked_trains_and_routes_under_autocast(bench, tmp_path, monkeypatch):
+    """`precision: auto` stays 32-true on every CPU; `precision=bf16-mixed` on a CPU (worth it with AMX) trains
+    with gradient clipping (so a foreach, not a fused AdamW), routes under the same autocast, and keeps the frozen
+    image stages on their fast path."""
+    from vlrb.features import runtime as rt
 
-    cpu = torch.device("cpu")
+    monkeypatch.setenv("VLRB_CACHE_DIR", str(tmp_path / "cache"))  # the ONNX export below stays in the test
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    auto = FitContext(trainer={"accelerator": "auto", "precision": "auto"})
-    for amx, expected in [(True, "bf16-mixed"), (False, "32-true")]:
-        monkeypatch.setattr(runtime, "cpu_has_amx", lambda amx=amx: amx)
-        r = create_router("vlc", backbone="tiny_offline")
-        ctx = r._context(auto)
-        assert ctx.trainer["precision"] == expected and r._bf16(ctx, cpu) == (expected == "bf16-mixed")
-        assert resolve_precision({"accelerator": "cpu", "precision": "auto"})["precision"] == "32-true"
-        forced = create_router("vlc", backbone="tiny_offline", precision="32-true")
-        assert forced._context(auto).trainer["precision"] == "32-true"
-        preset = r._context(FitContext(trainer={"accelerator": "cpu", "precision": "32-true"}))
-        assert preset.trainer["precision"] == "32-true"
+    auto = create_router("vlc", backbone="tiny_offline")
+    assert auto._context(FitContext(trainer={"accelerator": "auto", "precision": "auto"})).trainer["precision"] \
+        == "32-true"
+    r = create_router("vlc", backbone="tiny_offline", batch_size=8, precision="bf16-mixed", grad_clip=1.0)
+    # a fused optimizer would make Lightning refuse to clip the gradients of a mixed-precision fit
+    r.fit(bench.split("train"), bench.split("dev"), ctx_for(tmp_path, max_epochs=1, limit_train_batches=2))
+    assert r.fit_info["precision"] == "bf16-mixed"
+    assert r._bf16(r._context(None), torch.device("cpu"))
+    scores = r.predict_scores(bench.split("test"))
+    assert scores.dtype == np.float32 and np.isfinite(scores).all()
+    x = torch.zeros(2, 3, 32, 32)
+    fast = r.module.backbone.__dict__["_fast_image_prefix"]
+    if rt.onnxruntime_available():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            fast.warm_up(x)
+            assert fast(x) is not None and fast(x).dtype == torch.float32  # CPU autocast: still ONNX Runtime
 
 
 def test_e2e_optimizer_is_fused_on_a_cpu_with_the_same_maths():

@@ -21,7 +21,7 @@ bf16 (AMX) it changes the embeddings by about 1e-2, and it was slower than ONNX 
 `FrozenOnnx` applies the same path to the frozen part of an end-to-end backbone (the offline backbone's first
 EfficientNet stages), during training and routing alike: eager until the export pays off, then ONNX Runtime.
 `FrozenBf16` keeps a bf16 copy of a frozen part (the offline backbone's first MiniLM layers) for CPUs with native
-bf16 matmuls: there a frozen feature extractor may trade 1e-2 of precision for 3-6x the speed, since the layers
+bf16 matmuls: there a frozen feature extractor may trade 1e-2 of precision for 2-3x the speed, since the layers
 trained on top see the same bf16 features in training and in routing.
 
 Exports live under `cache_dir()/onnx/<encoder name>-<hash>/` where the hash covers the weights, the encoder
@@ -335,7 +335,8 @@ class FrozenOnnx:
             if choose_runtime("auto", x.device, None, n, export_cached=self._path[1].exists()) != "onnxruntime":
                 self.seen = n
                 return None
-            prepared = prepare_forward(self.encoder, "onnxruntime", x.device, None, example, spin=False)
+            with torch.autocast("cpu", enabled=False):  # exported and checked in fp32, under autocast too
+                prepared = prepare_forward(self.encoder, "onnxruntime", x.device, None, example, spin=False)
             if prepared.runtime != "onnxruntime":
                 self.failed = True  # prepare_forward said why; eager from now on
                 return None

@@ -22,9 +22,9 @@ Training (shared `vlrb.routers.lit.fit_module`): AdamW (weight decay 0.01) at `l
 and `head_lr` (1e-3) for the randomly initialised head, fusion and projections (upstream used one rate, 5e-5,
 for everything: `head_lr: null`), linear warm-up over 10% of the steps then linear decay, gradient clipping
 1.0, at most 5 epochs, batch 16, early stopping on dev `val/rank_score` (patience 2) with the best epoch's
-weights restored; bf16 mixed precision on a GPU and on a CPU with native bf16 matmuls (Intel AMX: 1.3x the
-first-epoch samples/s of fp32 in benchmarks/bench_e2e.py) unless the trainer or router config says otherwise
-(`router.precision=32-true`); routing then runs under the same autocast. Inputs are read
+weights restored; bf16 mixed precision on a GPU unless the trainer or router config says otherwise (on a CPU
+with native bf16 matmuls, Intel AMX, `router.precision=bf16-mixed` fits about 1.1x faster than fp32); routing
+runs under the autocast the router trained with. Inputs are read
 lazily from the benchmark the splits come from (`split.source`): prompts, and images decoded in DataLoader
 workers. `fit(train, dev, ctx)` takes the run's trainer, loggers and `num_workers` from `ctx`.
 """
@@ -64,7 +64,7 @@ class E2ERouter(Router):
     None = lr, i.e. one rate for everything as upstream — the default 1e-3 lets a new head learn within a few
     epochs of a small benchmark), weight_decay, warmup_ratio, grad_clip, max_epochs, batch_size, patience (dev epochs
     without improvement), dropout, predict_batch_size (default 4 × batch_size, as upstream), precision
-    ("auto": bf16-mixed on a GPU and on a CPU with AMX, else fp32, unless ctx.trainer sets `precision`), seed.
+    ("auto": bf16-mixed on a GPU, fp32 on CPU, unless ctx.trainer sets `precision`), seed.
     """
 
     inputs: ClassVar[tuple[str, ...]] = ("raw",)
@@ -271,7 +271,7 @@ class E2ERouter(Router):
 
     def _context(self, ctx: FitContext | None, bench=None) -> FitContext:
         """The run's ctx, or a standalone one (any GPU, no logger, the benchmark's cost bounds); the trainer's
-        precision resolved: bf16-mixed on a GPU or an AMX CPU when `precision: auto` and the trainer sets none."""
+        precision resolved: bf16-mixed on a GPU when `precision: auto` and the trainer config sets none."""
         from vlrb.routers.lit import FitContext
 
         ctx = ctx or FitContext(trainer={"accelerator": "auto", "devices": 1}, seed=self.seed)
@@ -282,7 +282,7 @@ class E2ERouter(Router):
             from vlrb.routers.lit import resolve_precision
 
             trainer["precision"] = self.precision
-            trainer = resolve_precision(trainer, cpu_bf16=True)
+            trainer = resolve_precision(trainer)
         return dataclasses.replace(ctx, trainer=trainer)
 
     @staticmethod
@@ -296,7 +296,7 @@ class E2ERouter(Router):
 
     @staticmethod
     def _bf16(ctx: FitContext, device: torch.device) -> bool:
-        """Route under bf16 autocast where training ran so: a GPU, or a CPU given bf16-mixed (auto on AMX)."""
+        """Route under bf16 autocast where training ran so: a GPU by default, a CPU when given bf16-mixed."""
         precision = str(ctx.trainer.get("precision", "bf16" if device.type == "cuda" else "32"))
         return device.type in ("cuda", "cpu") and "bf16" in precision
 

@@ -76,17 +76,14 @@ def uses_gpu(trainer: dict) -> bool:
     return acc in ("gpu", "cuda", "auto") and torch.cuda.is_available()
 
 
-def resolve_precision(trainer: dict, cpu_bf16: bool = False) -> dict:
-    """`precision: auto` -> bf16-mixed on a GPU with bf16 (16-mixed on an older GPU), 32-true on a CPU; with
-    `cpu_bf16`, bf16-mixed also on a CPU with native bf16 matmuls (AMX; the end-to-end routers ask for it)."""
+def resolve_precision(trainer: dict) -> dict:
+    """`precision: auto` -> bf16-mixed on a GPU with bf16 (16-mixed on an older GPU), 32-true on a CPU."""
     if str(trainer.get("precision")).lower() != "auto":
         return trainer
     if uses_gpu(trainer):
         precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     else:
-        from vlrb.features.runtime import cpu_has_amx
-
-        precision = "bf16-mixed" if cpu_bf16 and cpu_has_amx() else "32-true"
+        precision = "32-true"
     return {**trainer, "precision": precision}
 
 
