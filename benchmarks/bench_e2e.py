@@ -195,6 +195,8 @@ def main() -> int:
         router.init_module(bench.models)
         build_s = time.perf_counter() - t_build
         frozen = warm_frozen_prefix(router.module.backbone, device) if not args.no_warm_up else "not warmed up"
+        bf16_text = getattr(router.module.backbone, "_bf16_prefix", lambda d: False)(device)
+        text_prefix = "a bf16 copy (native bf16 on this CPU)" if bf16_text else "as the model's dtype"
         desc = router.module.backbone.describe()
         train_sps = train_throughput(router, bench, split, steps, args.train_batch, workers, device, precision) \
             if steps else float("nan")
@@ -210,7 +212,8 @@ def main() -> int:
                "params_trainable": desc["params_trainable"], "build_s": build_s, "train_samples_per_s": train_sps,
                "route_samples_per_s": n / sec, "route_ktok_per_s": float(split.input_tokens.sum()) / 1e3 / sec,
                "route_batch": args.batch, "train_batch": args.train_batch, "steps": steps, "samples": n,
-               "workers": workers, "precision": precision, "frozen_image_stages": frozen}
+               "workers": workers, "precision": precision, "frozen_image_stages": frozen,
+               "frozen_text_layers": "bf16" if bf16_text else "model dtype"}
         if gpu:
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
@@ -218,7 +221,7 @@ def main() -> int:
         print(f"  {rname:<10} params {desc['params_total'] / 1e6:6.1f}M ({desc['params_trainable'] / 1e6:5.1f}M trainable)  "
               f"build {build_s:5.1f} s  train {train_sps:8.1f} samples/s  route {row['route_samples_per_s']:8.1f} "
               f"samples/s  {row['route_ktok_per_s']:8.2f} K tok/s\n"
-              f"             frozen image stages: {frozen}", flush=True)
+              f"             frozen image stages: {frozen}; frozen text layers: {text_prefix}", flush=True)
         del router
         if gpu:
             torch.cuda.empty_cache()
