@@ -190,7 +190,7 @@ class OfflineBackbone(Backbone):
     def _text_prefix(self, ids, mask) -> torch.Tensor:
         """The embeddings and the first k_text layers; on their bf16 copy where the frozen prefix may run so
         (`prefix_precision`), its output back in the tower's dtype."""
-        if not (self._bf16_prefix(ids.device) and not torch.is_grad_enabled()):
+        if torch.is_grad_enabled() or not self._bf16_prefix(ids.device):
             return self.__dict__["_frozen_text"](ids, mask)
         # widths padded to a multiple of 8: oneDNN compiles a bf16 kernel per new shape (15-20 ms each), and
         # prompt lengths vary from batch to batch

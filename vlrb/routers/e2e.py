@@ -297,8 +297,7 @@ class E2ERouter(Router):
     @staticmethod
     def _bf16(ctx: FitContext, device: torch.device) -> bool:
         """Route under bf16 autocast where training ran so: a GPU by default, a CPU when given bf16-mixed."""
-        precision = str(ctx.trainer.get("precision", "bf16" if device.type == "cuda" else "32"))
-        return device.type in ("cuda", "cpu") and "bf16" in precision
+        return "bf16" in str(ctx.trainer.get("precision", "bf16" if device.type == "cuda" else "32"))
 
 
 @register_router("vlc")
