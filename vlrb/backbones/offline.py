@@ -34,10 +34,11 @@ for large, detailed images.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vlrb.backbones.base import Backbone, Processor, encoder_layers, layer_output, register_backbone
+from vlrb.backbones.base import Backbone, Processor, encoder_layers, register_backbone
+from vlrb.backbones.dropout import swap_dropout
+from vlrb.backbones.packed import Packing, bert_layer, encoder_layer, rows_multiple
 from vlrb.features.runtime import FrozenBf16, FrozenOnnx, cpu_has_amx
 from vlrb.preprocess import image_transform
 from vlrb.weights import load_efficientnet_lite0, offline_env, packaged_minilm_path, packaged_tokenizer
@@ -72,8 +73,11 @@ class Fusion(nn.Module):
         c = self.cls.expand(b, -1, -1) + self.type_emb.weight[0]
         x = torch.cat([c, t, v], dim=1)
         ones = torch.ones(b, 1, dtype=torch.bool, device=x.device)
-        valid = torch.cat([ones, text_mask.bool(), ones.expand(b, v.shape[1])], dim=1)
-        x = self.encoder(x, src_key_padding_mask=~valid)[:, 0]
+        pk = Packing(torch.cat([ones, text_mask.bool(), ones.expand(b, v.shape[1])], dim=1), rows_multiple(x))
+        x = pk.pack(x)  # the layers run on the real tokens only (vlrb.backbones.packed)
+        for layer in self.encoder.layers:
+            x = encoder_layer(layer, x, pk)
+        x = pk.unpack(x)[:, 0]
         m = text_mask.unsqueeze(-1).to(text_tokens.dtype)
         text_mean = (text_tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.norm(x + self.skip(torch.cat([text_mean, image_tokens.mean(1)], dim=-1)))
@@ -120,6 +124,8 @@ class OfflineBackbone(Backbone):
         image_dim = int(self.image.num_features)
         n_tokens = _feature_tokens(self.image, image_size)
         self.fusion = Fusion(text_dim, image_dim, hidden, fusion_layers, fusion_heads, n_tokens, dropout)
+        swap_dropout(self.text)  # torch's CPU dropout mask is slow (vlrb.backbones.dropout)
+        swap_dropout(self.fusion)
         self.hidden_size = hidden
         # the whole image resized to a square (no centre crop: a chart's axis labels sit at its borders)
         self.processor = Processor(tok, image_transform(image_size, _LITE0_MEAN, _LITE0_STD), image_size, max_length)
@@ -155,9 +161,12 @@ class OfflineBackbone(Backbone):
         mask = batch["attention_mask"]
         text, fmap = self.prefix(batch)
         suffix = encoder_layers(self.text)[self.k_text:]
-        mask4d = self._mask4d(text, mask) if len(suffix) else None
-        for layer in suffix:
-            text = layer_output(layer(text, mask4d))
+        if len(suffix):
+            pk = Packing(mask, rows_multiple(text))
+            x = pk.pack(text)
+            for layer in suffix:
+                x = bert_layer(layer, x, pk)
+            text = pk.unpack(x)
         for stage in self.image.blocks[self.k_image:]:
             fmap = stage(fmap)
         if self.freeze != "towers":  # a frozen head is part of the prefix
@@ -192,29 +201,13 @@ class OfflineBackbone(Backbone):
         (`prefix_precision`), its output back in the tower's dtype."""
         if torch.is_grad_enabled() or not self._bf16_prefix(ids.device):
             return self.__dict__["_frozen_text"](ids, mask)
-        # widths padded to a multiple of 8: oneDNN compiles a bf16 kernel per new shape (15-20 ms each), and
-        # prompt lengths vary from batch to batch
-        width = ids.shape[1]
-        pad = -width % 8
-        if pad:
-            ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))
-        states = self.__dict__["_frozen_text_bf16"](ids, mask)[:, :width]
-        return states.to(self.text.embeddings.word_embeddings.weight.dtype)
+        return self.__dict__["_frozen_text_bf16"](ids, mask).to(self.text.embeddings.word_embeddings.weight.dtype)
 
     def _bf16_prefix(self, device: torch.device) -> bool:
         """auto: bf16 for the frozen text layers on a CPU with AMX (native bf16 matmuls, about 6x fp32 there)."""
         if self.freeze == "none" or self.k_text == 0 or device.type != "cpu" or self.prefix_precision == "fp32":
             return False
         return self.prefix_precision == "bf16" or cpu_has_amx()
-
-    def _mask4d(self, states, mask):
-        return _mask4d(self.text.config, states, mask)
-
-
-def _mask4d(config, states, mask):
-    from transformers.masking_utils import create_bidirectional_mask
-
-    return create_bidirectional_mask(config=config, inputs_embeds=states, attention_mask=mask)
 
 
 class TextPrefix(nn.Module):
@@ -228,10 +221,11 @@ class TextPrefix(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = self.embeddings(input_ids=ids)
-        mask4d = _mask4d(self.config, states, mask)
+        pk = Packing(mask, rows_multiple(states))
+        x = pk.pack(states)
         for layer in self.layers:
-            states = layer_output(layer(states, mask4d))
-        return states
+            x = bert_layer(layer, x, pk)
+        return pk.unpack(x)
 
 
 class ImagePrefix(nn.Module):

@@ -13,6 +13,7 @@ from torch import nn
 
 from vlrb.backbones import Backbone
 from vlrb.backbones.data import ImageStats
+from vlrb.backbones.dropout import FastDropout
 from vlrb.routers import losses
 from vlrb.routers.lit import RoutingModule, with_warmup
 
@@ -86,7 +87,7 @@ class LinearHeadModule(E2EModule):
 
     def __init__(self, backbone: Backbone, n_models: int, dropout: float = 0.1, loss_name: str = "soft_ce", **opt):
         super().__init__(backbone, n_models, **opt)
-        self.drop = nn.Dropout(dropout)
+        self.drop = FastDropout(dropout)
         self.linear = nn.Linear(backbone.hidden_size, n_models)
         self.loss_name = loss_name
 
@@ -108,7 +109,7 @@ class CosineClsModule(E2EModule):
     def __init__(self, backbone: Backbone, n_models: int, dropout: float = 0.1, temperature: float = 0.1,
                  learn_temperature: bool = True, **opt):
         super().__init__(backbone, n_models, **opt)
-        self.drop = nn.Dropout(dropout)
+        self.drop = FastDropout(dropout)
         self.weight = nn.Parameter(torch.empty(n_models, backbone.hidden_size))
         nn.init.xavier_uniform_(self.weight)
         log_scale = torch.tensor(math.log(1.0 / temperature))
