@@ -152,7 +152,9 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=17)
     ap.add_argument("--image-px", type=int, default=224, help="side of the synthetic JPEGs")
     ap.add_argument("--image-size", type=int, default=None, help="offline backbone input size override")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(4, cores - 1))")
+    ap.add_argument("--workers", default="auto",
+                    help="DataLoader workers: a number, or auto (the routers' own default, "
+                         "vlrb.backbones.data.decode_workers: none on a CPU below 8 cores)")
     ap.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
                     help="auto: as the routers resolve it (bf16-mixed on a GPU with bf16, 32-true on a CPU)")
     ap.add_argument("--no-warm-up", action="store_true",
@@ -162,6 +164,7 @@ def main() -> int:
 
     import torch
 
+    from vlrb.backbones.data import decode_workers
     from vlrb.routers import create_router
     from vlrb.routers.lit import FitContext, resolve_precision
 
@@ -171,8 +174,8 @@ def main() -> int:
     gpu = args.device == "cuda"
     steps = args.steps if args.steps is not None else (30 if gpu else 20)
     n = max(args.samples or (1024 if gpu else 512), (steps + 2) * args.train_batch)
-    workers = args.workers if args.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
     device = torch.device(args.device)
+    workers = decode_workers(args.workers, device)
     t0 = time.perf_counter()
     bench = synthetic_bench(n, args.models, args.image_px)
     split = bench.split("test")

@@ -233,6 +233,13 @@ def bad_lambda_fails_before_loading(tmp_path):
     assert not (tmp_path / "never").exists()  # validated before anything was built
 
 
+def bad_num_workers_fails_before_loading(tmp_path):
+    r = run_cli("train.py", "num_workers=many", "logger=none", f"data.root={tmp_path / 'never'}",
+                f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(r, "num_workers must be auto or a whole number >= 0", "'many'")
+    assert not (tmp_path / "never").exists()
+
+
 def bad_router_parameter(tmp_path):
     r = run_cli("train.py", "router=knn", "router.k=many", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
     one_line_error(r, "router (vlrb.routers.knn.KNNRouter)", "many")
@@ -289,6 +296,7 @@ CASES = [
     ("18 permissions follow the umask", build_respects_umask),
     ("13 a sweep in which every job fails exits 1 with a summary", sweep_where_every_job_fails),
     ("19 bad lambda: one line, before loading", bad_lambda_fails_before_loading),
+    ("19 bad num_workers: one line, before loading", bad_num_workers_fails_before_loading),
     ("19 bad router parameter: one line", bad_router_parameter),
     ("19 train on a missing benchmark: one line", train_on_a_missing_benchmark),
     ("19 build with a missing records file: one line", build_with_a_missing_records_file),

@@ -539,3 +539,14 @@ def test_offline_vlc_beats_random_on_image_and_keyword(tmp_path):
     vlc = route_metrics(test, r.route(test), bench.cost_bounds)["test/rank_score"]
     rnd = route_metrics(test, create_router("random").fit(train).route(test), bench.cost_bounds)["test/rank_score"]
     assert vlc > rnd + 0.1, (vlc, rnd)
+
+
+def test_decode_workers_auto_leaves_a_small_cpu_to_the_forward_and_feeds_a_gpu():
+    from vlrb.backbones.data import decode_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [decode_workers("auto", cpu, cores=c) for c in (1, 2, 4, 7, 8, 16, 64)] == [0, 0, 0, 0, 1, 2, 4]
+    assert [decode_workers("auto", gpu, cores=c) for c in (1, 2, 16, 64)] == [1, 1, 8, 8]
+    assert decode_workers(3, cpu) == 3 and decode_workers("0", gpu) == 0  # a number is taken as it is
+    with pytest.raises(ValueError, match="num_workers must be auto or a whole number"):
+        decode_workers(-1, cpu)

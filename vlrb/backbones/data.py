@@ -9,6 +9,7 @@ are right whichever worker decoded the image.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +22,25 @@ from vlrb.data.images import ImageDecodeError
 log = logging.getLogger(__name__)
 
 IMAGE_OK, IMAGE_MISSING, IMAGE_FAILED = 0, 1, 2
+
+
+def decode_workers(setting: int | str, device: torch.device, cores: int | None = None) -> int:
+    """DataLoader workers for the end-to-end routers (`num_workers`: a whole number, or auto).
+
+    auto on a CPU: none below 8 cores, then one per 8 cores (at most 4). The forward and backward use every
+    core through OpenMP threads that wait for each other at every operation, so a worker process that takes a
+    core stalls them all: on 2 cores, first-epoch training ran about 1.25x faster with no worker than with one
+    (benchmarks/results/cpu_speed_2core.md), although decoding is then serial. auto on a GPU: the CPU only decodes
+    and feeds it, so every core but one, at most 8."""
+    if str(setting) != "auto":
+        n = int(setting)
+        if n < 0:
+            raise ValueError(f"num_workers must be auto or a whole number >= 0, got {setting!r}")
+        return n
+    cores = cores or os.cpu_count() or 1
+    if device.type == "cpu":
+        return min(4, cores // 8)
+    return min(8, max(1, cores - 1))
 
 
 class RawDataset(Dataset):

@@ -51,7 +51,7 @@ class Packing:
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         if not self.dense:
-            x = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index[:self.n], x[:self.n])
+            x = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy_(0, self.index[:self.n], x[:self.n])
         return x.view(self.batch, self.length, *x.shape[1:])
 
     def attention(self, qkv: torch.Tensor, heads: int, dropout: float, scale: float | None = None) -> torch.Tensor:

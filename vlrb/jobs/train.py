@@ -51,8 +51,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("backbone") is not None and "backbone" not in router:
         raise ConfigError(f"backbone={_choice('backbone')}: router={_choice('router')} takes no backbone "
                           "(only the end-to-end routers routerdc, cosinecls, zooter and vlc do)")
-    if int(cfg.get("num_workers", 0)) < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    workers = cfg.get("num_workers", "auto")
+    if str(workers) != "auto" and not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f"num_workers must be auto or a whole number >= 0, got {workers!r}")
     check_data_root(cfg)
 
 
@@ -134,7 +135,7 @@ def prepare_data(cfg: DictConfig, router):
         bench = hold_out(bench, cfg.ood.protocol, cfg.ood.holdout)
     data = RoutingData.prepare(bench, router.inputs, encoder=to_plain(cfg.encoder) if needs_features else None,
                                fusion=cfg.get("fusion"), scaler_fit=router.scaler_fit,
-                               num_workers=int(cfg.get("num_workers", 2)))
+                               num_workers=cfg.get("num_workers", "auto"))
     if len(data["train"]) == 0:
         raise ConfigError(f"the benchmark at {cfg.data.root} has an empty train split: nothing to fit")
     return data

@@ -271,7 +271,8 @@ class E2ERouter(Router):
 
     def _context(self, ctx: FitContext | None, bench=None) -> FitContext:
         """The run's ctx, or a standalone one (any GPU, no logger, the benchmark's cost bounds); the trainer's
-        precision resolved: bf16-mixed on a GPU when `precision: auto` and the trainer config sets none."""
+        precision resolved (bf16-mixed on a GPU when `precision: auto` and the trainer config sets none) and
+        `num_workers: auto` (`vlrb.backbones.data.decode_workers`)."""
         from vlrb.routers.lit import FitContext
 
         ctx = ctx or FitContext(trainer={"accelerator": "auto", "devices": 1}, seed=self.seed)
@@ -283,7 +284,10 @@ class E2ERouter(Router):
 
             trainer["precision"] = self.precision
             trainer = resolve_precision(trainer)
-        return dataclasses.replace(ctx, trainer=trainer)
+        ctx = dataclasses.replace(ctx, trainer=trainer)
+        from vlrb.backbones.data import decode_workers
+
+        return dataclasses.replace(ctx, num_workers=decode_workers(ctx.num_workers, self._device(ctx)))
 
     @staticmethod
     def _device(ctx: FitContext) -> torch.device:

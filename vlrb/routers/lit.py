@@ -32,7 +32,8 @@ class FitContext:
     callbacks:   {name: config} (conf/callbacks/); `model_checkpoint` and `early_stopping` are completed per
                  fit (a temporary checkpoint folder, the router's patience), the others instantiated as they are
     loggers:     Lightning loggers, already built (conf/logger/)
-    num_workers: DataLoader worker processes for routers that decode images
+    num_workers: DataLoader worker processes for routers that decode images (auto: see
+                 `vlrb.backbones.data.decode_workers`)
     """
 
     trainer: dict = field(default_factory=lambda: {"accelerator": "cpu", "devices": 1, "max_epochs": 10})
@@ -41,7 +42,7 @@ class FitContext:
     cost_bounds: dict | None = None
     beta: float = 0.1
     patience: int = 3
-    num_workers: int = 0
+    num_workers: int | str = "auto"
     seed: int = 42
     progress: bool = False
 

@@ -18,11 +18,11 @@ class RoutingData:
     bench: Benchmark
     splits: dict[str, Split]
     recipe: Any = None  # vlrb.features.recipe.FeatureRecipe when the router reads features
-    num_workers: int = 2
+    num_workers: int | str = "auto"
 
     @classmethod
     def prepare(cls, bench: Benchmark, inputs: Sequence[str], *, encoder: Any = None, fusion: str | None = None,
-                scaler_fit: str = "all", num_workers: int = 2) -> "RoutingData":
+                scaler_fit: str = "all", num_workers: int | str = "auto") -> "RoutingData":
         """Splits for a router that reads `inputs` ("labels", "features", "raw"); features need `encoder`
         (`scaler_fit`: the train rows the feature scaler is fitted on, all | with_correct)."""
         splits = {s: bench.split(s) for s in SPLIT_NAMES}
@@ -35,7 +35,7 @@ class RoutingData:
             recipe = FeatureRecipe.from_config(encoder, fusion)
             X = recipe.fit_splits(bench, SPLIT_NAMES, scaler_fit=scaler_fit)
             splits = {s: sp.with_features(X[s]) for s, sp in splits.items()}
-        return cls(bench, splits, recipe, int(num_workers))
+        return cls(bench, splits, recipe, num_workers)
 
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]
