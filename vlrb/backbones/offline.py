@@ -27,6 +27,10 @@ On a CPU with native bf16 matmuls (Intel AMX) the frozen MiniLM layers run on a 
 (`prefix_precision: auto`; `FrozenBf16`), 2-3x faster than fp32 and within about 1% of its states; the layers
 trained on top see the same states in training and in routing. `prefix_precision: fp32` keeps them in fp32.
 
+The Transformer layers (the MiniLM layers and the fusion) run on the real tokens of the batch only
+(`vlrb.backbones.packed`: the same maths as the padded forward; a third or more of a batch of prompts is
+padding), and their dropouts draw a cheaper CPU mask (`vlrb.backbones.dropout.FastDropout`).
+
 `image_size` defaults to 128, not the towers' pretraining size 224: it costs about a third as much on a CPU,
 the demo's images are only 96 px, and EfficientNet's features stay usable at that size. Use 224 on a GPU or
 for large, detailed images.
