@@ -424,6 +424,21 @@ def test_placeholder_images_are_counted(bench):
     assert stats.summary() == {"train": {"samples": 3, "no_image": 1, "decode_failed": 1}}
 
 
+def test_a_batch_decoded_on_threads_equals_item_by_item(bench, monkeypatch):
+    bb = create_backbone("tiny_lxmert_vit")
+    rows = [0, 1, 3, 1, 2]  # no image, images, a broken image
+    ds = RawDataset(bench.prompts, bench.images, rows, bb.processor, Y=bench.Y[rows])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # threads even on a 1-core runner
+    batch = ds.__getitems__([4, 0, 2, 1])
+    one_by_one = [ds[j] for j in (4, 0, 2, 1)]
+    assert [it["image_status"] for it in batch] == [IMAGE_OK, IMAGE_MISSING, IMAGE_FAILED, IMAGE_OK]
+    for got, want in zip(batch, one_by_one):
+        assert got.keys() == want.keys() and got["input_ids"] == want["input_ids"] and got["row"] == want["row"]
+        assert torch.equal(got["pixel_values"], want["pixel_values"]) and torch.equal(got["Y"], want["Y"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=0, collate_fn=Collate(bb.processor))
+    assert next(iter(loader))["row"].tolist() == rows  # the DataLoader fetches whole batches this way
+
+
 # ------------------------------------------------------------------------------------------ fitting
 @pytest.mark.parametrize("router,backbone", [("routerdc", "tiny_vilbert"), ("cosinecls", "tiny_uniter"),
                                              ("zooter", "tiny_visualbert"), ("vlc", "tiny_lxmert_vit")])

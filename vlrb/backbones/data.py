@@ -1,6 +1,7 @@
 """The raw-input pipeline of end-to-end routers: prompts and first images, read lazily per sample.
 
-`RawDataset.__getitem__` reads one prompt and decodes one image (so DataLoader workers decode in parallel),
+`RawDataset.__getitem__` reads one prompt and decodes one image (so DataLoader workers decode in parallel;
+with no workers, `__getitems__` decodes a batch's images on threads),
 runs the backbone's processor, and attaches per-row arrays (targets, Y, C, cluster ids, ...). Each item
 carries its benchmark row and an image status (0 = image, 1 = no image, 2 = failed to decode); both of the
 latter get the mid-grey placeholder. `ImageStats` counts them per split from the batches, so the counts
@@ -8,13 +9,15 @@ are right whichever worker decoded the image.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from vlrb.backbones.base import Processor
 from vlrb.data.images import ImageDecodeError
@@ -59,6 +62,22 @@ class RawDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, j: int) -> dict:
+        return self._item(j, *self._pixels(j))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A batch (the DataLoader asks for whole batches). In the main process, i.e. with no worker processes,
+        its images are decoded and resized on one thread per core: PIL releases the GIL, and the forward that
+        would use those cores waits for the batch anyway. Prompts are tokenised on the calling thread (a Hugging
+        Face fast tokenizer is not safe to share between threads)."""
+        threads = torch.get_num_threads() if get_worker_info() is None else 1
+        if threads > 1 and len(indices) > 1:
+            pixels = list(_decode_pool(threads).map(self._pixels, indices))
+        else:
+            pixels = [self._pixels(j) for j in indices]
+        return [self._item(j, *p) for j, p in zip(indices, pixels)]
+
+    def _pixels(self, j: int) -> tuple[torch.Tensor, int]:
+        """Item j's image through the processor (the placeholder when missing or undecodable), and its status."""
         row = int(self.rows[j])
         status = IMAGE_OK
         try:
@@ -68,12 +87,19 @@ class RawDataset(Dataset):
         except ImageDecodeError as e:
             log.debug("placeholder image for row %d: %s", row, e)
             img, status = None, IMAGE_FAILED
-        item = self.processor(self.prompts[j], img)
-        item["row"] = row
-        item["image_status"] = status
+        return self.processor.image(img), status
+
+    def _item(self, j: int, pixels: torch.Tensor, status: int) -> dict:
+        item = {"input_ids": self.processor.text(self.prompts[j]), "pixel_values": pixels,
+                "row": int(self.rows[j]), "image_status": status}
         for k, v in self.arrays.items():
             item[k] = v[j]
         return item
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vlrb-decode")
 
 
 class Collate:
