@@ -147,6 +147,7 @@ def test_fast_dropout_drops_p_scales_the_rest_and_is_repeatable():
     assert torch.equal(fast.fast_dropout(x, 0.1, training=False), x)
     assert torch.equal(fast.fast_dropout(x, 0.0), x)
     assert (fast.fast_dropout(x, 1.0) == 0).all()
+    assert (fast.fast_dropout(x, 1 - 1e-6) == 0).float().mean() > 0.9999  # p rounds to 1: torch's own dropout
     odd = fast.fast_dropout(torch.ones(3, 5, 7), 0.5)  # numel not a multiple of 4
     assert odd.shape == (3, 5, 7)
 

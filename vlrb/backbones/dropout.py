@@ -6,7 +6,7 @@ element, so the dropouts of a small Transformer (hidden states, feed-forward, at
 `seed_everything` still makes runs repeatable) and cuts them into four 16-bit uniforms, one per element; an
 element is dropped when its uniform falls below round(p * 65536), i.e. with probability p to within 1/131072,
 and the survivors are scaled by the exact 1 / (1 - p') of that rounded p'. On a GPU (whose generator is fast)
-and for p outside (0, 1) it is plain `torch.nn.functional.dropout`.
+and for p of 1 (to 16 bits) it is plain `torch.nn.functional.dropout`.
 
     swap_dropout(model)          # every nn.Dropout in `model` becomes a FastDropout (no parameters change)
 """
@@ -33,7 +33,7 @@ def keep_mask(shape: torch.Size | tuple, p: float, device: torch.device, dtype: 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or p <= 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
+    if x.device.type != "cpu" or round(p * _LEVELS) >= _LEVELS:  # a GPU, or p within 1/131072 of 1
         return F.dropout(x, p, training)
     return x * keep_mask(x.shape, p, x.device, x.dtype)  # a float mask: one multiply forward, one backward
 

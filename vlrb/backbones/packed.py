@@ -38,12 +38,13 @@ class Packing:
         index = real.reshape(-1).nonzero().squeeze(1)
         self.n = int(index.numel())
         extra = -self.n % multiple
-        self.dense = self.n == real.numel() and not extra  # no padding: pack and unpack are reshapes
+        full = self.n == real.numel()
+        self.dense = full and not extra  # no padding: pack and unpack are reshapes
         # `multiple`: the packed rows rounded up with copies of the first token (computed, never read back), so
         # that oneDNN's bf16 matmuls, which compile a kernel per shape, meet few shapes (see `rows_multiple`)
         self.index = None if self.dense else torch.cat([index, index[:1].expand(extra)])
         # (B, 1, 1, L) True where a key may be attended to; None lets SDPA take its unmasked kernels
-        self.key_mask = None if bool(real.all()) else real[:, None, None, :]
+        self.key_mask = None if full else real[:, None, None, :]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(self.batch * self.length, *x.shape[2:])

@@ -160,7 +160,8 @@ class NetRouter(Router):
             module = self.make_module(X.shape[1], Y.shape[1])
         train_ds = DictDataset(x=X, targets=t)
         bs = len(train_ds) if self.batch_size is None else min(self.batch_size, len(train_ds))
-        loader_kw = dict(seed=self.seed, num_workers=ctx.num_workers, distributed=is_distributed(ctx.trainer))
+        # features are tensors in memory: worker processes would only copy them (num_workers is for decoding)
+        loader_kw = dict(seed=self.seed, num_workers=0, distributed=is_distributed(ctx.trainer))
         train_loader = make_loader(train_ds, bs, shuffle=True, **loader_kw)
         val_loader = None
         if dev is not None and len(dev):
