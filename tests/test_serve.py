@@ -268,12 +268,12 @@ def test_remote_images_fetched_with_limits(upstream, monkeypatch):
     monkeypatch.setattr(security, "is_public_address", lambda addr: True)
     base = upstream.url.removesuffix("/v1") + "/files"
     router = StubRouter()
-    s = settings(allow_remote_images=True, remote_max_bytes=4000, remote_timeout_s=0.5)
+    s = settings(allow_remote_images=True, remote_max_bytes=4000, remote_timeout_s=1.5)  # slow.png takes 3 s
     with TestClient(create_app(router, s)) as c:
         r = c.post("/v1/route", json=user("what?", f"{base}/red.png"))
         assert r.status_code == 200 and router.images[-1].size == (20, 10)
         for name, msg in (("redirect.png", "HTTP 307"), ("big.png", "over 4000 bytes"),
-                          ("page.html", "is not an image"), ("slow.png", "within 0.5 s")):
+                          ("page.html", "is not an image"), ("slow.png", "within 1.5 s")):
             r = c.post("/v1/route", json=user("what?", f"{base}/{name}"))
             assert r.status_code == 400 and msg in r.json()["error"]["message"], (name, r.text)
 

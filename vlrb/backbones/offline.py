@@ -185,6 +185,7 @@ class OfflineBackbone(Backbone):
         return self.cache.fetch(batch, self._prefix)
 
     def _prefix(self, ids, mask, pixels):
+        pixels = self.processor.normalize(pixels)  # uint8 from the processor -> the float input
         frozen = self.freeze != "none"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             text = self._text_prefix(ids, mask)

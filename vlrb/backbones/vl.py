@@ -70,7 +70,7 @@ class ViTBackbone(Backbone):
 
     def patches(self, batch: dict) -> torch.Tensor:
         """(B, 1 + n_patches, vit_dim): the CLS and patch tokens of the last ViT layer."""
-        return self.vit(pixel_values=batch["pixel_values"]).last_hidden_state
+        return self.vit(pixel_values=self.processor.normalize(batch["pixel_values"])).last_hidden_state
 
     def towers(self):
         return [([self.vit.embeddings], list(encoder_layers(self.vit)), [self.vit.layernorm])]
