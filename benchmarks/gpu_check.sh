@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (run on a lent GPU machine, see the README's benchmark notes):
 #  1. feature extraction throughput of the default pair (MiniLM + EfficientNet-Lite0) on cuda, bf16;
-#  2. end-to-end routers at real LXMERT-on-ViT shapes (random weights): training steps/s and routing samples/s;
+#  2. end-to-end routers at real LXMERT-on-ViT shapes (random weights) and on the offline backbone (224 px):
+#     training and routing samples/s;
 #  3. the user's own command, `python train.py router=routerdc lambda=0.5`, on the demo (trainer=auto: the GPU, bf16).
 # The feature pipeline there decodes JPEGs on the GPU (decode: auto -> torchvision.io.decode_jpeg on cuda).
 # Packages the GPU image lacks (the two weight packages) travel in data/gpu_carry/site.
@@ -15,6 +16,8 @@ echo "=== features"
 timeout 240 python3 benchmarks/gpu_features.py --n 4096 --json "$OUT/gpu_features.json" 2>&1 | grep -v Warning | tail -25
 echo "=== end-to-end routers (LXMERT-on-ViT, random weights, real shapes)"
 timeout 240 python3 benchmarks/bench_e2e.py --device cuda --backbone lxmert_vit_random --steps 30 --samples 1024 --json "$OUT/gpu_e2e.json" 2>&1 | grep -v Warning | tail -20
+echo "=== end-to-end routers (offline backbone at 224 px, packed layers; RouterDC)"
+timeout 150 python3 benchmarks/bench_e2e.py --device cuda --backbone offline --image-size 224 --routers routerdc --steps 30 --samples 1024 --json "$OUT/gpu_e2e_offline.json" 2>&1 | grep -v Warning | tail -8
 echo "=== the user's command on the GPU (trainer=auto)"
 timeout 60 python3 build_data.py progress=false 2>&1 | tail -2
 timeout 300 python3 train.py router=routerdc lambda=0.5 logger=csv num_workers=8 "hydra.run.dir=$OUT/routerdc" 2>&1 \
