@@ -68,7 +68,6 @@ class Processor:
 
     def __init__(self, tokenizer, image_transform: Callable, image_size: int, max_length: int = 128):
         self.tokenizer = tokenizer
-        self.image_transform = image_transform
         self.pixels = ImagePreprocess(image_transform)
         self.image_size = int(image_size)
         self.max_length = int(max_length)
