@@ -220,7 +220,6 @@ class TextPrefix(nn.Module):
 
     def __init__(self, text: nn.Module, layers: int):
         super().__init__()
-        self.config = text.config
         self.embeddings = text.embeddings
         self.layers = nn.ModuleList(encoder_layers(text)[:layers])
 
