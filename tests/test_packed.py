@@ -109,6 +109,50 @@ def test_encoder_layer_packed_equals_torch_transformer_encoder_layer(norm_first)
     torch.testing.assert_close(layer.linear1.weight.grad, ref_w, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_encoder_layer_first_only_is_the_full_layers_first_token_rows(norm_first, multiple):
+    torch.manual_seed(5)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=24, dropout=0.0, batch_first=True,
+                                       norm_first=norm_first)
+    mask = _mask([6, 2, 4, 5], 6)
+    x = torch.randn(4, 6, 16, requires_grad=True)
+    real = mask.bool()
+    ref = layer(x, src_key_padding_mask=~real)[:, 0]  # the padded torch layer's first tokens
+    (ref ** 2).sum().backward()
+    ref_grad, ref_w = x.grad.clone(), layer.self_attn.in_proj_weight.grad.clone()
+    x.grad = None
+    layer.zero_grad()
+    pk = Packing(mask, multiple)
+    got = encoder_layer(layer, pk.pack(x), pk, first_only=True)
+    assert got.shape == (4, 16)
+    (got ** 2).sum().backward()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, ref_grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.self_attn.in_proj_weight.grad, ref_w, atol=1e-5, rtol=1e-5)
+    assert torch.equal(Packing(mask).firsts, torch.tensor([0, 6, 8, 12]))
+
+
+def test_offline_fusion_reads_out_the_cls_state_of_the_padded_encoder():
+    from vlrb.backbones.offline import Fusion
+
+    torch.manual_seed(6)
+    fusion = Fusion(12, 10, hidden=16, layers=2, heads=2, n_image_tokens=4).eval()
+    text, image = torch.randn(3, 5, 12), torch.randn(3, 4, 10)
+    text_mask = _mask([5, 2, 3], 5)
+    got = fusion(text, text_mask, image)
+    # the reference: the whole padded sequence through torch's own encoder, its CLS row read out
+    b = text.shape[0]
+    x = torch.cat([fusion.cls.expand(b, -1, -1) + fusion.type_emb.weight[0],
+                   fusion.text_proj(text) + fusion.type_emb.weight[1],
+                   fusion.image_proj(image) + fusion.image_pos + fusion.type_emb.weight[2]], dim=1)
+    keys = torch.cat([torch.ones(b, 1, dtype=torch.bool), text_mask.bool(), torch.ones(b, 4, dtype=torch.bool)], 1)
+    cls = fusion.encoder(x, src_key_padding_mask=~keys)[:, 0]
+    m = text_mask.unsqueeze(-1).float()
+    skip = fusion.skip(torch.cat([(text * m).sum(1) / m.sum(1), image.mean(1)], dim=-1))
+    torch.testing.assert_close(got, fusion.norm(cls + skip), atol=1e-5, rtol=1e-5)
+
+
 def test_cpu_attention_with_dropout_is_sdpa_maths_with_the_fast_mask(monkeypatch):
     torch.manual_seed(2)
     pk = Packing(_mask([5, 3], 5))

@@ -29,7 +29,8 @@ trained on top see the same states in training and in routing. `prefix_precision
 
 The Transformer layers (the MiniLM layers and the fusion) run on the real tokens of the batch only
 (`vlrb.backbones.packed`: the same maths as the padded forward; a third or more of a batch of prompts is
-padding), and their dropouts draw a cheaper CPU mask (`vlrb.backbones.dropout.FastDropout`).
+padding), the last fusion layer computes only the CLS state that is read out (its other tokens serve as keys
+and values only), and the dropouts draw a cheaper CPU mask (`vlrb.backbones.dropout.FastDropout`).
 
 `image_size` defaults to 128, not the towers' pretraining size 224: it costs about a third as much on a CPU,
 the demo's images are only 96 px, and EfficientNet's features stay usable at that size. Use 224 on a GPU or
@@ -79,9 +80,10 @@ class Fusion(nn.Module):
         ones = torch.ones(b, 1, dtype=torch.bool, device=x.device)
         pk = Packing(torch.cat([ones, text_mask.bool(), ones.expand(b, v.shape[1])], dim=1), rows_multiple(x))
         x = pk.pack(x)  # the layers run on the real tokens only (vlrb.backbones.packed)
-        for layer in self.encoder.layers:
-            x = encoder_layer(layer, x, pk)
-        x = pk.unpack(x)[:, 0]
+        layers = self.encoder.layers
+        for i, layer in enumerate(layers):  # only the CLS state is read out: the last layer computes only it
+            x = encoder_layer(layer, x, pk, first_only=i == len(layers) - 1)
+        x = x if len(layers) else x[pk.firsts]
         m = text_mask.unsqueeze(-1).to(text_tokens.dtype)
         text_mean = (text_tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.norm(x + self.skip(torch.cat([text_mean, image_tokens.mean(1)], dim=-1)))

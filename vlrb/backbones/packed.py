@@ -8,6 +8,7 @@ are masked as attention keys, and nothing reads them). Only attention mixes posi
     x = pk.pack(states)         # (B, L, D) -> (N, D)
     x = bert_layer(layer, x, pk)               # token-wise parts on (N, D); attention on (B, H, L, d)
     states = pk.unpack(x)       # (N, D) -> (B, L, D), zeros at the padding
+    cls = encoder_layer(last, x, pk, first_only=True)   # (B, D): a last layer read out at its first token
 
 The layers' own modules and weights are used as they are (a Hugging Face `BertLayer`, a torch
 `nn.TransformerEncoderLayer`), so checkpoints do not change; outputs at the real tokens equal the padded
@@ -43,6 +44,9 @@ class Packing:
         # `multiple`: the packed rows rounded up with copies of the first token (computed, never read back), so
         # that oneDNN's bf16 matmuls, which compile a kernel per shape, meet few shapes (see `rows_multiple`)
         self.index = None if self.dense else torch.cat([index, index[:1].expand(extra)])
+        # the packed row of each sequence's first real token (a CLS read out by `encoder_layer(first_only=True)`)
+        lengths = real.sum(1)
+        self.firsts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
         # (B, 1, 1, L) True where a key may be attended to; None lets SDPA take its unmasked kernels
         self.key_mask = None if full else real[:, None, None, :]
 
@@ -58,15 +62,25 @@ class Packing:
     def attention(self, qkv: torch.Tensor, heads: int, dropout: float, scale: float | None = None) -> torch.Tensor:
         """Multi-head self-attention of packed (N, 3D) query-key-value projections -> packed (N, D)."""
         q, k, v = self.unpack(qkv).view(self.batch, self.length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        out = self._attend(q, k, v, dropout, scale)
+        return self.pack(out.transpose(1, 2).reshape(self.batch, self.length, -1))
+
+    def first_token_attention(self, q: torch.Tensor, kv: torch.Tensor, heads: int, dropout: float,
+                              scale: float | None = None) -> torch.Tensor:
+        """Attention for each sequence's first token only: its (B, D) queries over packed (N, 2D) key-value
+        projections -> (B, D). The first token's rows of `attention`, without the queries nobody reads."""
+        k, v = self.unpack(kv).view(self.batch, self.length, 2, heads, -1).permute(2, 0, 3, 1, 4)
+        out = self._attend(q.view(self.batch, 1, heads, -1).transpose(1, 2), k, v, dropout, scale)
+        return out.reshape(self.batch, -1)
+
+    def _attend(self, q, k, v, dropout: float, scale: float | None) -> torch.Tensor:
+        """(B, H, Lq, d) queries over (B, H, L, d) keys and values, the padding masked as keys."""
         if dropout > 0.0 and q.device.type == "cpu":  # SDPA's CPU dropout is torch's slow mask: the same maths
             w = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)
             if self.key_mask is not None:
                 w.masked_fill_(~self.key_mask, float("-inf"))
-            out = fast_dropout(w.softmax(-1), dropout) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask, dropout_p=dropout, scale=scale)
-        return self.pack(out.transpose(1, 2).reshape(self.batch, self.length, -1))
-
+            return fast_dropout(w.softmax(-1), dropout) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask, dropout_p=dropout, scale=scale)
 
 def bert_layer(layer: nn.Module, x: torch.Tensor, pk: Packing) -> torch.Tensor:
     """A Hugging Face `BertLayer` (post-LayerNorm encoder layer, self-attention only) on packed states."""
@@ -79,20 +93,32 @@ def bert_layer(layer: nn.Module, x: torch.Tensor, pk: Packing) -> torch.Tensor:
     return layer.output(layer.intermediate(x), x)
 
 
-def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, pk: Packing) -> torch.Tensor:
-    """A torch `nn.TransformerEncoderLayer` (batch_first, pre- or post-norm) on packed states."""
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, pk: Packing,
+                  first_only: bool = False) -> torch.Tensor:
+    """A torch `nn.TransformerEncoderLayer` (batch_first, pre- or post-norm) on packed states (N, D) -> (N, D).
+
+    `first_only`: only each sequence's first token's output, (B, D) (a last layer read out at its CLS): every
+    token still serves as key and value, but the query, the output projection and the feed-forward run on B
+    rows instead of N, the same numbers as the full layer's rows `pk.firsts`."""
     attn = layer.self_attn
     drop = attn.dropout if layer.training else 0.0
 
     def sa_block(y):
-        qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
-        return layer.dropout1(attn.out_proj(pk.attention(qkv, attn.num_heads, drop)))
+        if not first_only:
+            qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+            return layer.dropout1(attn.out_proj(pk.attention(qkv, attn.num_heads, drop)))
+        d = y.shape[-1]
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        q = F.linear(y[pk.firsts], w[:d], None if b is None else b[:d])
+        kv = F.linear(y, w[d:], None if b is None else b[d:])
+        return layer.dropout1(attn.out_proj(pk.first_token_attention(q, kv, attn.num_heads, drop)))
 
     def ff_block(y):
         return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(y)))))
 
+    residual = x[pk.firsts] if first_only else x
     if layer.norm_first:
-        x = x + sa_block(layer.norm1(x))
+        x = residual + sa_block(layer.norm1(x))
         return x + ff_block(layer.norm2(x))
-    x = layer.norm1(x + sa_block(x))
+    x = layer.norm1(residual + sa_block(x))
     return layer.norm2(x + ff_block(x))
