@@ -2,7 +2,7 @@
 
 The device tool carries at most 64 MiB, so both weight files travel in fp16 (54 MB in all; throughput does not
 depend on the precision they are stored in). Run here, then: run(command="bash benchmarks/gpu_check.sh",
-carry=["data/gpu_carry"]).
+carry=["data/gpu_carry"]) (all parts, at most 570 s; or one part: `bash benchmarks/gpu_check.sh e2e`).
 """
 import shutil
 from pathlib import Path
