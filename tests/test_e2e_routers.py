@@ -256,6 +256,8 @@ def test_frozen_prefix_cache_is_exact():
     torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, plain[[0, 2]], atol=1e-5, rtol=1e-5)
     assert sorted(bb.cache.store) == [10, 11, 12]
+    held = [x for entry in bb.cache.store.values() for x in entry]  # each entry owns its memory: counted = held
+    assert bb.cache.bytes == sum(x.untyped_storage().nbytes() for x in held)
     assert create_backbone("tiny_offline", freeze="none").cache is None  # nothing frozen: nothing to cache
 
 

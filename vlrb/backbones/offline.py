@@ -264,8 +264,8 @@ class FrozenCache:
         if todo:
             idx = torch.as_tensor(todo, device=ids.device)
             t, v = compute(ids[idx], mask[idx], pixels[idx])
-            for j, i in enumerate(todo):
-                fresh[i] = (t[j, :int(lengths[i])].detach(), v[j].detach())
+            for j, i in enumerate(todo):  # copies: a view would keep the whole padded batch alive, uncounted
+                fresh[i] = (t[j, :int(lengths[i])].detach().clone(), v[j].detach().clone())
                 size = sum(x.numel() * x.element_size() for x in fresh[i])
                 if self.bytes + size <= self.max_bytes:
                     self.store[rows[i]] = fresh[i]
