@@ -16,6 +16,8 @@ forward up to float rounding (tests/test_packed.py). Dropout draws fewer random 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,11 +46,15 @@ class Packing:
         # `multiple`: the packed rows rounded up with copies of the first token (computed, never read back), so
         # that oneDNN's bf16 matmuls, which compile a kernel per shape, meet few shapes (see `rows_multiple`)
         self.index = None if self.dense else torch.cat([index, index[:1].expand(extra)])
-        # the packed row of each sequence's first real token (a CLS read out by `encoder_layer(first_only=True)`)
-        lengths = real.sum(1)
-        self.firsts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        self._real = real
         # (B, 1, 1, L) True where a key may be attended to; None lets SDPA take its unmasked kernels
         self.key_mask = None if full else real[:, None, None, :]
+
+    @functools.cached_property
+    def firsts(self) -> torch.Tensor:
+        """The packed row of each sequence's first real token (a CLS read out by `encoder_layer(first_only=True)`)."""
+        lengths = self._real.sum(1)
+        return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(self.batch * self.length, *x.shape[2:])
