@@ -88,48 +88,50 @@ def test_bert_layer_packed_equals_the_hugging_face_padded_forward_and_its_gradie
         torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("norm_first", [True, False])
-def test_encoder_layer_packed_equals_torch_transformer_encoder_layer(norm_first):
-    torch.manual_seed(1)
+def _encoder_layer_case(seed: int, norm_first: bool, lengths: list[int]):
+    torch.manual_seed(seed)
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=24, dropout=0.0, batch_first=True,
                                        norm_first=norm_first)
-    mask = _mask([6, 2, 4, 6], 6)
-    x = torch.randn(4, 6, 16, requires_grad=True)
-    real = mask.bool()
-    ref = layer(x, src_key_padding_mask=~real)
-    (ref[real] ** 2).sum().backward()
-    ref_grad, ref_w = x.grad.clone(), layer.linear1.weight.grad.clone()
+    return layer, _mask(lengths, 6), torch.randn(len(lengths), 6, 16, requires_grad=True)
+
+
+def _output_and_grads(layer: nn.Module, x: torch.Tensor, forward) -> tuple:
+    """forward(x), and the gradients of its squared sum for x and every weight of `layer`."""
     x.grad = None
     layer.zero_grad()
+    out = forward(x)
+    (out ** 2).sum().backward()
+    return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
+def _assert_same(got: tuple, ref: tuple) -> None:
+    for a, b in zip(got[:2], ref[:2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert got[2].keys() == ref[2].keys() and len(ref[2]) > 8
+    for name in ref[2]:
+        torch.testing.assert_close(got[2][name], ref[2][name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_encoder_layer_packed_equals_torch_transformer_encoder_layer(norm_first):
+    layer, mask, x = _encoder_layer_case(1, norm_first, [6, 2, 4, 6])
+    real = mask.bool()
     pk = Packing(mask)
-    got = pk.unpack(encoder_layer(layer, pk.pack(x), pk))
-    (got[real] ** 2).sum().backward()
-    torch.testing.assert_close(got[real], ref[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x.grad, ref_grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer.linear1.weight.grad, ref_w, atol=1e-5, rtol=1e-5)
+    ref = _output_and_grads(layer, x, lambda y: layer(y, src_key_padding_mask=~real)[real])
+    got = _output_and_grads(layer, x, lambda y: pk.unpack(encoder_layer(layer, pk.pack(y), pk))[real])
+    _assert_same(got, ref)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
 @pytest.mark.parametrize("multiple", [1, 8])
 def test_encoder_layer_first_only_is_the_full_layers_first_token_rows(norm_first, multiple):
-    torch.manual_seed(5)
-    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=24, dropout=0.0, batch_first=True,
-                                       norm_first=norm_first)
-    mask = _mask([6, 2, 4, 5], 6)
-    x = torch.randn(4, 6, 16, requires_grad=True)
-    real = mask.bool()
-    ref = layer(x, src_key_padding_mask=~real)[:, 0]  # the padded torch layer's first tokens
-    (ref ** 2).sum().backward()
-    ref_grad, ref_w = x.grad.clone(), layer.self_attn.in_proj_weight.grad.clone()
-    x.grad = None
-    layer.zero_grad()
+    layer, mask, x = _encoder_layer_case(5, norm_first, [6, 2, 4, 5])
     pk = Packing(mask, multiple)
-    got = encoder_layer(layer, pk.pack(x), pk, first_only=True)
-    assert got.shape == (4, 16)
-    (got ** 2).sum().backward()
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x.grad, ref_grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer.self_attn.in_proj_weight.grad, ref_w, atol=1e-5, rtol=1e-5)
+    # the reference: torch's padded layer, its first tokens read out
+    ref = _output_and_grads(layer, x, lambda y: layer(y, src_key_padding_mask=~mask.bool())[:, 0])
+    got = _output_and_grads(layer, x, lambda y: encoder_layer(layer, pk.pack(y), pk, first_only=True))
+    assert got[0].shape == (4, 16)
+    _assert_same(got, ref)
     assert torch.equal(Packing(mask).firsts, torch.tensor([0, 6, 8, 12]))
 
 
