@@ -81,9 +81,10 @@ class Fusion(nn.Module):
         pk = Packing(torch.cat([ones, text_mask.bool(), ones.expand(b, v.shape[1])], dim=1), rows_multiple(x))
         x = pk.pack(x)  # the layers run on the real tokens only (vlrb.backbones.packed)
         layers = self.encoder.layers
+        if not len(layers):
+            x = x[pk.firsts]
         for i, layer in enumerate(layers):  # only the CLS state is read out: the last layer computes only it
             x = encoder_layer(layer, x, pk, first_only=i == len(layers) - 1)
-        x = x if len(layers) else x[pk.firsts]
         m = text_mask.unsqueeze(-1).to(text_tokens.dtype)
         text_mean = (text_tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.norm(x + self.skip(torch.cat([text_mean, image_tokens.mean(1)], dim=-1)))

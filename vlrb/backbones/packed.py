@@ -88,6 +88,7 @@ class Packing:
             return fast_dropout(w.softmax(-1), dropout) @ v
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask, dropout_p=dropout, scale=scale)
 
+
 def bert_layer(layer: nn.Module, x: torch.Tensor, pk: Packing) -> torch.Tensor:
     """A Hugging Face `BertLayer` (post-LayerNorm encoder layer, self-attention only) on packed states."""
     sa = layer.attention.self
