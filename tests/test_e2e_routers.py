@@ -533,7 +533,8 @@ def colour_keyword_bench(n: int = 360, seed: int = 0) -> Benchmark:
     Y = np.stack([red, ~red & ~chart, chart], axis=1).astype(np.int8)
     C = np.tile([2e-5, 3e-5, 8e-4], (n, 1)) * rng.uniform(0.9, 1.1, (n, 3))
     words = ["bar", "pie", "line", "scatter"]
-    prompts = [f"Look at this {'chart' if c else 'photo'} and describe the {words[i % 4]} part." for i, c in enumerate(chart)]
+    prompts = [f"Look at this {'chart' if c else 'photo'} and describe the {words[i % 4]} part."
+               for i, c in enumerate(chart)]
     bench = Benchmark.from_arrays(Y, C, prompts=prompts, sample_ids=[f"toy/{i:04d}" for i in range(n)])
     refs = []
     for r_ in red:
