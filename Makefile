@@ -33,11 +33,11 @@ train: $(STAMP) ## train the default router on the demo benchmark
 evaluate: $(STAMP) ## leaderboard + Pareto plot on the demo benchmark
 	$(PYTHON) evaluate.py
 
-test: $(STAMP) ## fast tests (not marked slow)
-	$(PYTHON) -m pytest -m "not slow" -q
+test: $(STAMP) ## fast tests (not marked slow), on every core
+	$(PYTHON) -m pytest -m "not slow" -q -n auto --dist loadfile
 
-test-full: $(STAMP) ## every test, slow ones included
-	$(PYTHON) -m pytest -q
+test-full: $(STAMP) ## every test, slow ones included (the README's long commands too)
+	$(PYTHON) -m pytest -q -n auto --dist loadfile
 
 bench-build: $(STAMP) ## time + peak memory of building the full-scale demo (30,540 x 17)
 	$(PYTHON) benchmarks/bench_build.py

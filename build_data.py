@@ -6,21 +6,7 @@ generated demo (data=demo, the default), and extract features (stage=features).
     python build_data.py data=vlrb data.raw_dir=W data.tsv_dir=LMUData
     python build_data.py stage=features encoder=default
 """
-import os
-from pathlib import Path
-
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-
-@hydra.main(config_path="conf", config_name="build", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from vlrb.jobs import build
-
-    build.main(cfg)
-
+from vlrb.jobs.entry import launch
 
 if __name__ == "__main__":
-    main()
+    launch("build", __file__)

@@ -6,21 +6,7 @@
 mu is chosen on dev; test reports the achieved cost and accuracy. Writes calibration.{json,csv,md},
 budget_curve.csv and budget_curve.png into the Hydra run directory (logs/calibrate/runs/<time>/).
 """
-import os
-from pathlib import Path
-
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-
-@hydra.main(config_path="conf", config_name="calibrate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from vlrb.jobs import calibrate
-
-    calibrate.main(cfg)
-
+from vlrb.jobs.entry import launch
 
 if __name__ == "__main__":
-    main()
+    launch("calibrate", __file__)

@@ -6,21 +6,7 @@
 
 Settings: conf/serve.yaml. Endpoints: /v1/chat/completions, /v1/route, /v1/models, /health, /metrics.
 """
-import os
-from pathlib import Path
-
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-
-@hydra.main(config_path="conf", config_name="serve", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from vlrb.jobs import serve
-
-    serve.main(cfg)
-
+from vlrb.jobs.entry import launch
 
 if __name__ == "__main__":
-    main()
+    launch("serve", __file__)

@@ -249,10 +249,10 @@ def mathvision_adversarial(res):
         df = pd.DataFrame({"prediction": ["..."], "res": [res], "answer": ["6"], "choices": ["[]"]})
 
         def run():
-            t = time.perf_counter()
+            t = time.thread_time()  # CPU time of this thread: what the input costs, whatever else runs beside it
             s, undetermined = score_frame_undetermined("mathvision", df, "MathVision_MINI")
             return {"undetermined": bool(undetermined[0]), "correct": int(binarize(s)[0]),
-                    "under_1s": time.perf_counter() - t < 1.0}
+                    "under_1s": time.thread_time() - t < 1.0}
         return run
     return builder
 
@@ -304,7 +304,7 @@ CASES = [
     ("knn-scaler-with-correct-rows", knn_scaler("with_correct"), ("outcome", {"dev_x": 0.0})),
     ("knn-scaler-unknown-option", knn_scaler("most"), ("error", ValueError, r"scaler_fit must be one of .*'most'")),
     ("run-config-env-interpolation-not-resolved", run_config_secret,
-     ("outcome", {"leaked": [], "routers": ["mlp", "oracle"]})),
+     ("outcome", {"leaked": [], "routers": ["best single: Phi-3.5-Vision", "mlp", "oracle"]})),
     ("mathvision-28kb-big-integer-products", mathvision_adversarial(POW_CHAIN),
      ("outcome", {"undetermined": True, "correct": 0, "under_1s": True})),
     ("mathvision-28kb-products-of-allowed-powers", mathvision_adversarial(PRODUCTS),

@@ -195,6 +195,19 @@ CASES = {
                            check=lambda tmp, bm: np.testing.assert_allclose(bm.C[0], [(20 + 5 * 2) / 1e6, (2 + 0.2 * 5) / 1e6], rtol=1e-6)),
     # 11: an empty correctness cell in a records table is an error
     "empty-correct-cell": Case(rec(at("correct", 2, None)), error=r"column 'correct' is empty on " + ROW3 + "; an empty cell is not a score"),
+    # issue 22: a misspelt optional column is named (with a did-you-mean), never silently dropped
+    "misspelt-prompt-column": Case(rec(lambda d: d.rename(columns={"prompt": "promt"})),
+                                   console=r"note: column 'promt' of the records is not read \(did you mean 'prompt'\?\)"),
+    "misspelt-cost-column": Case(rec(lambda d: rename(d).rename(columns={"cost": "costs"})),
+                                 error=r"model 'mine-1' .* has no price.*column 'costs' is not read \(did you mean 'cost'\?\)"),
+    "unknown-column": Case(rec(lambda d: d.assign(notes="x")), console=r"note: column 'notes' of the records is not read"),
+    # issue 22: a drop over the limit names every dataset over it and the samples lacking a record
+    "drop-names-datasets-and-ids": Case(rec(lambda d: d[~((d["model_id"] == "b") & d["sample_id"].isin(
+        [f"s{i:03d}" for i in (1, 2, 3, 40, 41)]))]),
+        error=r"drop 5 of 60 samples \(8%; A: 10%, B: 7%\).*samples lacking a record: s001, s002, s003, s040, s041;"),
+    # issue 22: splits too small to tell routers apart get a note at build (and train, calibrate)
+    "small-splits-noted": Case(rec(base=lambda: table(20)),
+                               console=r"note: small splits \(train 14, dev 2, test 4\): under 30 samples"),
     # 20: failed predictions on the console
     "failed-prediction": Case(rec(lambda d: d.assign(prediction=np.where(d.index == 2, "Failed to obtain answer via API.", "x"))),
                               console=r"note: failed predictions \(counted wrong\): 1 \(a 1\)"),

@@ -120,10 +120,12 @@ def trained(tmp_path_factory):
 def test_calibrate_py_end_to_end(trained):
     d, data = trained
     out = d / "calibration"
-    p = subprocess.run([sys.executable, "calibrate.py", f"router_dir={d / 'run' / 'router'}", *data,
+    # as typed: no data= (the router folder names the benchmark it was trained on)
+    p = subprocess.run([sys.executable, "calibrate.py", f"router_dir={d / 'run' / 'router'}",
                         "targets=[0.3,0.6]", f"hydra.run.dir={out}"], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"calibrating on the benchmark the router was trained on: {(d / 'bench').resolve()}" in p.stdout + p.stderr
     res = json.loads((out / "calibration.json").read_text())
     assert res["reference"]["strongest_model"] == "dear" and res["calibrate_on"] == ["dev"]
     assert [t["target"] for t in res["targets"]] == ["0.3 x dear", "0.6 x dear"]

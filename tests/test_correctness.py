@@ -230,9 +230,9 @@ def test_is_equal_never_runs_code():
 def test_is_equal_bounds(answer, gold, expected):
     import time
 
-    t = time.perf_counter()
+    t = time.thread_time()  # CPU time of this thread: the input's cost, whatever runs beside the test
     assert is_equal(answer, gold) is expected
-    assert time.perf_counter() - t < 1.0
+    assert time.thread_time() - t < 1.0
 
 
 def test_undetermined_mathvision_scores_nan_and_other_families_do_not():

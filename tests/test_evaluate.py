@@ -1,6 +1,7 @@
 """evaluate.py end to end on a tiny benchmark on disk, plus run discovery, selection and the writers."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,37 @@ def test_evaluate_end_to_end(bench_dir, runs_dir, tmp_path):
     assert "oracle/test/accuracy" in metrics and "mlp/test/rank_score_lo" in metrics
     per_ds = pd.read_csv(out / "per_dataset.csv")
     assert set(per_ds["dataset"]) == set(bench_dir_datasets(bench_dir))
+
+
+def test_evaluate_as_typed_scores_the_runs_under_logs_and_says_what_it_left_out(bench, bench_dir, tmp_path):
+    """`python evaluate.py` with no `runs=`: every finished train run under logs/ of this benchmark is on the
+    leaderboard beside the best single model; a run of another benchmark and a failed run are each named on a line."""
+    from vlrb.routing.synthetic import synthetic_benchmark
+
+    logs = tmp_path / "logs"
+    test = bench.split("test")
+    fake_run(logs / "train" / "runs" / "a", bench, "mlp", 100, np.zeros(len(test), int), val_rank_score=0.5)
+    other = synthetic_benchmark(50, n_models=5, n_datasets=2, seed=9)  # other sample ids
+    fake_run(logs / "train" / "runs" / "b", other, "knn", 0, np.zeros(len(other.split("test")), int),
+             val_rank_score=0.9)
+    (logs / "train" / "runs" / "c").mkdir(parents=True)
+    (logs / "train" / "runs" / "c" / "error.txt").write_text("ConfigError: router: bad k\n\ntraceback")
+    out = tmp_path / "out"
+    env = {**os.environ, "MPLBACKEND": "Agg", "WANDB_MODE": "disabled", "PROJECT_ROOT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "evaluate.py", f"data.root={bench_dir}", f"hydra.run.dir={out}",
+                           "scoring.bootstrap=50", "scoring.throughput=null"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in said, said[-3000:]
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert "mlp" in set(board["router"]) and "knn" not in set(board["router"])
+    ref = board[board["kind"] == "reference"]
+    assert len(ref) == 1 and ref["router"].iloc[0].startswith("best single: ")
+    assert "runs: 1 finished run(s) scored under" in said and "1 left out; 1 failed" in said
+    assert re.search(r"left out .*runs/b: .*samples have no prediction", said)
+    assert re.search(r"failed +.*runs/c: ConfigError: router: bad k", said)
+    md = (out / "leaderboard.md").read_text()
+    assert "vs best single: Δ rank score" in md and "chosen without looking at test" in md and "strongest single" not in md
 
 
 def bench_dir_datasets(root):

@@ -140,6 +140,6 @@ def test_benchmark_shape_errors_and_summary():
         Benchmark.from_arrays(np.ones((4, 2)), np.ones((4, 3)))
     bm = Benchmark.from_arrays(np.array([[1, 0], [0, 1], [0, 0], [1, 1]] * 5), np.full((20, 2), 1e-4))
     s = bm.summary()
-    assert s["oracle_accuracy"] == pytest.approx(0.75) and s["best_single_accuracy"] == pytest.approx(0.5)
+    assert s["oracle_accuracy"] == pytest.approx(0.75) and s["most_accurate_accuracy"] == pytest.approx(0.5)
     with pytest.raises(KeyError, match="unknown split"):
         bm.split("validation")

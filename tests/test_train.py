@@ -44,8 +44,9 @@ def test_single_run_writes_the_run_contract(tiny_records, tmp_path):
     run_train([*common(tiny_records), "router=per_dataset", f"hydra.run.dir={tmp_path}"])
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test/accuracy", "test/avg_cost", "test/rank_score", "test/throughput_ktok_s", "val/rank_score",
-                "test/A/accuracy", "labels/entropy_mean"):
+                "test/A/accuracy", "benchmark/fingerprint"):
         assert key in m
+    assert not any(k.startswith("labels/") for k in m)  # per_dataset learns from no soft labels
     preds = pd.read_parquet(tmp_path / "predictions.parquet")
     assert list(preds.columns) == ["sample_id", "split", "model_id", "correct", "cost"]
     assert set(preds["split"]) == {"dev", "test"}  # train is never scored as "test"
@@ -68,8 +69,8 @@ def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_pa
     sweep2 = tmp_path / "sweep2"
     run_train(["-m", *common(tiny_records), "router=random", "router.seed=not_a_number,7", f"hydra.sweep.dir={sweep2}"],
               check=False)
-    assert (sweep2 / "0" / "error.txt").exists()
-    assert (sweep2 / "1" / "metrics.json").exists()
+    assert (sweep2 / "0_router.seed=not_a_number" / "error.txt").exists()  # folders named by the swept values
+    assert (sweep2 / "1_router.seed=7" / "metrics.json").exists()
 
 
 def test_missing_benchmark_is_a_clear_error(tmp_path):
@@ -78,3 +79,22 @@ def test_missing_benchmark_is_a_clear_error(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "error: data.root=" in out and "python build_data.py data=vlrb" in out
     assert "Traceback" not in out
+
+
+def test_logged_labels_are_the_routers_own(tiny_records, tmp_path):
+    """labels/* describe the labels the router trained on: Linear's cost scale is 1, so at λ=10000 its labels are
+    nearly uniform over the correct models (costs here are 1e-5 to 4e-5 $), unlike scale-100 labels."""
+    from vlrb.data.benchmark import Benchmark
+    from vlrb.routing.soft_labels import label_diagnostics, soft_labels
+
+    run_train([*common(tiny_records), "router=linear", "lambda=10000", "trainer.max_epochs=2", "encoder=tiny",
+               f"hydra.run.dir={tmp_path}"])
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    train = Benchmark.load(tiny_records / "bench").split("train")
+    keep = train.Y.astype(bool).any(1)  # Linear drops the samples no model answers
+    Y, C = train.Y[keep], train.C[keep]
+    own = label_diagnostics(soft_labels(Y, C, 10000, cost_scale=1.0), Y, C)
+    other = label_diagnostics(soft_labels(Y, C, 10000, cost_scale=100.0), Y, C)
+    assert m["labels/entropy_mean"] == pytest.approx(own["entropy_mean"], rel=1e-6)
+    assert abs(own["entropy_mean"] - other["entropy_mean"]) > 0.01  # the check can tell the two apart
+    assert not any(k.startswith("fit/label_diagnostics") for k in m)  # logged once

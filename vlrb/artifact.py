@@ -45,6 +45,12 @@ class TrainedRouter:
     def name(self) -> str:
         return self.router.label
 
+    @property
+    def benchmark_root(self) -> str | None:
+        """The folder of the benchmark the router was trained on (artifact.json; older folders: their config)."""
+        bench = (self.info or {}).get("benchmark") or {}
+        return bench.get("root") if isinstance(bench, dict) else None
+
     # ------------------------------------------------------------------ benchmark rows
     def with_inputs(self, split: Split) -> Split:
         """The split with what the router reads attached (features made by the recorded recipe)."""
@@ -84,7 +90,8 @@ class TrainedRouter:
 
 
 def save_trained_router(router: Router, path: str | Path, *, recipe=None, prices: dict | None = None,
-                        mean_cost: dict | None = None, lam: Any = None, config: Any = None) -> Path:
+                        mean_cost: dict | None = None, lam: Any = None, config: Any = None,
+                        benchmark: dict | None = None) -> Path:
     """Write `router/` (see the module docstring); the router's own `save` writes its state once."""
     from omegaconf import OmegaConf
 
@@ -100,7 +107,7 @@ def save_trained_router(router: Router, path: str | Path, *, recipe=None, prices
     write_json(path / ARTIFACT_JSON, {
         "format": FORMAT, "vlrb_version": vlrb.__version__, "router": router.name, "label": router.label,
         "lambda": lam, "models": router.models, "prices": prices, "mean_cost": mean_cost,
-        "features": recipe is not None, "inputs": list(router.inputs)})
+        "features": recipe is not None, "inputs": list(router.inputs), "benchmark": benchmark})
     return path
 
 
@@ -111,6 +118,8 @@ def load_router(path: str | Path) -> TrainedRouter:
         path = path / "router"  # a run directory was given
     router = read_router(path)
     meta = json.loads((path / ARTIFACT_JSON).read_text()) if (path / ARTIFACT_JSON).exists() else {}
+    if not meta.get("benchmark"):
+        meta["benchmark"] = _benchmark_from_config(path)
     recipe = None
     if "features" in router.inputs:
         from vlrb.features.recipe import RECIPE_JSON, FeatureRecipe
@@ -121,3 +130,15 @@ def load_router(path: str | Path) -> TrainedRouter:
         recipe = FeatureRecipe.load(path)
     return TrainedRouter(router, recipe, prices=meta.get("prices"), mean_cost=meta.get("mean_cost"),
                          lam=meta.get("lambda"), info=meta)
+
+
+def _benchmark_from_config(path: Path) -> dict | None:
+    """A folder saved before artifact.json named its benchmark: data.root of its resolved config.yaml."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        root = cfg["data"]["root"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return {"root": str(root)} if isinstance(root, str) else None

@@ -35,8 +35,8 @@ import numpy as np
 
 from vlrb.data.benchmark import Split
 from vlrb.errors import ConfigError
-from vlrb.routing.metrics import (bootstrap_ci, bootstrap_indices, bootstrap_weights, paired_bootstrap, rank_score,
-                                  route_metrics, take_rows)
+from vlrb.routing.metrics import (best_single_model, bootstrap_ci, bootstrap_indices, bootstrap_weights,
+                                  paired_bootstrap, route_metrics, take_rows)
 
 log = logging.getLogger("vlrb.selection")
 SELECTIONS = ("dev", "cv")
@@ -82,13 +82,6 @@ def fold_ids(datasets, k: int, seed: int) -> np.ndarray:
         fold[rows] = (start + np.arange(len(rows))) % k
         start += len(rows)  # the next dataset continues the deal, so small datasets do not all start at fold 0
     return fold
-
-
-def best_single_model(split: Split, cost_bounds, beta: float) -> int:
-    """The model with the highest rank score when it answers every row of `split` (ties: the first)."""
-    acc = np.asarray(split.Y, np.float64).mean(0)
-    cost = np.asarray(split.C, np.float64).mean(0)
-    return int(np.argmax(rank_score(acc, cost, cost_bounds["cmin"], cost_bounds["cmax"], beta)))
 
 
 # ------------------------------------------------------------------------------------------ the grid

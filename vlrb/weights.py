@@ -29,11 +29,14 @@ def offline_hint(choice: str) -> str:
 
 
 def offline_env() -> None:
-    """Keep Hugging Face libraries off the network, and their tokenisers single-threaded (they run inside forked
-    DataLoader workers)."""
+    """Keep Hugging Face libraries off the network, their tokenisers single-threaded (they run inside forked
+    DataLoader workers), and their console quiet (a "Loading weights" bar for a local file says nothing)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def local_snapshot(name_or_path: str, what: str, advice: str) -> Path:

@@ -182,20 +182,25 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
 MAX_DROPPED_SHARE = 0.05  # default of data.max_dropped_share
 
 
-def _check_drop(dropped: np.ndarray, ds_of: np.ndarray, present: np.ndarray, models: list[str], max_share: float) -> None:
+def _check_drop(dropped: np.ndarray, ds_of: np.ndarray, present: np.ndarray, models: list[str], max_share: float,
+                sids: np.ndarray | None = None) -> None:
     """A complete Y drops the samples some model lacks. Dropping more than `max_share` of all samples, or of one
-    dataset's, is an error naming the models that lack them (often a model that should be left out of the pool)."""
+    dataset's, is an error naming every dataset over the limit, the models that lack records (often a model that
+    should be left out of the pool) and up to 10 of the samples they lack."""
     N, n = len(dropped), int(dropped.sum())
     per_ds = pd.Series(dropped).groupby(ds_of).mean()
-    if n <= max_share * N and (per_ds <= max_share).all():
+    over = per_ds[per_ds > max_share].sort_values(ascending=False, kind="stable")
+    if n <= max_share * N and over.empty:
         return
     cover = present.sum(0)
     worst = [int(j) for j in np.argsort(cover, kind="stable") if cover[j] < N][:3]
-    ds = per_ds.idxmax()
+    where = ", ".join(f"{ds}: {share:.0%}" for ds, share in over.items()) or "no single dataset over the limit"
+    ids = [str(i) for i in np.asarray(sids)[dropped][:10]] if sids is not None else []
     raise BuildError(
-        f"keeping every model would drop {n} of {N} samples ({n / N:.0%}; {ds}: {per_ds[ds]:.0%}), more than "
+        f"keeping every model would drop {n} of {N} samples ({n / N:.0%}; {where}), more than "
         f"data.max_dropped_share={max_share:g}; models lacking records: "
         + ", ".join(f"{models[j]!r} covers {cover[j]} of {N} samples" for j in worst)
+        + (f"; samples lacking a record: {', '.join(ids)}{', ...' if n > len(ids) else ''}" if ids else "")
         + f"; choose the pool with data.models=[...] or data.exclude_models=[{','.join(models[j] for j in worst)}] "
           f"(or raise data.max_dropped_share)")
 
@@ -244,7 +249,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
         if data_cfg.get("strict"):
             raise BuildError(f"data.strict: {int(inc.sum())} samples lack some model's record: "
                              f"{json.dumps(dropped)[:600]}")
-        _check_drop(inc, ds_of, present, models, float(data_cfg.get("max_dropped_share", MAX_DROPPED_SHARE)))
+        _check_drop(inc, ds_of, present, models, float(data_cfg.get("max_dropped_share", MAX_DROPPED_SHARE)), sids)
     keep = complete
     sids, S, out_tok, has_pred, failed, ds_of = sids[keep], S[keep], out_tok[keep], has_pred[keep], failed[keep], ds_of[keep]
     cost_given = cost_given[keep] if cost_given is not None else None

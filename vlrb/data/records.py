@@ -24,6 +24,9 @@ REQUIRED = ("sample_id", "dataset", "model_id")
 TEXT_COLUMNS = ("sample_id", "dataset", "group", "model_id", "prompt", "prediction", "image")
 # one value per sample, given on each of its rows: the rows must agree (blank cells aside)
 SAMPLE_COLUMNS = ("dataset", "group", "prompt", "image")
+# every column a records table may hold (README "Records tables"); anything else is reported as not read
+KNOWN_COLUMNS = (*REQUIRED, "correct", "score", "prompt", "image", "group", "input_tokens", "output_tokens",
+                 "prediction", "cost")
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
 
 
@@ -46,10 +49,15 @@ def records_inputs(df: pd.DataFrame, data_cfg, prices: PriceTable | None, path: 
     from vlrb.data.correctness import failed_mask
 
     _check_columns(df, path)
+    unknown = unknown_columns(df.columns)
     has_cost = "cost" in df.columns
     if not has_cost and prices is None:
-        raise BuildError(f"{path}: records without a `cost` column need a price table (pricing=<name> or pricing.path=FILE)")
-    df, pool, pool_report = _apply_pool(df, data_cfg, None if has_cost else prices, path)
+        raise BuildError(f"{path}: records without a `cost` column need a price table (pricing=<name> or pricing.path=FILE)"
+                         + _unknown_hint(unknown))
+    try:
+        df, pool, pool_report = _apply_pool(df, data_cfg, None if has_cost else prices, path)
+    except BuildError as e:  # e.g. a model without a price, because a misspelt `costs` column was not read
+        raise BuildError(f"{e}{_unknown_hint(unknown)}") from None
 
     score_col = "score" if "score" in df.columns else "correct"
     score = _scores(df, score_col, path)
@@ -95,6 +103,8 @@ def records_inputs(df: pd.DataFrame, data_cfg, prices: PriceTable | None, path: 
               "images": {"with_image": int((samples["image_kind"] != "none").sum()),
                          "missing_image_files": missing[:50], "n_missing_image_files": n_missing},
               "_pool": pool}
+    if unknown:
+        report["unknown_columns"] = unknown
     return Inputs(records, samples, files if files is not None else [str(path)], report)
 
 
@@ -141,6 +151,20 @@ def _blank(col: pd.Series) -> np.ndarray:
     codes, uniques = pd.factorize(col)
     blank_u = np.fromiter((str(v).strip() == "" for v in uniques), bool, len(uniques))
     return (codes < 0) | blank_u[codes]
+
+
+def unknown_columns(columns) -> dict[str, str | None]:
+    """Columns a records table may not hold (they are not read), each with the known column it most resembles."""
+    import difflib
+
+    return {str(c): next(iter(difflib.get_close_matches(str(c).lower(), KNOWN_COLUMNS, n=1, cutoff=0.6)), None)
+            for c in columns if c not in KNOWN_COLUMNS}
+
+
+def _unknown_hint(unknown: dict[str, str | None]) -> str:
+    near = {c: m for c, m in unknown.items() if m}
+    return ("; note: " + ", ".join(f"column {c!r} is not read (did you mean {m!r}?)" for c, m in near.items())
+            if near else "")
 
 
 def _check_columns(df: pd.DataFrame, path: Path) -> None:

@@ -165,6 +165,9 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
     (tdir / "token_statistics_report.txt").write_text("\n".join(lines) + "\n")
 
 
+SMALL_SPLIT = 30  # fewer samples than this in a split: its accuracy moves by 3+ points per sample
+
+
 def integrity_report(b: Built) -> tuple[dict, str]:
     """Counts, missing pairs, splits, cost ranges, failed predictions, and anything suspicious."""
     m = b.meta
@@ -196,6 +199,9 @@ def integrity_report(b: Built) -> tuple[dict, str]:
     if b.report.get("n_dropped"):
         suspicious.append(f"{b.report['n_dropped']} samples dropped because some model has no record for them")
     n_split = m["split"].value_counts().to_dict()
+    small = {sp: int(n_split.get(sp, 0)) for sp in ("train", "dev", "test") if n_split.get(sp, 0) < SMALL_SPLIT}
+    if small:
+        suspicious.append(f"small splits {small}: fewer than {SMALL_SPLIT} samples, so their scores are mostly noise")
     res = {
         "n_samples": N, "n_models": K, "n_pairs": N * K,
         "samples_per_dataset": m["dataset"].value_counts().sort_index().to_dict(),

@@ -18,7 +18,7 @@ from vlrb.io import write_text, write_with
 COLUMNS = [
     "router", "lambda", "accuracy", "accuracy_lo", "accuracy_hi", "avg_cost", "avg_cost_lo", "avg_cost_hi",
     "rank_score", "rank_score_lo", "rank_score_hi", "throughput_ktok_s", "oracle_gap", "selection_entropy",
-    "top_model_share", "vs_strongest", "selected", "kind", "n", "source",
+    "top_model_share", "vs_best_single", "selected", "kind", "n", "source",
 ]
 PER_10K = 1e4
 
@@ -35,7 +35,7 @@ def leaderboard_row(router: str, metrics: Mapping[str, Any], ci: Mapping[str, fl
     row["throughput_ktok_s"] = (throughput or {}).get("ktok_s", float("nan"))
     for m in ("oracle_gap", "selection_entropy", "top_model_share", "n"):
         row[m] = metrics.get(f"{prefix}{m}", float("nan"))
-    row.update(vs_strongest=extra.pop("vs_strongest", None), selected=bool(selected), kind=kind, source=source)
+    row.update(vs_best_single=extra.pop("vs_best_single", None), selected=bool(selected), kind=kind, source=source)
     row.update(extra)
     return row
 
@@ -82,7 +82,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None 
 
 def _rows_md(df: pd.DataFrame) -> str:
     header = ["Router", "λ", "Acc. (%)", "95% CI", "Cost ($/10K)", "95% CI", "Rank Score", "95% CI",
-              "Throughput (K tok/s)", "Oracle gap (pts)", "Sel. entropy", "vs strongest"]
+              "Throughput (K tok/s)", "Oracle gap (pts)", "Sel. entropy", "vs best single: Δ rank score"]
     rows = []
     for d in df.to_dict(orient="records"):  # not itertuples: it renames the `lambda` column
         rows.append([
@@ -93,27 +93,25 @@ def _rows_md(df: pd.DataFrame) -> str:
             "–" if not np.isfinite(d["throughput_ktok_s"]) else f"{d['throughput_ktok_s']:,.1f}",
             _pct(d["oracle_gap"]),
             "–" if not np.isfinite(d["selection_entropy"]) else f"{d['selection_entropy']:.2f}",
-            d["vs_strongest"] if isinstance(d.get("vs_strongest"), str) else "–",
+            d["vs_best_single"] if isinstance(d.get("vs_best_single"), str) else "–",
         ])
     return _md_table(header, rows, ["l", "r"] + ["r"] * 9 + ["l"])
 
 
-def leaderboard_markdown(df: pd.DataFrame, single_models: pd.DataFrame | None = None,
-                         title: str = "Leaderboard (test split)") -> str:
+def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard (test split)") -> str:
     """The reported rows (one per router: the dev-selected λ), then every λ of each sweep if there are more."""
     sel = df[df["selected"]] if "selected" in df else df
+    ref = sel[sel["kind"] == "reference"]["router"].tolist() if "kind" in sel else []
+    reference = (f"the **{ref[0].removeprefix('best single: ')}** row, the single model with the best rank score on "
+                 "train+dev (chosen without looking at test)") if ref else "the best single model"
     parts = [f"## {title}", "",
              "Accuracy and Rank Score ×100 (β = 0.1), cost in $ per 10K samples, 95% bootstrap CIs over test "
-             "samples. λ of trained routers chosen on val/rank_score. \"vs strongest\": paired bootstrap on "
-             "rank score against the strongest single model.", "", _rows_md(sel)]
-    if single_models is not None and len(single_models):
-        best = single_models.sort_values("accuracy", ascending=False).iloc[0]
-        parts += ["", f"Best single model on test: **{best['model']}** — accuracy {_pct(best['accuracy'])}, "
-                      f"cost {_cost(best['avg_cost'])} $/10K, rank score {_pct(best['rank_score'])}."]
+             "samples. λ of trained routers chosen on val/rank_score. Last column: paired bootstrap on rank score "
+             f"(Δ ×100 with its 95% CI, win / tie / loss) against {reference}.", "", _rows_md(sel)]
     rest = df[~df["selected"]] if "selected" in df else df.iloc[0:0]
     if len(rest):
         parts += ["", "### Every λ of each sweep (test scores; not used for selection)", "",
-                  _rows_md(df[df["kind"] != "baseline"].sort_values(["router", "lambda"]))]
+                  _rows_md(df[~df["kind"].isin(["baseline", "reference"])].sort_values(["router", "lambda"]))]
     return "\n".join(parts) + "\n"
 
 
@@ -134,14 +132,13 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: _json_safe(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
 
 
-def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, stem: str = "leaderboard",
-                      single_models: pd.DataFrame | None = None) -> dict[str, Path]:
+def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, stem: str = "leaderboard") -> dict[str, Path]:
     """Write <stem>.csv, <stem>.json and <stem>.md atomically; returns their paths."""
     out = Path(out_dir)
     paths = {ext: out / f"{stem}.{ext}" for ext in ("csv", "json", "md")}
     write_with(paths["csv"], lambda p: df.to_csv(p, index=False))
     write_text(paths["json"], json.dumps(records(df), indent=2, ensure_ascii=False) + "\n")
-    write_text(paths["md"], leaderboard_markdown(df, single_models))
+    write_text(paths["md"], leaderboard_markdown(df))
     return paths
 
 

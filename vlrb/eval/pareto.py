@@ -70,6 +70,8 @@ def pareto_plot(leaderboard: pd.DataFrame, single_models: pd.DataFrame | None, p
         for xi, yi, name in zip(x, y, single_models["model"]):
             ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6.5, color="0.35")
 
+    if "kind" in leaderboard:  # the best single model is already a grey point among the single models
+        leaderboard = leaderboard[leaderboard["kind"] != "reference"]
     routers = [r for r in dict.fromkeys(leaderboard["router"]) if r != "oracle"]
     for name in routers:
         d = leaderboard[leaderboard["router"] == name].sort_values("avg_cost")

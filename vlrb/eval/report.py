@@ -17,11 +17,12 @@ import pandas as pd
 from vlrb.data.benchmark import Benchmark, Split
 from vlrb.eval.leaderboard import leaderboard_row, make_leaderboard, write_leaderboard, write_per_dataset
 from vlrb.eval.pareto import pareto_plot
-from vlrb.eval.runs import find_runs, rescore_choices, select_runs
+from vlrb.eval.runs import RunScan, rescore_choices, scan_runs, select_runs
 from vlrb.io import write_json, write_with
 from vlrb.routers import Router
 from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, bootstrap_weights,
-                                  paired_bootstrap, per_dataset_metrics, rank_score, route_metrics, router_throughput)
+                                  paired_bootstrap, per_dataset_metrics, rank_score, reference_model, route_metrics,
+                                  router_throughput)
 
 log = logging.getLogger(__name__)
 
@@ -76,39 +77,60 @@ def score_baselines(bench: Benchmark, routers: Sequence[Router], *, indices: np.
     return out
 
 
-def score_runs(bench: Benchmark, runs_dir: str | Path, *, indices: np.ndarray, beta: float = DEFAULT_BETA) -> list[Scored]:
-    """Every (router, λ) found under runs_dir (best run per λ on val), the per-router λ chosen on val."""
+def score_runs(bench: Benchmark, runs: "str | Path | RunScan", *, indices: np.ndarray,
+               beta: float = DEFAULT_BETA) -> list[Scored]:
+    """Every (router, λ) found under a runs folder (best run per λ on val), the per-router λ chosen on val. Runs
+    of another benchmark, or whose predictions do not cover this test split, are moved to `scan.skipped`."""
     test = bench.split("test")
-    runs = find_runs(runs_dir)
-    if not runs:
-        log.warning("no finished runs (metrics.json + predictions.parquet) under %s", runs_dir)
+    scan = runs if isinstance(runs, RunScan) else scan_runs(runs)
+    fingerprint = bench.fingerprint
+    for run in list(scan.runs):
+        theirs = run.metrics.get("benchmark/fingerprint")
+        if fingerprint and theirs and theirs != fingerprint:
+            scan.drop(run, f"made on another benchmark ({run.metrics.get('benchmark/root') or 'unknown root'})")
+    choices: dict[Path, tuple] = {}
+    for run in list(scan.runs):
+        try:
+            choices[run.path] = rescore_choices(run, bench, "test")
+        except (ValueError, OSError, KeyError) as e:  # another benchmark, a hand-edited file: say which, go on
+            scan.drop(run, str(e).removeprefix(f"{run.path}: "))
+    if not scan.runs:
         return []
-    per_lambda, chosen = select_runs(runs)
+    per_lambda, chosen = select_runs(scan.runs)
     out = []
     for run in per_lambda:
-        choices, info = rescore_choices(run, bench, "test")
+        ch, info = choices[run.path]
         tp = run.metrics.get("test/throughput_ktok_s")
-        out.append(Scored(run.router, choices, route_metrics(test, choices, bench.cost_bounds, beta=beta),
-                          bootstrap_ci(test, choices, bench.cost_bounds, beta=beta, indices=indices), lam=run.lam,
+        out.append(Scored(run.router, ch, route_metrics(test, ch, bench.cost_bounds, beta=beta),
+                          bootstrap_ci(test, ch, bench.cost_bounds, beta=beta, indices=indices), lam=run.lam,
                           throughput={"ktok_s": float(tp)} if tp is not None else None,
                           selected=chosen.get(run.router) is run, kind="trained", source=str(run.path),
                           extra={"val_rank_score": run.val_score, **info}))
     return out
 
 
-def _compare_to(scored: list[Scored], ref_label: str, test: Split, cost_bounds, indices, beta) -> None:
-    ref = next((s for s in scored if s.label == ref_label), None)
-    if ref is None:
-        return
-    ref.extra["vs_strongest"] = "(reference)"
+def score_best_single(bench: Benchmark, *, indices: np.ndarray, beta: float = DEFAULT_BETA) -> Scored:
+    """The reference of every comparison: the single model with the best rank score on train+dev (chosen without
+    looking at test, as in every run's metrics.json), answering every test sample."""
+    test = bench.split("test")
+    k = reference_model(bench, beta)
+    choices = np.full(len(test), k, np.int64)
+    return Scored(f"best single: {test.models[k]}", choices,
+                  route_metrics(test, choices, bench.cost_bounds, beta=beta),
+                  bootstrap_ci(test, choices, bench.cost_bounds, beta=beta, indices=indices), kind="reference",
+                  source="best rank score on train+dev", extra={"vs_best_single": "(reference)"})
+
+
+def _compare_to(scored: list[Scored], ref: Scored, test: Split, cost_bounds, indices, beta) -> None:
     for s in scored:
         if s is not ref:
-            s.extra["vs_strongest"] = paired_bootstrap(test, s.choices, ref.choices, cost_bounds, beta=beta,
-                                                       indices=indices)["outcome"]
+            pb = paired_bootstrap(test, s.choices, ref.choices, cost_bounds, beta=beta, indices=indices)
+            s.extra["vs_best_single"] = (f"{pb['delta_rank_score'] * 100:+.2f} [{pb['delta_rank_score_lo'] * 100:+.2f}, "
+                                         f"{pb['delta_rank_score_hi'] * 100:+.2f}] {pb['outcome']}")
 
 
 def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequence[Router] = (),
-                       runs: str | Path | None = None, n_bootstrap: int = 1000,
+                       runs: "str | Path | RunScan | None" = None, n_bootstrap: int = 1000,
                        seed: int = 42, beta: float = DEFAULT_BETA,
                        throughput: Mapping[str, Any] | None = None, plot: bool = True) -> EvalResult:
     """Score the (unfitted) baseline routers and the runs found under `runs` on test once, and write every
@@ -128,9 +150,9 @@ def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequ
             scored.append(s)
     if not scored:
         raise ValueError("nothing to evaluate: no baselines listed and no finished runs found")
-    strongest = next((s.label for s in scored if s.label.split(" ")[0] == "strongest"), None)
-    if strongest:
-        _compare_to(scored, strongest, test, bench.cost_bounds, indices, beta)
+    reference = score_best_single(bench, indices=indices, beta=beta)
+    scored.append(reference)
+    _compare_to(scored, reference, test, bench.cost_bounds, indices, beta)
 
     board = make_leaderboard(
         leaderboard_row(s.label, s.metrics, s.ci, lam=s.lam, throughput=s.throughput, selected=s.selected,
@@ -153,7 +175,7 @@ def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequ
             if s.throughput:
                 metrics[f"{s.label}/test/throughput_ktok_s"] = s.throughput["ktok_s"]
 
-    paths = write_leaderboard(board, out_dir, single_models=singles)
+    paths = write_leaderboard(board, out_dir)
     paths.update({f"per_dataset_{k}": v for k, v in write_per_dataset(per_ds, out_dir).items()})
     paths["single_models"] = out_dir / "single_models.csv"
     write_with(paths["single_models"], lambda p: singles.to_csv(p, index=False))

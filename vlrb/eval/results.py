@@ -44,7 +44,7 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
                   beta: float = 0.1) -> pd.DataFrame:
     """One row per router: test accuracy / cost / rank score with 95% CIs, and paired bootstraps (rank score)
     against the best single model (chosen on train+dev) and against the best seed router (chosen on val)."""
-    from vlrb.selection import best_single_model, join_splits
+    from vlrb.routing.metrics import reference_model
 
     runs = find_runs(runs_dir)
     if not runs:
@@ -62,7 +62,7 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
     _, chosen = select_runs(runs)
 
     rows: list[dict[str, Any]] = []
-    single = best_single_model(join_splits(bench.split("train"), bench.split("dev"), "train+dev"), bounds, beta)
+    single = reference_model(bench, beta)
     entries = [("best single: " + bench.models[single], np.full(len(test), single), {}, "reference")]
     for name, run in sorted(chosen.items(), key=lambda kv: (kv[0] != "oracle", kv[0] == OURS, kv[0])):
         choices, _ = rescore_choices(run, bench, "test")

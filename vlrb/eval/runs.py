@@ -64,7 +64,12 @@ def _select(cfg: dict, key: str) -> Any:
 
 def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except json.JSONDecodeError as e:
+        raise OSError(f"metrics.json is not JSON: {e}") from None
+    if not isinstance(metrics, dict):
+        raise OSError("metrics.json is not a JSON object")
     cfg = _read_config(run_dir)
     router = None
     if cfg is not None:
@@ -82,19 +87,44 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 def find_runs(root: str | Path) -> list[RunRecord]:
     """Every finished run (metrics.json + predictions.parquet) at or below `root`, sorted by path."""
+    return scan_runs(root).runs
+
+
+@dataclass
+class RunScan:
+    """What a folder of runs holds: the finished train runs, and what was left out with the reason."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)  # run dir -> why it is not scored
+    failed: dict[Path, str] = field(default_factory=dict)  # run dir -> the first line of its error.txt
+
+    def drop(self, run: RunRecord, why: str) -> None:
+        self.runs.remove(run)
+        self.skipped[run.path] = why
+
+
+def scan_runs(root: str | Path) -> RunScan:
+    """Every finished train run at or below `root` (sorted by path), the failed ones (error.txt) and the
+    unfinished ones. Folders of other jobs (evaluate.py writes metrics.json too) are not runs and not listed."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"runs directory {root} does not exist")
-    runs = []
+    scan = RunScan()
     for m in sorted(root.rglob("metrics.json")):
-        if (m.parent / "predictions.parquet").exists():
-            try:
-                runs.append(read_run(m.parent))
-            except ValueError as e:  # e.g. an evaluate.py run dir (it writes the same two files)
-                log.warning("skipping a run dir: %s", e)
-        else:
-            log.warning("skipping %s: metrics.json without predictions.parquet (unfinished run?)", m.parent)
-    return runs
+        if not (m.parent / "predictions.parquet").exists():
+            scan.skipped[m.parent] = "metrics.json without predictions.parquet (an unfinished run?)"
+            continue
+        try:
+            scan.runs.append(read_run(m.parent))
+        except ValueError:  # e.g. an evaluate.py run dir: it writes the same two files, names no router
+            continue
+        except OSError as e:
+            scan.skipped[m.parent] = f"unreadable ({e})"
+    for e in sorted(root.rglob("error.txt")):
+        if not (e.parent / "metrics.json").exists():
+            first = (e.read_text(errors="replace").strip().splitlines() or [""])[0]
+            scan.failed[e.parent] = first[:200]
+    return scan
 
 
 def select_runs(runs: list[RunRecord]) -> tuple[list[RunRecord], dict[str, RunRecord]]:

@@ -27,6 +27,7 @@ Lightning `Trainer.predict` with DDP, each rank writing shards.
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import hashlib
 import itertools
 import json
@@ -46,6 +47,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlrb.process import import_lightning, is_rank_zero
 from vlrb.features.encoders import section_identity, Encoder, _section, as_dict, encoder_class
 from vlrb.io import atomic_path, folder_lock, write_json
 
@@ -302,7 +304,9 @@ def extract_features(bench, encoder_cfg: Any, *, root: str | Path | None = None,
     if root is None:
         raise ValueError("extract_features: the benchmark has no root folder; pass root=")
     out = {}
-    with folder_lock(root):  # a rebuild of the same root waits, and does not carry half-written features
+    # a rebuild of the same root waits, and does not carry half-written features; the other processes of a
+    # multi-device run follow the first one, which holds the lock for them all (they would wait on it forever)
+    with folder_lock(root) if is_rank_zero() else contextlib.nullcontext():
         for mod in modalities:
             if mod not in MODALITIES:
                 raise ValueError(f"unknown modality {mod!r}; expected text or vision")
@@ -326,7 +330,7 @@ def _extract_one(bench, mod: str, sec: dict, opts: RunOptions, root: Path, encod
     report_path = root / "reports" / "features" / f"{name}.json"
     chash, shash = config_hash(mod, family, identity), samples_hash(bench, mod)
     ids = [str(s) for s in bench.sample_ids]
-    is_worker = int(os.environ.get("LOCAL_RANK", "0") or 0) != 0 or int(os.environ.get("NODE_RANK", "0") or 0) != 0
+    is_worker = not is_rank_zero()
 
     if not force and final.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -584,7 +588,7 @@ def _decode_on_device(decoder, batch: dict, device, status: list, errors: list, 
 
 def _run_lightning(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device, dtype, progress) -> dict | None:
     """Several GPUs (or an explicit engine=lightning): Trainer.predict; each rank writes its own shards."""
-    import lightning as L  # slow to import (seconds): only on this path
+    L = import_lightning()  # slow to import (seconds): only on this path
 
     from vlrb.features.lightning_predict import EncoderPredictModule, ShardPredictionWriter
 

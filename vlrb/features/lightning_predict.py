@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vlrb.features.extract import ShardWriter, _shard_prefix
+from vlrb.process import import_lightning
+
+L = import_lightning()
+from lightning.pytorch.callbacks import BasePredictionWriter  # noqa: E402
 
 
 class EncoderPredictModule(L.LightningModule):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from vlrb.process import is_rank_zero
 from vlrb.errors import ConfigError
 from vlrb.jobs.common import run_job, to_plain
 
@@ -52,6 +53,7 @@ def may_create_parents(cfg) -> bool:
 
 def print_summary(root) -> None:
     from vlrb.data.benchmark import Benchmark
+    from vlrb.routing.metrics import reference_model
 
     bm = Benchmark.load(root)
     s = bm.summary()
@@ -60,7 +62,10 @@ def print_summary(root) -> None:
     _say(f"{'model':32s} {'accuracy':>9s} {'$/10K':>9s}")
     for m, r in s["per_model"].items():
         _say(f"{m:32s} {r['accuracy'] * 100:8.2f}% {r['avg_cost'] * 1e4:9.3f}")
-    _say(f"best single model: {s['best_single_model']} ({s['best_single_accuracy'] * 100:.2f}%)")
+    ref = bm.models[reference_model(bm)]
+    r = s["per_model"][ref]
+    _say(f"best single model: {ref} ({r['accuracy'] * 100:.2f}%, {r['avg_cost'] * 1e4:.3f} $/10K; the best rank score "
+         f"on train+dev: the reference every router is compared with)")
     _say(f"oracle accuracy:   {s['oracle_accuracy'] * 100:.2f}%")
     for line in skipped_lines(root):
         _say(line)
@@ -73,7 +78,8 @@ def skipped_lines(root) -> list[str]:
     import json
 
     try:
-        rd = json.loads((Path(root) / "reports" / "data_integrity" / "validation_results.json").read_text())["reader"]
+        res = json.loads((Path(root) / "reports" / "data_integrity" / "validation_results.json").read_text())
+        rd = res["reader"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 
@@ -96,9 +102,19 @@ def skipped_lines(root) -> list[str]:
     if rd.get("undetermined_scores"):
         out.append(f"undetermined scores (blank or formula cells, counted wrong): {rd['undetermined_scores']} "
                    f"({per(rd.get('undetermined_per_model') or {})})")
+    for col, near in (rd.get("unknown_columns") or {}).items():
+        out.append(f"column {col!r} of the records is not read" + (f" (did you mean {near!r}?)" if near else
+                                                                     " (README: Records tables lists the columns)"))
     if rd.get("models_in_pool_without_logs"):
         m = rd["models_in_pool_without_logs"]
         out.append(f"pool models with no records (left out): {len(m)} ({', '.join(m[:8])}{', ...' if len(m) > 8 else ''})")
+    from vlrb.data.write import SMALL_SPLIT
+
+    small = {sp: n for sp, n in (res.get("splits") or {}).items() if isinstance(n, int) and n < SMALL_SPLIT}
+    if small:
+        out.append("small splits (" + ", ".join(f"{sp} {n}" for sp, n in small.items()) + f"): under {SMALL_SPLIT} "
+                   "samples a split's scores are mostly noise (one sample moves accuracy by 3+ points); "
+                   "compare routers with selection=cv or on a larger benchmark")
     return [f"note: {line}" for line in out]
 
 
@@ -110,7 +126,7 @@ def run_build(cfg: DictConfig) -> None:
     if stage not in ("data", "features", "all"):
         raise ConfigError(f"stage must be data, features or all (got {stage!r})")
     progress = bool(cfg.get("progress", True))
-    if stage in ("data", "all"):
+    if stage in ("data", "all") and is_rank_zero():  # a multi-device extraction's other processes: built already
         manifest = build_benchmark(cfg, force=bool(cfg.get("force")), progress=progress)
         if not manifest.get("up_to_date"):
             _say(f"built in {manifest['timings_s']['total']:.1f} s ({manifest['timings_s']})")
@@ -120,7 +136,8 @@ def run_build(cfg: DictConfig) -> None:
         stats = extract_features(bm, to_plain(cfg.encoder), root=cfg.data.root, force=bool(cfg.get("force")),
                                  progress=progress)
         for mod, st in stats.items():
-            _log_features(mod, st)
+            if is_rank_zero():
+                _log_features(mod, st)
 
 
 def build_benchmark(cfg: DictConfig, *, force: bool = False, progress: bool = True) -> dict:

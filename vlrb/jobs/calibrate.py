@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir, write_json, write_text
@@ -52,8 +52,13 @@ def calibrate(cfg: DictConfig):
     tr = vlrb.load_router(cfg.router_dir)
     costs = CostModel.for_router(tr.models, tr.prices, tr.mean_cost, mode=cfg.budget.cost_estimate,
                                  output_tokens=int(cfg.budget.output_tokens))
+    _follow_router_benchmark(cfg, tr)
     claim_run_dir(out)
     bench = load_benchmark(cfg, encoder=tr.recipe.encoder if tr.recipe is not None else None)
+    from vlrb.jobs.build import skipped_lines
+
+    for line in skipped_lines(bench.root):  # small splits above all: calibrating μ on 2 dev requests is noise
+        log.info(line)
     if list(bench.models) != tr.models:
         raise ConfigError(f"data={cfg.data.root}: its models {bench.models[:3]}... are not the router's "
                           f"{tr.models[:3]}...; calibrate on the benchmark the router was trained on")
@@ -107,3 +112,22 @@ def _markdown(table, ref: dict, on: str) -> str:
                      f"{r.test_cost * 1e4:.3f} [{r.test_cost_lo * 1e4:.3f}, {r.test_cost_hi * 1e4:.3f}] | "
                      f"{r.test_cost_error:+.1%} | {r.test_accuracy:.2%} |")
     return "\n".join(lines) + "\n\nThe CI is the test cost's spread from sampling the test requests alone, at that mu.\n"
+
+
+def _follow_router_benchmark(cfg: DictConfig, tr) -> None:
+    """Without `data=` on the command line, calibrate on the benchmark the router was trained on (the router folder
+    records it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    given = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    root = tr.benchmark_root
+    if any(k == "data" or k.startswith("data.") for k in given) or not root:
+        return
+    if not (Path(root) / "data" / "matrices" / "Y.npz").exists():
+        raise ConfigError(f"router_dir={cfg.router_dir} was trained on the benchmark at {root}, which is not there "
+                          f"any more; rebuild it, or name one with data=<name> data.root=<folder>")
+    if Path(root).resolve() != Path(cfg.data.root).resolve():
+        log.info("calibrating on the benchmark the router was trained on: %s", root)
+    with open_dict(cfg):
+        cfg.data.root = root
+        cfg.data.generate = None

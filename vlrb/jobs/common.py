@@ -1,16 +1,19 @@
 """What every job shares: console/job-log logging, one-line errors, run directories, sweep summaries."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from vlrb.process import is_rank_zero, share_sweep_dir
 from vlrb.errors import ConfigError, VlrbError
 
 log = logging.getLogger("vlrb")
@@ -20,18 +23,55 @@ USER_ERRORS: tuple[type[BaseException], ...] = (VlrbError, FileNotFoundError)
 
 
 def setup_logging() -> None:
+    """A quiet console: what Lightning and W&B print without being asked appears once per process, or not at all
+    when it never applies (advertising, TPU lines, banners), and only warnings come from DDP helper processes."""
     # no 50-line W&B summary at the end of every run (our own line says where an offline run is kept)
     os.environ.setdefault("WANDB_SILENT", "true")
+    for message in UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    root = logging.getLogger()
+    for h in root.handlers:
+        if not any(isinstance(f, OncePerProcess) for f in h.filters):
+            h.addFilter(OncePerProcess())
+        if not is_rank_zero():
+            h.setLevel(logging.WARNING)
 
 
-def route_lightning_logs() -> None:
-    """Lightning adds its own console handler when imported; drop it so that each of its lines goes once
-    through the root logger (Hydra's console + job-log handlers). Call after importing lightning."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-        lg.propagate = True
+# Warnings from Lightning and torch about their own internals, or about settings that are right for vlrb's small
+# feature batches (one batch per epoch logs nothing per step, by design).
+UPSTREAM_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)",
+    r".*smaller than the logging interval Trainer\(log_every_n_steps.*",
+    r".*The anonymous setting has no effect.*",
+)
+# Lightning's info lines that say nothing a vlrb user can act on.
+NEVER_SHOWN = ("💡 Tip:", "TPU available:", "HPU available:", "distributed_backend=", "All distributed processes",
+               "-" * 20)
+
+
+class OncePerProcess(logging.Filter):
+    """Lightning's info lines once per process (a cross-validated fit starts dozens of Trainers), some never."""
+
+    seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("lightning") or record.levelno > logging.INFO:
+            return True
+        msg = record.getMessage().strip()
+        if not msg or msg.startswith(NEVER_SHOWN):
+            return False
+        if msg in OncePerProcess.seen:
+            return False
+        OncePerProcess.seen.add(msg)
+        return True
+
+
+def once_per_process(line: str) -> bool:
+    """True the first time `line` is asked about in this process (notes repeated by every job of a sweep)."""
+    if line in OncePerProcess.seen:
+        return False
+    OncePerProcess.seen.add(line)
+    return True
 
 
 def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any = None) -> Any:
@@ -42,12 +82,14 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any =
     setup_logging()
     out = _output_dir()
     multirun = _is_multirun()
+    if multirun:
+        share_sweep_dir(sweep_dir())
     try:
         return job(cfg)
     except BaseException as e:  # noqa: BLE001 - sorted below
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        if out is not None:
+        if out is not None and is_rank_zero():  # a DDP helper's failure is reported by the first process
             out.mkdir(parents=True, exist_ok=True)
             first = (str(e).strip().splitlines() or [""])[0]
             (out / "error.txt").write_text(f"{type(e).__name__}: {first}\n\n" + "".join(traceback.format_exception(e)))
@@ -81,11 +123,15 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def sweep_name() -> str | None:
-    """The multirun's folder name (one W&B group per sweep), or None outside a multirun."""
+def sweep_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
-    return Path(HydraConfig.get().sweep.dir).name if _is_multirun() else None
+    return Path(HydraConfig.get().sweep.dir)
+
+
+def sweep_name() -> str | None:
+    """The multirun's folder name (one W&B group per sweep), or None outside a multirun."""
+    return sweep_dir().name if _is_multirun() else None
 
 
 def to_plain(cfg: Any) -> Any:
@@ -94,19 +140,75 @@ def to_plain(cfg: Any) -> Any:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, one line per failed job and an exit status that says
+    """Hydra callback: at the end of a multirun, a table of its jobs (the swept settings, val and test rank score,
+    the best on val marked), one line per failed job, the commands to run next, and an exit status that says
     whether anything worked (every job failed: status 1)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not is_rank_zero():  # DDP helper processes ran the sweep in step with the first one, which reports it
+            return
         sweep = Path(config.hydra.sweep.dir)
-        jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-        failed = [p for p in jobs if (p / "error.txt").exists()]
+        jobs = sweep_jobs(sweep)
+        say = functools.partial(print, flush=True)  # after the last job: Hydra's own log format would prefix each line
         if not jobs:
             return
-        log.info("sweep %s: %d of %d jobs finished", sweep, len(jobs) - len(failed), len(jobs))
+        failed = [p for p in jobs if (p / "error.txt").exists()]
+        say(f"sweep {sweep}: {len(jobs) - len(failed)} of {len(jobs)} jobs finished")
+        for line in sweep_table(jobs):
+            say(f"  {line}")
         for p in failed:
             first = (p / "error.txt").read_text().strip().splitlines()[:1] or [""]
-            log.info("  job %s failed: %s", p.name, first[0][:200])
+            say(f"  job {p.name} failed: {first[0][:200]}")
         if len(failed) == len(jobs):
             log.error("error: every job of the sweep failed (see error.txt in each job folder)")
             sys.exit(1)
+        if config.get("task_name") in ("train", "results", "lodo") or any((p / "router").is_dir() for p in jobs):
+            say(f"next: python evaluate.py runs={_shown(sweep)}   # the leaderboard with these runs (λ chosen on val)")
+        if any(sweep.glob("*/wandb/offline-run-*")):
+            say(f"next: wandb sync {_shown(sweep)}/*/wandb/offline-run-*   # upload the offline W&B runs")
+
+
+def sweep_jobs(sweep: Path) -> list[Path]:
+    """The job folders of a multirun (`<number>` or `<number>_<swept values>`), in job order."""
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_", 1)[0].isdigit()]
+    return sorted(jobs, key=lambda p: int(p.name.split("_", 1)[0]))
+
+
+def sweep_table(jobs: list[Path]) -> list[str]:
+    """Lines of a fixed-width table of the finished train jobs; a note for routers whose λ is on another scale."""
+    import json
+
+    rows, scales = [], {}
+    for p in jobs:
+        try:
+            m = json.loads((p / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if "val/rank_score" not in m or "test/rank_score" not in m:
+            continue
+        lam = m.get("lambda")
+        rows.append([p.name, str(m.get("label") or m.get("router") or "?"), "unused" if lam is None else f"{lam:g}"
+                     if isinstance(lam, (int, float)) else str(lam),
+                     m["val/rank_score"], m["test/rank_score"]])
+        if m.get("cost_scale") not in (None, 100, 100.0):
+            scales[rows[-1][1]] = m["cost_scale"]
+    if not rows:
+        return []
+    best = max(range(len(rows)), key=lambda i: (rows[i][3] if rows[i][3] == rows[i][3] else -1.0))
+    width = [max(len(r[c]) for r in rows + [["job", "router", "λ"]]) for c in range(3)]
+    lines = [f"{'job':<{width[0]}}  {'router':<{width[1]}}  {'λ':<{width[2]}}  val rank  test rank"]
+    for i, r in enumerate(rows):
+        lines.append(f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]:<{width[2]}}  {r[3] * 100:8.2f}  {r[4] * 100:9.2f}"
+                     + ("  <- best on val" if i == best else ""))
+    for router, scale in scales.items():
+        lines.append(f"note: {router} applies λ to costs scaled by {scale:g} (cost_scale), the other routers by 100: "
+                     f"its λ={100 / float(scale):g}·x weighs cost as λ=x does elsewhere (docs/method.md#soft-labels)")
+    return lines
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

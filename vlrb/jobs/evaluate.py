@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir
@@ -51,23 +51,25 @@ def baseline_routers(cfg: DictConfig, conf: Path | None = None) -> list:
 
 def evaluate(cfg: DictConfig):
     from vlrb.eval.report import evaluate_benchmark
+    from vlrb.eval.runs import scan_runs
     from vlrb.eval.wandb_utils import init_wandb, log_tables_and_images
     from vlrb.jobs.build import load_benchmark
-
     from vlrb.jobs.train import check_data_root
 
     out = output_dir()
+    runs_dir = _runs_dir(cfg)
+    scan = scan_runs(runs_dir) if runs_dir is not None else None
+    if scan is not None and cfg.runs != "auto":
+        _follow_runs_benchmark(cfg, scan)
     check_data_root(cfg)
     baselines = baseline_routers(cfg)
-    if cfg.get("runs") and not Path(cfg.runs).exists():
-        raise ConfigError(f"runs={cfg.runs} does not exist (a train run or multirun directory)")
     claim_run_dir(out)
     bench = load_benchmark(cfg)
     run = init_wandb(cfg.get("logger"), config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate",
                      save_dir=out)
     sc = cfg.scoring
     try:
-        res = evaluate_benchmark(bench, out, baselines=baselines, runs=cfg.get("runs"),
+        res = evaluate_benchmark(bench, out, baselines=baselines, runs=scan,
                                  n_bootstrap=int(sc.bootstrap), seed=int(sc.seed), beta=float(sc.beta),
                                  throughput=OmegaConf.to_container(sc.throughput) if sc.get("throughput") else None)
         log_tables_and_images(run, tables={"leaderboard": res.leaderboard, "per_dataset": res.per_dataset,
@@ -78,7 +80,58 @@ def evaluate(cfg: DictConfig):
         if run is not None:
             run.finish()
     log.info("%s", res.paths["md"].read_text())
+    if scan is not None:
+        for line in _runs_report(scan, runs_dir, auto=cfg.runs == "auto"):
+            log.info("%s", line)
     log.info("Leaderboard: %s", res.paths["csv"])
     if "pareto" in res.paths:
         log.info("Pareto plot: %s", res.paths["pareto"])
     return res
+
+
+def _runs_dir(cfg: DictConfig) -> Path | None:
+    """`runs`: auto = every train run under the log folder (none yet: baselines only); a folder; null = none."""
+    runs = cfg.get("runs")
+    if runs in (None, "", "none"):
+        return None
+    if runs == "auto":
+        logs = Path(cfg.paths.log_dir)
+        return logs if logs.is_dir() else None
+    if not Path(runs).exists():
+        raise ConfigError(f"runs={runs} does not exist (a train run or multirun directory)")
+    return Path(runs)
+
+
+def _follow_runs_benchmark(cfg: DictConfig, scan) -> None:
+    """`evaluate.py runs=X` without `data=`: score the runs on the benchmark they were trained on (they record it),
+    when they agree on one and it is not the default's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    given = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    if any(k == "data" or k.startswith("data.") for k in given):
+        return
+    roots = {r.metrics.get("benchmark/root") for r in scan.runs} - {None}
+    if len(roots) != 1:
+        return
+    root = roots.pop()
+    if Path(root).resolve() != Path(cfg.data.root).resolve() and (Path(root) / "data" / "matrices" / "Y.npz").exists():
+        log.info("runs=%s were trained on the benchmark at %s: scoring them there (data.root=... to choose)",
+                 cfg.runs, root)
+        with open_dict(cfg):
+            cfg.data.root = root
+            cfg.data.generate = None
+
+
+def _runs_report(scan, runs_dir: Path, *, auto: bool) -> list[str]:
+    """One line on what was scored, then a line per run left out (another benchmark) and per failed run."""
+    where = f"under {runs_dir}" + (" (runs=auto; runs=<folder> for one sweep, runs=null for none)" if auto else "")
+    lines = [f"runs: {len(scan.runs)} finished run(s) scored {where}"
+             + (f"; {len(scan.skipped)} left out" if scan.skipped else "")
+             + (f"; {len(scan.failed)} failed" if scan.failed else "")]
+    for path, why in list(scan.skipped.items())[:20]:
+        lines.append(f"  left out {path}: {why}")
+    for path, why in list(scan.failed.items())[:20]:
+        lines.append(f"  failed   {path}: {why}")
+    if len(scan.skipped) > 20 or len(scan.failed) > 20:
+        lines.append("  ...")
+    return lines

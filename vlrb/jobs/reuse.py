@@ -36,11 +36,13 @@ def train_once_per_lambda_free_config(cfg: DictConfig, out: Path, train: Callabl
     same config (λ aside) already finished: then that run's results are copied into `out`."""
     from hydra.core.hydra_config import HydraConfig
 
-    from vlrb.jobs.common import _is_multirun
+    from vlrb.jobs.common import _is_multirun, to_plain
     from vlrb.jobs.train import build_router
+    from vlrb.routers.mlp import is_distributed
 
     sweep = Path(HydraConfig.get().sweep.dir) if _is_multirun() else None
-    if sweep is None or build_router(cfg.router).uses_lambda:
+    # DDP: every process must fit when the first one fits, so nothing is reused (the others cannot see its markers)
+    if sweep is None or build_router(cfg.router).uses_lambda or is_distributed(to_plain(cfg.trainer)):
         return train(cfg, out)
     marker = sweep / MARKERS / _key(cfg)
     src = Path(marker.read_text().strip()) if marker.exists() else None

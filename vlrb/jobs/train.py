@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from vlrb.process import import_lightning, is_rank_zero
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir, write_json
-from vlrb.jobs.common import output_dir, route_lightning_logs, run_job, sweep_name, to_plain
+from vlrb.jobs.common import once_per_process, output_dir, run_job, sweep_name, to_plain
 from vlrb.jobs.reuse import train_once_per_lambda_free_config
 
 log = logging.getLogger("vlrb.train")
@@ -29,6 +30,10 @@ def main(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     validate(cfg)
     out = output_dir()
+    if not is_rank_zero():  # a DDP helper process: Lightning re-ran this command; it joins the fit, writes nothing
+        if build_router(cfg.router).trainable:
+            train(cfg, out)
+        return float("nan")
     claim_run_dir(out)  # never write over another run's results
     try:
         metrics = train_once_per_lambda_free_config(cfg, out, train)  # sweeps: λ-free routers fitted once
@@ -105,20 +110,23 @@ def build_loggers(cfg: DictConfig, out: Path, run_name: str) -> list:
     from vlrb.eval.wandb_utils import resolve_wandb_mode
 
     loggers = []
-    for key, lg in (cfg.get("logger") or {}).items():
-        if not isinstance(lg, DictConfig) or "_target_" not in lg:
+    for key, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
+        lg = OmegaConf.to_container(node, resolve=True)  # resolved in place: `${task_name}` etc. need the root
         kw = {}
         if key == "wandb":
-            mode = resolve_wandb_mode(lg.get("mode"))
+            mode = resolve_wandb_mode(lg.pop("mode", None))
             if mode == "disabled":
                 continue
             kw = {"offline": bool(lg.get("offline")) or mode == "offline", "name": lg.get("name") or run_name,
                   "save_dir": str(out)}
             if sweep_name():  # every run of one multirun shares a W&B group, so the dashboard compares them
                 kw["group"] = f"{lg.get('group') or cfg.task_name}-{sweep_name()}"
-            lg = OmegaConf.masked_copy(lg, [k for k in lg if k != "mode"])
-        loggers.append(instantiate(lg, **kw))
+        logger = instantiate(lg, **kw)
+        if key == "wandb":  # Lightning passes `anonymous`, which wandb >= 0.19 ignores with a warning per run
+            getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(logger)
     return loggers
 
 
@@ -142,17 +150,18 @@ def prepare_data(cfg: DictConfig, router):
 
 
 def train(cfg: DictConfig, out: Path) -> dict:
-    import lightning as L
+    L = import_lightning()
 
     from vlrb.artifact import save_trained_router
     from vlrb.routers.lit import FitContext
     from vlrb.routing.metrics import route_metrics, router_throughput
-    from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
+    from vlrb.routing.soft_labels import parse_lambda
     from vlrb.selection import report_test, select_and_refit, selection_name
 
-    route_lightning_logs()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    lead = is_rank_zero()
+    if lead:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     t0 = time.perf_counter()
     router = build_router(cfg.router)
     data = prepare_data(cfg, router)
@@ -161,7 +170,8 @@ def train(cfg: DictConfig, out: Path) -> dict:
         from vlrb.jobs.build import skipped_lines
 
         for line in skipped_lines(bench.root):
-            log.info(line)
+            if once_per_process(line):  # a sweep's jobs share the benchmark: its notes once
+                log.info(line)
     ctx = FitContext(trainer=to_plain(cfg.trainer), callbacks=to_plain(cfg.get("callbacks") or {}),
                      loggers=build_loggers(cfg, out, f"{router.name}-lam{cfg['lambda']}"),
                      cost_bounds=bench.cost_bounds, beta=float(cfg.scoring.beta), seed=int(cfg.seed),
@@ -181,12 +191,14 @@ def train(cfg: DictConfig, out: Path) -> dict:
         else:
             router.fit(data[fit_on], data["dev"])
     fit_s = time.perf_counter() - t_fit
-    # the shared label definition, logged with every run (what the trainable routers are fitted to)
-    diag = label_diagnostics(soft_labels(train_split.Y, train_split.C, lam), train_split.Y, train_split.C)
+    if not lead:  # a DDP helper process: the fit is done, rank 0 scores and writes the run
+        return {}
 
     metrics: dict = {"router": router.name, "label": router.label,
                      "lambda": (lam if math.isfinite(lam) else "inf") if router.uses_lambda else None,
-                     "fit_seconds": fit_s}
+                     "cost_scale": getattr(router, "cost_scale", None) if router.uses_lambda else None,
+                     "benchmark/root": str(Path(bench.root).resolve()) if bench.root is not None else None,
+                     "benchmark/fingerprint": bench.fingerprint, "fit_seconds": fit_s}
     preds, routed = [], {}
     for name, prefix in (("dev", "val/"), ("test", "test/")):  # test is scored exactly once, after fitting
         sp = data[name]
@@ -206,8 +218,10 @@ def train(cfg: DictConfig, out: Path) -> dict:
         thr = router_throughput(router, data["test"], batch_size=int(tp.batch_size), warmup=int(tp.warmup),
                                 runs=int(tp.runs))
         metrics.update({f"test/throughput_{k}": v for k, v in thr.items()})
-    metrics.update({f"labels/{k}": v for k, v in diag.items()})
-    metrics.update(_flat_fit_info(router.fit_info))
+    info = dict(router.fit_info or {})
+    # the labels this router was fitted to, as it computed them (its own λ, cost scale and scheme)
+    metrics.update({f"labels/{k}": v for k, v in (info.pop("label_diagnostics", None) or {}).items()})
+    metrics.update(_flat_fit_info(info))
     metrics["total_seconds"] = time.perf_counter() - t0
 
     predictions = pd.concat(preds, ignore_index=True)
@@ -216,12 +230,19 @@ def train(cfg: DictConfig, out: Path) -> dict:
     if cfg.get("save_router", True) and router.saves_state:
         save_trained_router(router, out / "router", recipe=data.recipe, prices=_prices(bench),
                             mean_cost=dict(zip(bench.models, map(float, train_split.C.mean(0)))),
-                            lam=metrics["lambda"], config=cfg)
+                            lam=metrics["lambda"], config=cfg,
+                            benchmark={"root": metrics["benchmark/root"], "fingerprint": metrics["benchmark/fingerprint"]})
     _log_final(ctx.loggers, cfg, metrics, predictions)
     log.info("val/rank_score %.2f  test/accuracy %.2f%%  test/avg_cost %.3f $/10K  test/rank_score %.2f",
              metrics["val/rank_score"] * 100, metrics["test/accuracy"] * 100, metrics["test/avg_cost"] * 1e4,
              metrics["test/rank_score"] * 100)
+    log.info("vs the best single model (%s, chosen on train+dev): Δ rank score %+.2f [%+.2f, %+.2f], %s",
+             metrics["test/best_single/model"], *(metrics[f"test/vs_best_single/delta_rank_score{k}"] * 100
+                                                  for k in ("", "_lo", "_hi")), metrics["test/vs_best_single/outcome"])
     log.info("run dir: %s", out)
+    offline = sorted(out.glob("wandb/offline-run-*"))
+    if offline and not sweep_name():  # a sweep prints one command for all its jobs
+        log.info("W&B: offline run kept; upload it with: wandb sync %s", offline[-1])
     return metrics
 
 

@@ -103,7 +103,9 @@ class E2ERouter(Router):
 
     # ------------------------------------------------------------------ fit / predict
     def fit(self, train: Split, dev: Split | None = None, ctx: FitContext | None = None) -> "E2ERouter":
-        import lightning as L
+        from vlrb.process import import_lightning
+
+        L = import_lightning()
 
         from vlrb.backbones.data import Collate, RawDataset
         from vlrb.routers.lit import make_loader

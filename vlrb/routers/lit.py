@@ -18,10 +18,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-import lightning as L
-
+from vlrb.process import import_lightning
 from vlrb.routers.losses import soft_cross_entropy
 from vlrb.routing.metrics import rank_score
+
+L = import_lightning()
 
 
 @dataclass
@@ -119,7 +120,8 @@ class RoutingModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         logits = self(batch)
         loss = self.loss(logits, batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(logits))
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(logits),
+                 sync_dist=self._distributed())
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -131,13 +133,19 @@ class RoutingModule(L.LightningModule):
     def on_validation_epoch_end(self):
         if not self._val:
             return
-        y = torch.cat([v[0] for v in self._val]).cpu().numpy()
-        c = torch.cat([v[1] for v in self._val]).cpu().numpy()
+        y = torch.cat([v[0] for v in self._val]).double()
+        c = torch.cat([v[1] for v in self._val])
         self._val.clear()
-        acc, cost = float(y.mean()), float(c.mean())
+        totals = torch.stack([y.sum(), c.sum(), torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+        if self._distributed():  # each process saw its shard of dev: the score is of the whole dev split
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        acc, cost = float(totals[0] / totals[2]), float(totals[1] / totals[2])
         self.log_dict({"val/accuracy": acc, "val/avg_cost": cost,
                        "val/rank_score": float(rank_score(acc, cost, self.cmin, self.cmax, self.beta))},
-                      prog_bar=True, sync_dist=True)
+                      prog_bar=True, sync_dist=self._distributed())  # equal on every process already
+
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -249,8 +257,12 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext,
             _ignore_upstream_deprecations()
             trainer.fit(module, train_loader, val_loader)
         best = ckpt.best_model_path
-        if best and Path(best).exists():
+        state = None
+        if trainer.is_global_zero and best and Path(best).exists():
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        if trainer.world_size > 1:  # DDP: rank 0 wrote the checkpoint; every process continues with its weights
+            state = trainer.strategy.broadcast(state, src=0)
+        if state is not None:
             module.load_state_dict(state)
     score = ckpt.best_model_score  # a tensor; 0.0 is a valid best score, so test for None explicitly
     module.fit_info = {"epochs": trainer.current_epoch,

@@ -39,6 +39,24 @@ def rank_score(acc, cost, cmin: float, cmax: float, beta: float = DEFAULT_BETA):
     return float(s) if s.ndim == 0 else s
 
 
+def best_single_model(split: Split, cost_bounds: Mapping[str, Any], beta: float = DEFAULT_BETA) -> int:
+    """The model with the highest rank score when it answers every row of `split` (ties: the first)."""
+    return _best_column(split.Y, split.C, cost_bounds, beta)
+
+
+def reference_model(bench, beta: float = DEFAULT_BETA) -> int:
+    """The one reference of every comparison vlrb reports (runs, leaderboard, build summary, README): the best
+    single model, i.e. the best rank score on train+dev, chosen without looking at test."""
+    rows = bench.meta["split"].isin(["train", "dev"]).to_numpy()
+    return _best_column(bench.Y[rows], bench.C[rows], bench.cost_bounds, beta)
+
+
+def _best_column(Y, C, cost_bounds: Mapping[str, Any], beta: float) -> int:
+    acc = np.asarray(Y, np.float64).mean(0)
+    cost = np.asarray(C, np.float64).mean(0)
+    return int(np.argmax(rank_score(acc, cost, cost_bounds["cmin"], cost_bounds["cmax"], beta)))
+
+
 def _bounds(cost_bounds: Mapping[str, Any]) -> tuple[float, float]:
     try:
         return float(cost_bounds["cmin"]), float(cost_bounds["cmax"])
