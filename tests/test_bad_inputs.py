@@ -223,7 +223,7 @@ def sweep_where_every_job_fails(tmp_path):
     r = run_cli("train.py", "-m", "router=random", "router.seed=a,b", "logger=none", f"hydra.sweep.dir={tmp_path / 's'}")
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "0 of 2 jobs finished" in out and "every job of the sweep failed" in out
-    assert (tmp_path / "s" / "0_router.seed=a" / "error.txt").read_text().startswith("ConfigError: router")
+    assert (tmp_path / "s" / "0_router.seed-a" / "error.txt").read_text().startswith("ConfigError: router")
 
 
 def bad_lambda_fails_before_loading(tmp_path):

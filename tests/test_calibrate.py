@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import REPO, data_cfg
 from vlrb.errors import ConfigError
-from vlrb.serve.calibrate import Routed, budget_curve, calibrate, mean_ci, plot_budget_curve, solve_mu
+from vlrb.serve.calibrate import (Routed, budget_curve, calibrate, mean_ci, plot_budget_curve, reachable,
+                                  solve_mu)
 
 
 def two_requests() -> Routed:
@@ -48,13 +49,27 @@ def test_calibration_hits_targets_and_cost_falls_with_mu():
     targets = [1e-4, 2.5e-4, 5e-4]
     table = calibrate(dev, test, targets, scale=price.max())
     assert list(table.columns) == ["target", "target_cost", "mu", "calib_cost", "calib_accuracy", "test_cost",
-                                   "test_accuracy", "test_cost_error", "test_cost_lo", "test_cost_hi"]
+                                   "test_accuracy", "test_cost_error", "test_cost_lo", "test_cost_hi", "reachable",
+                                   "reachable_lo", "reachable_hi"]
     assert ((table["test_cost_lo"] <= table["test_cost"]) & (table["test_cost"] <= table["test_cost_hi"])).all()
     width = (table["test_cost_hi"] - table["test_cost_lo"]) / table["test_cost"]
     assert ((width > 0.005) & (width < 0.3)).all()  # 2,000 requests: a few percent of sampling spread
     assert (table["mu"].diff().dropna() < 0).all()  # a bigger budget, a smaller μ
     assert np.allclose(table["calib_cost"], targets, rtol=0.01)  # 2,000 requests: steps are fine
     assert (table["test_cost_error"].abs() < 0.05).all()
+
+
+def test_a_target_out_of_reach_says_so_and_names_the_range():
+    """No μ makes every request cheaper than the cheapest model (or dearer than the dearest): such a target gets no
+    μ (it was ±1.678e7, silently), and the reachable range of $ per request is reported."""
+    cost = np.array([[1.0, 0.2], [1.0, 0.2]])  # the cheaper model costs 0.2: nothing spends less
+    r = Routed(np.array([[1.0, 0.0], [0.5, 0.0]]), cost, cost, np.array([[1, 0], [0, 1]]))
+    lo, hi = reachable(r, 1.0)
+    assert (lo, hi) == (0.2, 1.0)
+    table = calibrate(r, r, [lo / 2, (lo + hi) / 2, hi * 2, float("inf")], 1.0)
+    assert table["reachable"].tolist() == [False, True, False, False]
+    assert table["mu"].isna().tolist() == [True, False, True, True]
+    assert (table["reachable_lo"] == lo).all() and (table["reachable_hi"] == hi).all()
 
 
 def test_mean_ci_golden_values():
@@ -135,7 +150,7 @@ def test_calibrate_py_end_to_end(trained):
         assert 0 <= t["test_accuracy"] <= 1 and t["test_cost"] > 0
         assert t["test_cost_lo"] <= t["test_cost"] <= t["test_cost_hi"]
     assert (out / "budget_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| 0.3 x dear |" in (out / "calibration.md").read_text() and "budget.mu=<mu>" in p.stdout + p.stderr
+    assert "| 0.3 x dear |" in (out / "calibration.md").read_text() and "next: python serve.py router_dir=" in p.stdout + p.stderr
     curve = pd.read_csv(out / "budget_curve.csv")
     assert (np.diff(curve["test_cost"]) <= 1e-12).all()
 

@@ -495,7 +495,7 @@ def test_save_load_roundtrip(bench, tmp_path):
     ctx = ctx_for(tmp_path / "run", fast_dev_run=True)
     r.fit(bench.split("train"), bench.split("dev"), ctx)
     r.save(tmp_path / "router")
-    assert (tmp_path / "router" / "router.json").exists() and (tmp_path / "router" / "weights.pt").exists()
+    assert (tmp_path / "router" / "router.json").exists() and (tmp_path / "router" / "weights.safetensors").exists()
     back = read_router(tmp_path / "router")
     assert type(back) is type(r) and back.get_params() == r.get_params() and back.models == r.models
     test = bench.split("test")

@@ -101,7 +101,7 @@ def test_ddp_inside_a_sweep(bench_with_images, tmp_path):
             f"data.root={bench_with_images / 'bench'}", "logger=none", "scoring.throughput=null",
             f"hydra.sweep.dir={sweep}")
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_router=linear,lambda=0", "1_router=linear,lambda=100", "2_router=knn,lambda=0",
-                    "3_router=knn,lambda=100"]
+    assert jobs == ["0_router-linear_lambda-0", "1_router-linear_lambda-100", "2_router-knn_lambda-0",
+                    "3_router-knn_lambda-100"]
     assert all((sweep / j / "metrics.json").exists() and not (sweep / j / "error.txt").exists() for j in jobs)
     assert "4 of 4 jobs finished" in p.stdout and "<- best on val" in p.stdout

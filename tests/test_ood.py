@@ -81,9 +81,9 @@ def test_a_sweep_fits_a_router_that_ignores_lambda_once(tmp_path):
             f"hydra.sweep.dir={sweep}"]
     p = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    jobs = sorted(sweep.glob("*_router=*"))  # job folders are named by the swept values
-    assert [j.name for j in jobs] == ["0_router=per_dataset,lambda=0", "1_router=per_dataset,lambda=inf",
-                                      "2_router=random,lambda=0", "3_router=random,lambda=inf"]
+    jobs = sorted(sweep.glob("*_router-*"))  # job folders are named by the swept values
+    assert [j.name for j in jobs] == ["0_router-per_dataset_lambda-0", "1_router-per_dataset_lambda-inf",
+                                      "2_router-random_lambda-0", "3_router-random_lambda-inf"]
     metrics = [json.loads((j / "metrics.json").read_text()) for j in jobs]
     reused = [m for m in metrics if "reused_from" in m]
     assert len(reused) == 2 and {m["router"] for m in reused} == {"per_dataset", "random"}

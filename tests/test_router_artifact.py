@@ -76,8 +76,11 @@ def test_load_router_in_a_fresh_process(records, tmp_path, router, overrides):
     files = {p.name for p in (run / "router").iterdir()}
     assert {"artifact.json", "router.json", "config.yaml"} <= files
     assert not (run / "checkpoints").exists()  # the weights are stored once, in router/
+    assert "weights.safetensors" in files and "README.md" in files  # safetensors, and a model card
     if router == "mlp":
-        assert {"recipe.json", "scaler.npz", "weights.pt"} <= files
+        assert {"recipe.json", "scaler.safetensors"} <= files
+    card = (run / "router" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: vlrb") and "| dear |" in card and "## Test scores" in card
     art = json.loads((run / "router" / "artifact.json").read_text())
     assert art["prices"]["dear"] == {"input_per_1m": 5.0, "output_per_1m": 20.0} and art["lambda"] == 100.0
 

@@ -554,7 +554,7 @@ def test_a_router_that_cannot_score_new_requests_is_refused_at_start(monkeypatch
         def score_raw(self, prompts, images):
             raise ValueError("oracle reads the answers' correctness, so it cannot route new inputs")
 
-    monkeypatch.setattr(vlrb, "load_router", lambda path: Oracle())
+    monkeypatch.setattr(vlrb, "load_router", lambda path, trust_code=False: Oracle())
     cfg = OmegaConf.create({"router_dir": str(tmp_path), "route_only": True, "host": "127.0.0.1"})
     with pytest.raises(ConfigError, match="this router cannot score new requests .*cannot route new inputs"):
         load(cfg)

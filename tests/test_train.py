@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,8 +70,8 @@ def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_pa
     sweep2 = tmp_path / "sweep2"
     run_train(["-m", *common(tiny_records), "router=random", "router.seed=not_a_number,7", f"hydra.sweep.dir={sweep2}"],
               check=False)
-    assert (sweep2 / "0_router.seed=not_a_number" / "error.txt").exists()  # folders named by the swept values
-    assert (sweep2 / "1_router.seed=7" / "metrics.json").exists()
+    assert (sweep2 / "0_router.seed-not_a_number" / "error.txt").exists()  # folders named by the swept values
+    assert (sweep2 / "1_router.seed-7" / "metrics.json").exists()
 
 
 def test_missing_benchmark_is_a_clear_error(tmp_path):
@@ -98,3 +99,27 @@ def test_logged_labels_are_the_routers_own(tiny_records, tmp_path):
     assert m["labels/entropy_mean"] == pytest.approx(own["entropy_mean"], rel=1e-6)
     assert abs(own["entropy_mean"] - other["entropy_mean"]) > 0.01  # the check can tell the two apart
     assert not any(k.startswith("fit/label_diagnostics") for k in m)  # logged once
+
+
+def test_the_next_steps_a_sweep_prints_run_as_printed(tiny_records, tmp_path):
+    """The default logger (W&B offline): the sweep's closing table, and its `next:` commands run as printed
+    (`wandb sync` with --dry-run: nothing leaves the machine)."""
+    import os
+    import re
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    p = subprocess.run([sys.executable, "train.py", "-m", *[a for a in common(tiny_records) if a != "logger=none"],
+                        "router=per_dataset,random", f"hydra.sweep.dir={sweep}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert re.search(r"0_router-per_dataset +per_dataset +unused +[\d.]+ +[\d.]+", p.stdout)
+    hints = re.findall(r"^next: (.+?)(?:   #.*)?$", p.stdout, re.M)
+    assert [h.split()[0] for h in hints] == ["python", "wandb"], p.stdout[-2000:]
+    for hint in hints:
+        cmd = hint + (" --dry-run" if hint.startswith("wandb") else f" hydra.run.dir={tmp_path / 'eval'}")
+        q = subprocess.run(["bash", "-c", cmd], cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env={**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        assert q.returncode == 0, cmd + "\n" + q.stdout[-2000:] + q.stderr[-2000:]
+    board = pd.read_csv(tmp_path / "eval" / "leaderboard.csv")  # evaluate.py found the runs' own benchmark
+    assert {"per_dataset (run)", "random (run)"} <= set(board["router"])

@@ -155,11 +155,25 @@ def check_target_dir(dest: Path, *, is_ours: Callable[[Path], bool], what: str, 
                                 f"create the parent folder first if this path is meant")
 
 
+def check_run_dir(path: str | os.PathLike) -> None:
+    """A run directory is new, empty or a vlrb run: Hydra's own .hydra/ and job log aside, a folder holding someone's
+    files is refused, as data.root is (`claim_run_dir` then refuses a folder another run claimed)."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    theirs = sorted(p.name for p in path.iterdir() if p.name != ".hydra" and not p.name.endswith(".log"))
+    if theirs and not (path / ".vlrb-run").exists():
+        raise UnsafeTargetError(f"run directory {path} already holds files that are not a vlrb run ("
+                                f"{', '.join(theirs[:5])}{', ...' if len(theirs) > 5 else ''}); vlrb never writes "
+                                "over them: set hydra.run.dir to a new or empty folder")
+
+
 def claim_run_dir(path: str | os.PathLike) -> None:
     """Mark a run directory as taken by this process; a second run that landed in the same directory
     stops here instead of overwriting the first one's results."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    check_run_dir(path)
     try:
         with open(path / ".vlrb-run", "x") as f:
             f.write(f"{os.getpid()}\n")

@@ -105,9 +105,9 @@ def read_items(root: Path, data_cfg, f: dict) -> pd.DataFrame:
     dup = ids.duplicated()
     if dup.any():
         raise BuildError(f"{path}: duplicate item id(s) {ids[dup].head(3).tolist()}; an id names one item")
-    prefix = str(data_cfg.get("id_prefix") or data_cfg.name)
+    prefix = str(data_cfg.get("id_prefix") or data_cfg["name"])
     dataset = (df[f["dataset"]].astype(str) if f.get("dataset")
-               else pd.Series(str(data_cfg.get("dataset") or data_cfg.name), index=df.index))
+               else pd.Series(str(data_cfg.get("dataset") or data_cfg["name"]), index=df.index))
     prompt = df[f["prompt"]].fillna("").astype(str)
     if f.get("options") and f["options"] in df.columns:
         prompt = prompt + df[f["options"]].map(format_options)

@@ -18,7 +18,8 @@ from vlrb.features.encoders import as_dict
 from vlrb.features.fusion import DEFAULT_FUSION, FeatureScaler, fit_transform_splits, fuse, load_features
 
 RECIPE_JSON = "recipe.json"
-SCALER_NPZ = "scaler.npz"
+SCALER_FILE = "scaler.safetensors"
+LEGACY_SCALER_NPZ = "scaler.npz"  # folders saved before safetensors
 
 
 @dataclass
@@ -96,19 +97,50 @@ class FeatureRecipe:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        from vlrb.io import write_json, write_with
+        from vlrb.io import write_json
+        from vlrb.state_files import save_arrays
 
         path = Path(path)
         write_json(path / RECIPE_JSON, {"encoder": self.encoder, "fusion": self.fusion,
                                         "text_weight": self.text_weight})
         sc = self.scaler.scaler
-        write_with(path / SCALER_NPZ, lambda p: np.savez(open(p, "wb"), mean=sc.mean_, scale=sc.scale_))
+        save_arrays(path / SCALER_FILE, {"mean": sc.mean_, "scale": sc.scale_})
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureRecipe":
+    def load(cls, path: str | Path, *, trust_code: bool = False) -> "FeatureRecipe":
+        """recipe.json + the scaler, as data: each encoder section's `_target_` must be one of vlrb's own encoders
+        (any importable one with `trust_code`), its other values plain; the scaler's arrays one number per
+        feature, finite, with positive scales."""
+        from vlrb.components import ArtifactError, check_plain, resolve
+        from vlrb.features.encoders import Encoder
+        from vlrb.features.fusion import FUSIONS
+        from vlrb.state_files import load_arrays
+
         path = Path(path)
-        meta = json.loads((path / RECIPE_JSON).read_text())
-        with np.load(path / SCALER_NPZ, allow_pickle=False) as z:
-            scaler = FeatureScaler.from_arrays(z["mean"], z["scale"])
-        return cls(encoder=meta["encoder"], fusion=meta["fusion"], text_weight=float(meta["text_weight"]),
-                   scaler=scaler)
+        where = path / RECIPE_JSON
+        try:
+            meta = json.loads(where.read_text())
+            encoder, fusion, weight = dict(meta["encoder"]), meta["fusion"], float(meta["text_weight"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{where}: not a feature recipe ({type(e).__name__}: {e})") from None
+        if fusion not in FUSIONS or not 0.0 <= weight <= 1.0:
+            raise ArtifactError(f"{where}: fusion must be one of {sorted(FUSIONS)} and text_weight in [0, 1]")
+        for mod in ("text", "vision"):
+            section = encoder.get(mod)
+            if not isinstance(section, dict):
+                raise ArtifactError(f"{where}: encoder.{mod} must be an object")
+            if "_target_" in section:
+                resolve(section["_target_"], Encoder, where=f"{where} (encoder.{mod})", trust_code=trust_code)
+        for mod in ("text", "vision"):  # the encoders' settings are plain values (their classes read them)
+            check_plain({k: v for k, v in encoder.pop(mod).items() if k != "_target_"}, f"{where} (encoder.{mod})")
+        check_plain(encoder, f"{where} (encoder)")
+        encoder = dict(meta["encoder"])
+        f = path / SCALER_FILE if (path / SCALER_FILE).exists() or not (path / LEGACY_SCALER_NPZ).exists() \
+            else path / LEGACY_SCALER_NPZ
+        if not f.exists():
+            raise ArtifactError(f"{path}: no {SCALER_FILE} (the feature scaler fitted at training time)")
+        a = load_arrays(f, expect={"mean": (-1,), "scale": (-1,)})
+        if len(a["mean"]) != len(a["scale"]) or not (a["scale"] > 0).all():
+            raise ArtifactError(f"{f}: the scaler needs one mean and one positive scale per feature")
+        return cls(encoder=encoder, fusion=fusion, text_weight=weight,
+                   scaler=FeatureScaler.from_arrays(a["mean"], a["scale"]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir, write_json, write_text
-from vlrb.jobs.common import output_dir, run_job
+from vlrb.jobs.common import load_router_dir, output_dir, run_job
 
 log = logging.getLogger("vlrb.calibrate")
 TARGET_UNITS = ("strongest", "usd")
@@ -24,8 +25,9 @@ def _targets(cfg: DictConfig) -> list[float]:
     if unit not in TARGET_UNITS:
         raise ConfigError(f"target_unit must be one of {TARGET_UNITS}, got {unit!r}")
     targets = list(cfg.targets or [])
-    if not targets or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in targets):
-        raise ConfigError(f"targets must be a non-empty list of positive numbers, got {targets}")
+    if not targets or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < math.inf
+                              for t in targets):
+        raise ConfigError(f"targets must be a non-empty list of positive finite numbers, got {targets}")
     return [float(t) for t in targets]
 
 
@@ -37,19 +39,14 @@ def _calibrate_on(cfg: DictConfig) -> list[str]:
 
 
 def calibrate(cfg: DictConfig):
-    import vlrb
     from vlrb.jobs.build import load_benchmark
     from vlrb.serve.calibrate import Routed, budget_curve, calibrate as solve, plot_budget_curve
     from vlrb.serve.decide import CostModel
 
-    if OmegaConf.is_missing(cfg, "router_dir") or not cfg.router_dir:
-        raise ConfigError("router_dir is required: python calibrate.py router_dir=<train run>/router")
-    if not Path(cfg.router_dir).exists():
-        raise ConfigError(f"router_dir={cfg.router_dir} does not exist (a train run's router/ folder)")
     targets = _targets(cfg)
     _calibrate_on(cfg)
+    tr = load_router_dir(cfg)
     out = output_dir()
-    tr = vlrb.load_router(cfg.router_dir)
     costs = CostModel.for_router(tr.models, tr.prices, tr.mean_cost, mode=cfg.budget.cost_estimate,
                                  output_tokens=int(cfg.budget.output_tokens))
     _follow_router_benchmark(cfg, tr)
@@ -97,7 +94,14 @@ def calibrate(cfg: DictConfig):
     write_text(out / "calibration.md", md)
     log.info("%s", md)
     log.info("budget curve: %s", plot)
-    log.info("serve with one of them: python serve.py router_dir=%s budget.mu=<mu>", cfg.router_dir)
+    for r in table.itertuples():
+        if not r.reachable:
+            log.warning("target %s (%.4g $/10K) is out of reach: on %s, this router's requests cost from %.4g (the "
+                        "cheapest allowed model each, mu -> +inf) to %.4g $/10K (the dearest, mu -> -inf); no mu "
+                        "spends that", r.target, r.target_cost * 1e4, on, r.reachable_lo * 1e4, r.reachable_hi * 1e4)
+            continue
+        log.info("next: python serve.py router_dir=%s budget.mu=%.6g   # serve at the %s target", cfg.router_dir,
+                 r.mu, r.target)
     return table
 
 
@@ -108,6 +112,10 @@ def _markdown(table, ref: dict, on: str) -> str:
              f"| target | target $/10K | mu | {on} $/10K | test $/10K [95% CI] | test vs target | test accuracy |",
              "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
+        if not r.reachable:
+            lines.append(f"| {r.target} | {r.target_cost * 1e4:.3f} | out of reach: {r.reachable_lo * 1e4:.3f} to "
+                         f"{r.reachable_hi * 1e4:.3f} $/10K | – | – | – | – |")
+            continue
         lines.append(f"| {r.target} | {r.target_cost * 1e4:.3f} | {r.mu:.4g} | {r.calib_cost * 1e4:.3f} | "
                      f"{r.test_cost * 1e4:.3f} [{r.test_cost_lo * 1e4:.3f}, {r.test_cost_hi * 1e4:.3f}] | "
                      f"{r.test_cost_error:+.1%} | {r.test_accuracy:.2%} |")

@@ -103,6 +103,20 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any =
         raise SystemExit(1) from None
 
 
+def load_router_dir(cfg: DictConfig):
+    """The trained router of `router_dir` (a folder, a run directory, or a hub-style id in the local HF cache),
+    built from vlrb's own classes only unless `trust_code=true`."""
+    import vlrb
+
+    if OmegaConf.is_missing(cfg, "router_dir") or not cfg.router_dir:
+        raise ConfigError(f"router_dir is required: python {cfg.get('task_name', 'serve')}.py router_dir=<train run>/router")
+    where = str(cfg.router_dir)
+    hub_id = where.count("/") == 1 and not where.startswith((".", "/", "~"))
+    if not Path(where).exists() and not hub_id:
+        raise ConfigError(f"router_dir={where} does not exist (a train run's router/ folder, or its run directory)")
+    return vlrb.load_router(where, trust_code=bool(cfg.get("trust_code", False)))
+
+
 def output_dir() -> Path:
     out = _output_dir()
     if out is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def launch(job: str, entry_file: str) -> Any:
 
 def job_dir_name(num: int, task_overrides: list[str], sweeper_params=None, argv: list[str] | None = None) -> str:
     """A multirun job's folder: its number, then the values of the keys the sweep varies, on the command line or in
-    an experiment's `hydra.sweeper.params` (`router=linear,knn lambda=0,100` -> `0_router=linear,lambda=0`), safe
+    an experiment's `hydra.sweeper.params` (`router=linear,knn lambda=0,100` -> `0_router-linear_lambda-0`), safe
     as one folder name."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -49,6 +50,8 @@ def job_dir_name(num: int, task_overrides: list[str], sweeper_params=None, argv:
         mine = parser.parse_overrides([str(t) for t in task_overrides])
     except Exception:  # noqa: BLE001 - a name is a convenience; Hydra reports bad overrides itself
         return str(num)
-    label = ",".join(f"{o.key_or_group}={o.value()}" for o in mine if o.key_or_group in swept)
-    label = "".join(c if c.isalnum() or c in "=,.-+_[]" else "_" for c in label.replace(", ", ","))[:120]
+    # key-value pairs, `_`-joined, of characters a Hydra override accepts unquoted: the folder (router_dir=...) can
+    # be typed into the next command as it is (`=`, `,` and brackets would be parsed as overrides, sweeps, lists)
+    label = "_".join(f"{o.key_or_group}-{o.value()}" for o in mine if o.key_or_group in swept)
+    label = re.sub(r"_+", "_", "".join(c if c.isalnum() or c in ".-+" else "_" for c in label)).strip("_")[:120]
     return f"{num}_{label}" if label else str(num)

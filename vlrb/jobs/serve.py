@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vlrb.errors import ConfigError
-from vlrb.jobs.common import run_job, to_plain
+from vlrb.jobs.common import load_router_dir, run_job, to_plain
 
 log = logging.getLogger("vlrb.serve")
 
@@ -18,18 +18,13 @@ def main(cfg: DictConfig) -> None:
 
 def load(cfg: DictConfig):
     """(trained router, ServeSettings) from the serve config; every config error is raised here, before serving."""
-    import vlrb
     from vlrb.serve.settings import ServeSettings
 
-    if OmegaConf.is_missing(cfg, "router_dir") or not cfg.router_dir:
-        raise ConfigError("router_dir is required: python serve.py router_dir=<train run>/router")
-    path = Path(cfg.router_dir)
-    if not path.exists():
-        raise ConfigError(f"router_dir={path} does not exist (a train run's router/ folder)")
+    path = cfg.get("router_dir")
     plain = to_plain(cfg)
     if isinstance(plain.get("upstreams"), str):
         plain["upstreams"] = read_upstreams(plain["upstreams"])
-    router = vlrb.load_router(path)
+    router = load_router_dir(cfg)
     settings = ServeSettings.from_config(plain, router.models, router_label=router.name)
     try:  # one request's worth now: the encoders load, and a router that cannot serve says so in one line
         router.score_raw(["warm-up"], [None])

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlrb.process import import_lightning, is_rank_zero
 from vlrb.errors import ConfigError
-from vlrb.io import claim_run_dir, write_json
+from vlrb.io import check_run_dir, claim_run_dir, write_json
 from vlrb.jobs.common import once_per_process, output_dir, run_job, sweep_name, to_plain
 from vlrb.jobs.reuse import train_once_per_lambda_free_config
 
@@ -28,8 +28,10 @@ def main(cfg: DictConfig) -> float:
 
 
 def _run(cfg: DictConfig) -> float:
-    validate(cfg)
     out = output_dir()
+    if is_rank_zero():
+        check_run_dir(out)  # someone's files: refused before anything else is said about the config
+    validate(cfg)
     if not is_rank_zero():  # a DDP helper process: Lightning re-ran this command; it joins the fit, writes nothing
         if build_router(cfg.router).trainable:
             train(cfg, out)
@@ -231,7 +233,8 @@ def train(cfg: DictConfig, out: Path) -> dict:
         save_trained_router(router, out / "router", recipe=data.recipe, prices=_prices(bench),
                             mean_cost=dict(zip(bench.models, map(float, train_split.C.mean(0)))),
                             lam=metrics["lambda"], config=cfg,
-                            benchmark={"root": metrics["benchmark/root"], "fingerprint": metrics["benchmark/fingerprint"]})
+                            benchmark={"root": metrics["benchmark/root"], "fingerprint": metrics["benchmark/fingerprint"]},
+                            metrics=metrics)
     _log_final(ctx.loggers, cfg, metrics, predictions)
     log.info("val/rank_score %.2f  test/accuracy %.2f%%  test/avg_cost %.3f $/10K  test/rank_score %.2f",
              metrics["val/rank_score"] * 100, metrics["test/accuracy"] * 100, metrics["test/avg_cost"] * 1e4,

@@ -10,11 +10,14 @@ looks the same from outside:
 The registry name is also the config name: `router=<name>` loads `conf/router/<name>.yaml`.
 
 A fitted router is saved to a directory with `router.save(path)` and read back with `read_router(path)`
-(or `Cls.load(path)`): `router.json` (name, params, models, fit_info) beside `state.npz` or `weights.pt`.
-Safe formats only — np.load(allow_pickle=False), torch.load(weights_only=True), never pickle.
+(or `Cls.load(path)`): `router.json` (name, params, models, fit_info) beside `state.safetensors` or
+`weights.safetensors` (folders saved before: `state.npz`, `weights.pt`). A folder is data: its class must be one of
+vlrb's own routers and its parameters plain values (vlrb.components), its arrays are checked against the shapes
+the router needs before they are read and for NaN after (vlrb.state_files).
 """
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import functools
 import json
@@ -141,12 +144,22 @@ class Router:
 
 # ------------------------------------------------------------------------------------------ persistence
 ROUTER_JSON = "router.json"
-STATE_NPZ = "state.npz"
+STATE_FILE = "state.safetensors"
+LEGACY_STATE_NPZ = "state.npz"  # folders saved before safetensors
+WEIGHTS_FILE = "weights.safetensors"  # a network router's state_dict
+LEGACY_WEIGHTS_FILE = "weights.pt"
+
+
+def weights_file(path: Path) -> Path:
+    """The weights of a saved network router: weights.safetensors, or weights.pt in an older folder."""
+    path = Path(path)
+    return path / LEGACY_WEIGHTS_FILE if not (path / WEIGHTS_FILE).exists() and (path / LEGACY_WEIGHTS_FILE).exists() \
+        else path / WEIGHTS_FILE
 
 
 def _jsonable(v: Any) -> Any:
     """Params/fit_info for router.json: inf -> "inf", numpy scalars -> Python, tuples -> lists, a partial
-    (e.g. a backbone from `conf/backbone/`) -> its `_target_` config, so `instantiate` rebuilds it."""
+    (e.g. a backbone from `conf/backbone/`) -> its `_target_` spec, which `router_from_meta` looks up again."""
     if isinstance(v, functools.partial) and isinstance(v.func, type):
         return {"_target_": f"{v.func.__module__}.{v.func.__qualname__}", "_partial_": True, **_jsonable(v.keywords)}
     if isinstance(v, dict):
@@ -173,31 +186,97 @@ def write_router_meta(router: Router, path: Path, **extra: Any) -> Path:
     return path
 
 
-def router_from_meta(meta: dict[str, Any]) -> Router:
-    """A new, unfitted router with the class and parameters recorded in router.json."""
-    from hydra.utils import instantiate
+# whether code outside vlrb may be imported while a router folder is read (`read_router(..., trust_code=True)`)
+_TRUST_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("vlrb_trust_code", default=False)
 
-    return instantiate({"_target_": meta["class"], **meta.get("params", {})}, _convert_="all")
+
+def router_from_meta(meta: dict[str, Any], cls: type | None = None) -> Router:
+    """A new, unfitted router with the class (`cls`, or router.json's) and parameters recorded in router.json: the
+    parameters are checked plain values (vlrb.components.rebuild), never instantiated recursively; an end-to-end
+    router's backbone spec is looked up among vlrb's own backbones."""
+    from vlrb.components import rebuild
+
+    params = meta.get("params") or {}
+    nested = {}
+    if isinstance(params, dict) and isinstance(params.get("backbone"), dict) and "_target_" in params["backbone"]:
+        from vlrb.backbones.base import Backbone
+
+        nested["backbone"] = Backbone
+    return rebuild(cls or meta.get("class"), params, Router, where=meta.get("_file", ROUTER_JSON),
+                   trust_code=_TRUST_CODE.get(), nested=nested)
 
 
 def read_router_meta(path: Path) -> dict[str, Any]:
+    """router.json as a dict, with the checks every reader needs; errors name the file."""
+    from vlrb.components import ArtifactError
+
     f = Path(path) / ROUTER_JSON
     if not f.exists():
-        raise FileNotFoundError(f"{path} is not a saved router (no {ROUTER_JSON})")
-    return json.loads(f.read_text())
+        raise ArtifactError(f"{path} is not a saved router (no {ROUTER_JSON})")
+    try:
+        meta = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{f}: expected a JSON object, got {type(meta).__name__}")
+    models = meta.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise ArtifactError(f"{f}: 'models' must be a list of model ids")
+    if models and len(set(models)) != len(models):
+        raise ArtifactError(f"{f}: 'models' names a model twice: {sorted({m for m in models if models.count(m) > 1})}")
+    n = meta.get("n_models")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or (models and n != len(models)):
+        raise ArtifactError(f"{f}: 'n_models' must be the number of models ({len(models or [])}), got {n!r}")
+    meta["_file"] = str(f)
+    return meta
 
 
 def save_arrays(router: Router, path: Path, arrays: dict[str, np.ndarray], **extra: Any) -> None:
-    """router.json + state.npz: the state of a numpy/scikit-backed router."""
-    path = write_router_meta(router, path, **extra)
-    np.savez(path / STATE_NPZ, **arrays)
+    """router.json + state.safetensors: the state of a numpy/scikit-backed router (arrays of text, which
+    safetensors does not hold, go to router.json's `text_arrays`)."""
+    from vlrb.state_files import save_arrays as save
+
+    numbers = {k: v for k, v in arrays.items() if np.asarray(v).dtype.kind not in "US"}
+    text = {k: np.asarray(v).astype(str).tolist() for k, v in arrays.items() if k not in numbers}
+    path = write_router_meta(router, path, **extra, **({"text_arrays": text} if text else {}))
+    save(path / STATE_FILE, numbers)
 
 
-def load_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def load_arrays(path: Path, expect: dict | None = None,
+                nan_ok: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """router.json and the state arrays (state.safetensors, or a legacy state.npz): shapes checked from the file's
+    header against `expect` before anything is read, values checked finite after."""
+    from vlrb.state_files import load_arrays as load
+
     meta = read_router_meta(path)
-    with np.load(Path(path) / STATE_NPZ, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return meta, arrays
+    f = Path(path) / STATE_FILE
+    if not f.exists() and (Path(path) / LEGACY_STATE_NPZ).exists():
+        f = Path(path) / LEGACY_STATE_NPZ
+    if not f.exists():
+        from vlrb.components import ArtifactError
+
+        raise ArtifactError(f"{path}: no {STATE_FILE} (the router's learned state)")
+    text = meta.get("text_arrays") or {}
+    if not isinstance(text, dict) or not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                             for v in text.values()):
+        from vlrb.components import ArtifactError
+
+        raise ArtifactError(f"{meta['_file']}: 'text_arrays' must map names to lists of strings")
+    arrays = load(f, expect={k: v for k, v in (expect or {}).items() if k not in text}, nan_ok=nan_ok)
+    return meta, {**arrays, **{k: np.asarray(v, dtype=str) for k, v in text.items()}}
+
+
+def require(ok: bool, meta: dict[str, Any], what: str) -> None:
+    """A consistency check of a loaded router's state; a one-line ArtifactError naming the folder otherwise."""
+    if not ok:
+        from vlrb.components import ArtifactError
+
+        raise ArtifactError(f"{Path(meta.get('_file', ROUTER_JSON)).parent}: {what}")
+
+
+def meta_k(path: Path) -> int:
+    """The number of models router.json declares (checked), for the expected shapes of its arrays."""
+    return int(read_router_meta(path)["n_models"])
 
 
 def restore_common(router: Router, meta: dict[str, Any]) -> None:
@@ -207,17 +286,27 @@ def restore_common(router: Router, meta: dict[str, Any]) -> None:
     router.fit_info = dict(meta.get("fit_info") or {})
 
 
-def read_router(path: Path) -> Router:
-    """Any router written by `router.save(path)`: router.json names its class, which reads the rest.
+def read_router(path: Path, *, trust_code: bool = False) -> Router:
+    """Any router written by `router.save(path)`: router.json names its class, which reads the rest. The class must be
+    one of vlrb's own routers unless `trust_code` (then any importable Router subclass: code runs).
 
     (`vlrb.load_router` reads a whole trained-router artifact: this plus the feature recipe and prices.)"""
-    from hydra.utils import get_class
+    from vlrb.components import ArtifactError, own_classes, resolve
 
     meta = read_router_meta(path)
-    cls = get_class(meta["class"]) if "class" in meta else get_router_class(meta["name"])
-    if not (isinstance(cls, type) and issubclass(cls, Router)):
-        raise ValueError(f"{path}: router.json names {meta.get('class')!r}, which is not a vlrb Router")
-    return cls.load(Path(path))
+    if "class" in meta:
+        cls = resolve(meta["class"], Router, where=meta["_file"], trust_code=trust_code)
+    else:  # router.json of the first vlrb releases: the router's name only
+        by_name = {c.name: c for c in own_classes(Router).values() if c.__dict__.get("name")}
+        if meta.get("name") not in by_name:
+            raise ArtifactError(f"{meta['_file']}: names no router class and the name {meta.get('name')!r} is not one "
+                                f"of vlrb's ({', '.join(sorted(by_name))})")
+        cls = by_name[meta["name"]]
+    token = _TRUST_CODE.set(trust_code)
+    try:
+        return cls.load(Path(path))
+    finally:
+        _TRUST_CODE.reset(token)
 
 
 # ------------------------------------------------------------------------------------------ registry

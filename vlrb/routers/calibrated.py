@@ -38,7 +38,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vlrb.data.benchmark import Split, compute_cost_bounds
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
+from vlrb.routers.base import (Router, load_arrays, meta_k, register_router, require, restore_common,
+                               router_from_meta, save_arrays)
 from vlrb.routing.metrics import _group_means, paired_bootstrap, route_metrics
 from vlrb.routing.soft_labels import parse_lambda
 
@@ -388,15 +389,20 @@ class CalibratedRouter(Router):
 
     @classmethod
     def load(cls, path: Path) -> "CalibratedRouter":
-        meta, a = load_arrays(path)
-        router = router_from_meta(meta)
+        k = meta_k(path)
+        meta, a = load_arrays(path, expect={"pca_mean": (-1,), "pca_components": (-1, -1), "coef": (-1, k),
+                                            "intercept": (k,), "platt_a": (k,), "platt_c": (k,), "fallback": (2,)})
+        require(a["pca_components"].shape[1] == len(a["pca_mean"]) and 0 <= a["fallback"][1] < k, meta,
+                "the PCA components, the PCA mean and the fallback model do not fit together")
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
         router.pca_mean_, router.pca_components_ = a["pca_mean"], a["pca_components"]
         router.coef_, router.intercept_ = a["coef"], a["intercept"]
         router.platt_a_, router.platt_c_ = a["platt_a"], a["platt_c"]
         router.cost_keys_, router.cost_table_, router.cost_overall_ = a["cost_keys"], a["cost_table"], a["cost_overall"]
         router.fallback_, router.single_ = bool(a["fallback"][0]), int(a["fallback"][1])
-        router.alpha_, router.mu, router.interact_keys_ = float(a["alpha"]), float(a["mu"]), a["interact_keys"]
+        router.alpha_, router.mu = float(np.ravel(a["alpha"])[0]), float(np.ravel(a["mu"])[0])  # 0-d (npz) or (1,)
+        router.interact_keys_ = a["interact_keys"]
         router.priors_ = Priors.from_state({k[len("prior_"):]: v for k, v in a.items() if k.startswith("prior_")})
         return router
 

@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, router_from_meta, write_router_meta
+from vlrb.routers.base import (WEIGHTS_FILE, Router, read_router_meta, register_router, require, restore_common,
+                               router_from_meta, weights_file, write_router_meta)
 from vlrb.routing.soft_labels import label_diagnostics, parse_lambda, soft_labels
 
 if TYPE_CHECKING:  # torch, Lightning and the backbones load on first fit/load, not at registry time
@@ -51,7 +52,6 @@ if TYPE_CHECKING:  # torch, Lightning and the backbones load on first fit/load, 
     from vlrb.routers.e2e_modules import E2EModule
     from vlrb.routers.lit import FitContext
 
-WEIGHTS_FILE = "weights.pt"
 
 
 # ============================================================================================ routers
@@ -203,8 +203,8 @@ class E2ERouter(Router):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """router.json (name, params, models, fit_info) + weights.pt (a plain state_dict, backbone included)."""
-        import torch
+        """router.json (name, params, models, fit_info) + weights.safetensors (the state_dict, backbone included)."""
+        from vlrb.state_files import save_torch_state
 
         if self.module is None:
             raise RuntimeError(f"{self.label}: nothing to save before fit()")
@@ -212,20 +212,22 @@ class E2ERouter(Router):
             raise ValueError("save(): give the backbone by name, {name, params} or its conf/backbone factory, "
                              "not as a built object")
         path = write_router_meta(self, Path(path))
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        torch.save(self.module.state_dict(), tmp)
-        tmp.replace(path / WEIGHTS_FILE)
+        save_torch_state(path / WEIGHTS_FILE, self.module.state_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "E2ERouter":
-        """Rebuild from `save()` (weights read with `weights_only=True`)."""
-        import torch
+        """Rebuild from `save()`: parameters checked (router_from_meta), the weights file's shapes checked against the
+        built network before its values are read, NaN refused."""
+        from vlrb.state_files import load_torch_state
 
         meta = read_router_meta(Path(path))
-        router = router_from_meta(meta)
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
         router.module = router._build_module()
-        state = torch.load(Path(path) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        shapes = {k: tuple(v.shape) for k, v in router.module.state_dict().items()}
+        state = load_torch_state(weights_file(Path(path)), expect=shapes)
+        require(set(state) == set(shapes), meta, "the weights do not hold exactly the network's parameters "
+                f"({len(state)} tensors for {len(shapes)})")
         router.module.load_state_dict(state)
         router.module.eval()
         return router

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
+from vlrb.routers.base import Router, load_arrays, meta_k, register_router, restore_common, router_from_meta, save_arrays
 from vlrb.routing.vectors import l2_normalize
 
 
@@ -57,8 +57,8 @@ class KMeansRouter(Router):
 
     @classmethod
     def load(cls, path: Path) -> "KMeansRouter":
-        meta, a = load_arrays(path)
-        router = router_from_meta(meta)
+        meta, a = load_arrays(path, expect={"prototypes": (meta_k(path), -1)})
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
         router.prototypes_ = a["prototypes"]
         return router

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
+from vlrb.routers.base import (Router, load_arrays, meta_k, register_router, require, restore_common,
+                               router_from_meta, save_arrays)
 from vlrb.routing.soft_labels import hard_labels
 from vlrb.routing.vectors import l2_normalize
 
@@ -141,9 +142,12 @@ class KNNRouter(Router):
 
     @classmethod
     def load(cls, path: Path) -> "KNNRouter":
-        meta, a = load_arrays(path)
-        router = router_from_meta(meta)
+        meta, a = load_arrays(path, expect={"X": (-1, -1), "labels": (-1,)})
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
+        k = router.n_models
+        require(len(a["labels"]) == len(a["X"]) and ((0 <= a["labels"]) & (a["labels"] < k)).all(), meta,
+                f"the k-NN labels must be one model index in [0, {k}) per training row")
         router._build(a["X"], a["labels"], normalised=router.metric == "cosine")
         return router
 
@@ -214,8 +218,9 @@ class PRkNNRouter(Router):
 
     @classmethod
     def load(cls, path: Path) -> "PRkNNRouter":
-        meta, a = load_arrays(path)
-        router = router_from_meta(meta)
+        meta, a = load_arrays(path, expect={"X": (-1, -1), "Y": (-1, meta_k(path)), "C": (-1, meta_k(path))})
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
+        require(len(a["Y"]) == len(a["C"]) == len(a["X"]), meta, "X, Y and C must have one row per training sample")
         router._build(a["X"], a["Y"], a["C"], normalised=router.metric == "cosine")
         return router

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import numpy as np
 
 from vlrb.data.benchmark import Split, compute_cost_bounds
-from vlrb.routers.base import Router, read_router_meta, register_router, restore_common, router_from_meta, write_router_meta
+from vlrb.routers.base import (WEIGHTS_FILE, Router, read_router_meta, register_router, require, restore_common,
+                               router_from_meta, weights_file, write_router_meta)
 from vlrb.routing.soft_labels import SCHEMES, label_diagnostics, parse_lambda, soft_labels
 
 if TYPE_CHECKING:  # torch/Lightning are imported on first fit/load, not at registry time
     from vlrb.routers.lit import FitContext, RoutingModule
 
-WEIGHTS_FILE = "weights.pt"
 VAL_BATCH = 8192  # dev scoring batch: large, it is inference only
 PREDICT_CHUNK = 65536  # rows per forward pass at prediction time (bounds the MLP's activations)
 
@@ -218,24 +218,35 @@ class NetRouter(Router):
 
     # ------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
-        """router.json (params, in_dim, models, fit_info) + weights.pt (a plain state_dict)."""
+        """router.json (params, in_dim, models, fit_info) + weights.safetensors (the module's state_dict)."""
         if self.module_ is None:
             raise RuntimeError(f"{self.label}: nothing to save before fit()")
-        import torch
+        from vlrb.state_files import save_torch_state
 
         path = write_router_meta(self, path, in_dim=self.in_dim_)
-        torch.save(self.module_.state_dict(), Path(path) / WEIGHTS_FILE)
+        save_torch_state(Path(path) / WEIGHTS_FILE, self.module_.state_dict())
 
     @classmethod
     def load(cls, path: Path) -> "NetRouter":
+        """The network's shapes (from router.json's in_dim and parameters, computed on torch's meta device: nothing
+        allocated) are checked against the weights file's header before the network is built and the weights read."""
         import torch
 
+        from vlrb.state_files import load_torch_state
+
         meta = read_router_meta(path)
-        router = router_from_meta(meta)
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
-        router.in_dim_ = int(meta["in_dim"])
+        in_dim = meta.get("in_dim")
+        require(isinstance(in_dim, int) and not isinstance(in_dim, bool) and in_dim > 0, meta,
+                f"router.json's in_dim must be a positive whole number, got {in_dim!r}")
+        router.in_dim_ = in_dim
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in router.make_module(in_dim, router.n_models).state_dict().items()}
+        state = load_torch_state(weights_file(Path(path)), expect=shapes)
+        require(set(state) == set(shapes), meta, f"the weights hold {sorted(state)}, the network {sorted(shapes)}")
         module = router.make_module(router.in_dim_, router.n_models)
-        module.load_state_dict(torch.load(Path(path) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        module.load_state_dict(state)
         router._set_module(module)
         return router
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, register_router, restore_common, router_from_meta, save_arrays
+from vlrb.routers.base import (STATE_FILE, Router, load_arrays, meta_k, register_router, require, restore_common,
+                               router_from_meta, save_arrays)
 
 
 @register_router("ovr")
@@ -75,12 +76,21 @@ class OVRRouter(Router):
         return p
 
     def save(self, path: Path) -> None:
-        save_arrays(self, path, {"coef": self.coef_, "intercept": self.intercept_, "constant": self.constant_})
+        """The constant models' probabilities beside a mask of which models are constant (NaN marks them in memory,
+        and in folders saved before safetensors: a saved array never holds NaN now)."""
+        save_arrays(self, path, {"coef": self.coef_, "intercept": self.intercept_,
+                                 "constant": np.nan_to_num(self.constant_, nan=0.0), "fixed": self._fixed.astype(np.int8)})
 
     @classmethod
     def load(cls, path: Path) -> "OVRRouter":
-        meta, a = load_arrays(path)
-        router = router_from_meta(meta)
+        k = meta_k(path)
+        meta, a = load_arrays(path, expect={"coef": (k, -1), "intercept": (k,), "constant": (k,)},
+                              nan_ok=("constant",) if not (Path(path) / STATE_FILE).exists() else ())
+        router = router_from_meta(meta, cls)
         restore_common(router, meta)
-        router._set_state(a["coef"], a["intercept"], a["constant"])
+        const = a["constant"].astype(np.float64)
+        if "fixed" in a:
+            require(a["fixed"].shape == (k,), meta, "'fixed' must hold one flag per model")
+            const[a["fixed"] == 0] = np.nan
+        router._set_state(a["coef"], a["intercept"], const)
         return router

@@ -23,12 +23,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vlrb.serve import security
 from vlrb.serve.batching import MicroBatcher, Overloaded
 from vlrb.serve.decide import CostModel, Decision, decide
 from vlrb.serve.errors import ApiError, bad_request, error_body
-from vlrb.serve.metrics import Metrics
+from vlrb.serve.metrics import CLIENT_CLOSED, Metrics
 from vlrb.serve.schema import ChatRequest, parse_chat
 from vlrb.serve.settings import ServeSettings
 from vlrb.serve.upstream import UpstreamPool, relay
@@ -36,6 +37,7 @@ from vlrb.serve.upstream import UpstreamPool, relay
 log = logging.getLogger("vlrb.serve")
 ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/route"}
 IMAGE_TOKENS = 256  # input tokens charged per image (the benchmark's rule, vlrb.data.datasets.IMAGE_TOKENS)
+COUNTED_CHARS = 200_000  # text counted token by token for a cost estimate; beyond, extrapolated
 
 
 class RouterService:
@@ -53,10 +55,14 @@ class RouterService:
                                     max_queue=settings.max_queue, on_batch=self.metrics.on_batch)
         self.upstreams: UpstreamPool | None = None
         self.fetcher = None  # httpx client for remote images, only when they are allowed
+        self.prompt_chars: int | None = None  # what of a prompt can reach the router (set at start)
+        self.image_side: int | None = None  # the short side its image encoder resizes to (set at start)
 
     async def start(self) -> None:
         # one forward before the first request: the encoders load now, and a broken router fails at start-up
         await asyncio.to_thread(self._score_batch, [("", None)])
+        limits = getattr(self.router, "input_limits", None)
+        self.prompt_chars, self.image_side = await asyncio.to_thread(limits) if limits else (None, None)
         await self.batcher.start()
         if not self.settings.route_only:
             self.upstreams = UpstreamPool(self.settings.upstreams, timeout_s=self.settings.timeout_s,
@@ -93,15 +99,22 @@ class RouterService:
             else:
                 raw = await security.fetch_remote_image(self.fetcher, url, max_bytes=s.remote_max_bytes,
                                                         timeout_s=s.remote_timeout_s, param=param)
-            img = await asyncio.to_thread(security.decode_image, raw, s.max_pixels, param)
+            img = await asyncio.to_thread(security.decode_image, raw, s.max_pixels, param, max_side=s.max_side,
+                                          max_aspect=s.max_aspect, side=self.image_side)
             if param == req.image_param:
                 routed = img
         return routed
 
     def input_tokens(self, req: ChatRequest) -> int:
+        """cl100k tokens of the request's text (+256 per image); beyond COUNTED_CHARS characters the count of the
+        first COUNTED_CHARS is scaled up (a 19 MB prompt costs as much as its size says, without 3 s of tokenising)."""
         from vlrb.data.tokens import count_tokens
 
-        return count_tokens("\n".join(req.texts)) + IMAGE_TOKENS * len(req.image_urls)
+        text = "\n".join(req.texts)
+        tokens = count_tokens(text[:COUNTED_CHARS])
+        if len(text) > COUNTED_CHARS:
+            tokens = int(tokens * len(text) / COUNTED_CHARS)
+        return tokens + IMAGE_TOKENS * len(req.image_urls)
 
     async def route(self, req: ChatRequest, image) -> tuple[Decision, float]:
         """The decision for one request and the seconds it waited for the router (queue + batch forward)."""
@@ -109,8 +122,9 @@ class RouterService:
         tokens = self.input_tokens(req) if self.costs.mode == "tokens" else 0
         costs = self.costs.estimate([tokens], [req.max_tokens])[0]
         t0 = time.perf_counter()
+        prompt = req.prompt if self.prompt_chars is None else req.prompt[:self.prompt_chars]
         try:
-            scores = await self.batcher.submit((req.prompt, image))
+            scores = await self.batcher.submit((prompt, image))
         except Overloaded as e:
             raise ApiError(503, f"the router is overloaded: {e}; retry later", code="overloaded") from None
         latency = time.perf_counter() - t0
@@ -148,6 +162,10 @@ def create_app(router, settings: ServeSettings | None = None) -> FastAPI:
     async def _http_error(request: Request, e: StarletteHTTPException):
         err = ApiError(e.status_code, str(e.detail) if e.status_code != 404 else f"no route {request.url.path}")
         return JSONResponse(err.body(), status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: ClientDisconnect):  # the client left while sending its body: no one to answer
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception):

@@ -81,6 +81,28 @@ class MicroBatcher:
                 break
         return [b for b in batch if not b[1].done()]  # a client that went away is not computed
 
+    def _call(self, items: list) -> Sequence:
+        results = self.fn(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"the router returned {len(results)} results for {len(items)} inputs")
+        return results
+
+    async def _one_by_one(self, batch: list) -> None:
+        """Each request of a failed batch alone: the one that fails gets its error, every other its result."""
+        loop = asyncio.get_running_loop()
+        for item, fut, _ in batch:
+            if fut.done():
+                continue
+            try:
+                result = (await loop.run_in_executor(self._executor, self._call, [item]))[0]
+            except Exception as e:  # noqa: BLE001
+                log.error("router failed on a request: %s: %s", type(e).__name__, e)
+                if not fut.done():
+                    fut.set_exception(e)
+                continue
+            if not fut.done():
+                fut.set_result(result)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -89,14 +111,16 @@ class MicroBatcher:
                 continue
             t0 = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self.fn, [b[0] for b in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"the router returned {len(results)} results for {len(batch)} inputs")
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
-                log.exception("router batch of %d failed", len(batch))
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                results = await loop.run_in_executor(self._executor, self._call, [b[0] for b in batch])
+            except Exception as e:  # noqa: BLE001 - one item may be the cause: each runs alone, the loop goes on
+                if len(batch) == 1:
+                    log.error("router failed on a request: %s: %s", type(e).__name__, e)
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(e)
+                    continue
+                log.warning("router batch of %d failed (%s: %s); running its requests one by one", len(batch),
+                            type(e).__name__, e)
+                await self._one_by_one(batch)
                 continue
             seconds = time.perf_counter() - t0
             log.debug("router batch of %d in %.0f ms (first request waited %.0f ms)", len(batch), seconds * 1000,

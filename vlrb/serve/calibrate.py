@@ -89,7 +89,12 @@ def calibrate(calib: Routed, test: Routed, targets: Sequence[float], scale: floa
     (the spread sampling alone gives the achieved cost at that μ: on a few hundred requests it is ±10% or more
     when a share of them goes to a dear model)."""
     rows = []
+    lo_cost, hi_cost = reachable(calib, scale)
     for i, target in enumerate(targets):
+        if not lo_cost * (1 - 1e-9) <= target <= hi_cost * (1 + 1e-9):  # no μ spends that: say so, invent nothing
+            rows.append({"target": labels[i] if labels else f"{target:.6g}", "target_cost": float(target),
+                         "mu": np.nan, "reachable": False, "reachable_lo": lo_cost, "reachable_hi": hi_cost})
+            continue
         mu = solve_mu(calib, float(target), scale)
         calib_cost, calib_acc = calib.at(mu, scale)
         spent, correct = test.outcomes(mu, scale)
@@ -98,8 +103,15 @@ def calibrate(calib: Routed, test: Routed, targets: Sequence[float], scale: floa
                      "calib_cost": calib_cost, "calib_accuracy": calib_acc, "test_cost": test_cost,
                      "test_accuracy": float(correct.mean()),
                      "test_cost_error": test_cost / target - 1 if target else np.nan,
-                     "test_cost_lo": lo, "test_cost_hi": hi})
+                     "test_cost_lo": lo, "test_cost_hi": hi, "reachable": True,
+                     "reachable_lo": lo_cost, "reachable_hi": hi_cost})
     return pd.DataFrame(rows)
+
+
+def reachable(calib: Routed, scale: float) -> tuple[float, float]:
+    """The lowest and highest average $ per request any μ gives on the calibration rows (μ → +∞: every request's
+    cheapest allowed model; μ → −∞: its dearest)."""
+    return calib.at(MU_LIMIT, scale)[0], calib.at(-MU_LIMIT, scale)[0]
 
 
 def budget_curve(calib: Routed, test: Routed, scale: float, mus: Sequence[float] = CURVE_MUS) -> pd.DataFrame:
@@ -123,6 +135,7 @@ def plot_budget_curve(curve: pd.DataFrame, table: pd.DataFrame, path: str | Path
     from vlrb.eval.leaderboard import PER_10K
     from vlrb.io import write_with
 
+    table = table[table["reachable"]] if "reachable" in table else table  # an unreachable target has no μ to draw
     mus = pd.concat([curve["mu"], table["mu"]])
     fig, (ax_acc, ax_cost) = plt.subplots(2, 1, figsize=(8, 7), dpi=120, sharex=True)
     for split, style, label in (("calib", "--", calib_label), ("test", "-", "test")):

@@ -7,6 +7,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+CLIENT_CLOSED = 499  # the status of a request whose client disconnected first
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -30,6 +31,8 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.upstream = Counter("vlrb_upstream_attempts", "Upstream calls by model and outcome", ["model", "outcome"],
                                 registry=r)
+        self.disconnects = Counter("vlrb_client_disconnects", "Requests whose client went away before the response "
+                                   "ended (status 499, not server errors)", ["endpoint"], registry=r)
 
     def on_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -50,19 +53,37 @@ class Metrics:
                 return await app(scope, receive, send)
             endpoint = scope["path"] if scope["path"] in metrics.endpoints else "other"
             status = [500]  # what a request that raised ends as
+            state = {"gone": False, "ended": False}
+
+            async def receive_():
+                message = await receive()
+                if message["type"] == "http.disconnect" and not state["ended"]:
+                    state["gone"] = True  # the client left before its response ended
+                return message
 
             async def send_(message):
+                if state["gone"]:  # nobody reads it: the request still counts as abandoned by its client
+                    return await send(message)
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
-                await send(message)
+                try:
+                    await send(message)
+                except OSError:  # the connection is gone (uvicorn raises on a send to a closed socket)
+                    state["gone"] = True
+                    raise
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    state["ended"] = True
 
             t0 = time.perf_counter()
             try:
-                await app(scope, receive, send_)
+                await app(scope, receive_, send_)
             finally:
+                if (state["gone"] and not state["ended"]) or status[0] == CLIENT_CLOSED:
+                    status[0] = CLIENT_CLOSED  # nginx's code: not a server error, counted apart
+                    metrics.disconnects.labels(endpoint).inc()
                 code = str(status[0])
                 metrics.requests.labels(endpoint, code).inc()
-                if status[0] >= 400:
+                if 400 <= status[0] and status[0] != CLIENT_CLOSED:
                     metrics.errors.labels(endpoint, code).inc()
                 metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 

@@ -21,6 +21,8 @@ from vlrb.serve.errors import ApiError, bad_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 VLRB_KEYS = {"mu"}
+MU_LIMIT = 1e7  # |μ| beyond this changes no decision (vlrb.serve.calibrate.MU_LIMIT) and overflows nothing
+MAX_TOKENS_LIMIT = 10_000_000  # a larger max_tokens is no request any model serves
 
 
 @dataclass
@@ -84,8 +86,8 @@ def parse_chat(raw: bytes, served_model: str, *, model_required: bool = True) ->
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
         if v is not None:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad_request(f"'{key}' must be a positive integer, got {v!r}", key)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TOKENS_LIMIT:
+                raise bad_request(f"'{key}' must be a whole number from 1 to {MAX_TOKENS_LIMIT}, got {v!r}", key)
             req.max_tokens = v
     req.mu = _vlrb_field(body.get("vlrb"))
     return req
@@ -96,7 +98,7 @@ def _content(content: Any, where: str) -> tuple[list[str], list[tuple[str, str]]
     if content is None:
         return [], []
     if isinstance(content, str):
-        return [content], []
+        return [_unicode(content, where)], []
     if not isinstance(content, list):
         raise bad_request(f"{where} must be a string or a list of content parts", where)
     texts, images = [], []
@@ -106,7 +108,7 @@ def _content(content: Any, where: str) -> tuple[list[str], list[tuple[str, str]]
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise bad_request(f"{p}.text must be a string", f"{p}.text")
-            texts.append(part["text"])
+            texts.append(_unicode(part["text"], f"{p}.text"))
         elif kind == "image_url":
             iu = part.get("image_url")
             url = iu.get("url") if isinstance(iu, dict) else iu
@@ -116,6 +118,17 @@ def _content(content: Any, where: str) -> tuple[list[str], list[tuple[str, str]]
         else:
             raise bad_request(f"{p}: unsupported content part type {kind!r} (text and image_url are)", p)
     return texts, images
+
+
+def _unicode(text: str, where: str) -> str:
+    """The text, when it can be encoded (JSON admits lone UTF-16 surrogates such as "\\ud800"; no tokenizer or
+    upstream does): a 400 for this request alone, before it joins a batch."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{where} is not valid Unicode text (a lone surrogate {text[e.start]!r} at character "
+                          f"{e.start})", where, code="invalid_text") from None
+    return text
 
 
 def _flag(v: Any, key: str) -> bool:
@@ -135,6 +148,6 @@ def _vlrb_field(v: Any) -> float | None:
     mu = v.get("mu")
     if mu is None:
         return None
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
-        raise bad_request(f"'vlrb.mu' must be a finite number, got {mu!r}", "vlrb.mu")
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or abs(mu) > MU_LIMIT:
+        raise bad_request(f"'vlrb.mu' must be a number from {-MU_LIMIT:g} to {MU_LIMIT:g}, got {mu!r}", "vlrb.mu")
     return float(mu)

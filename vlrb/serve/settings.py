@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from vlrb.errors import ConfigError
+from vlrb.serve.schema import MU_LIMIT
 
 COST_ESTIMATES = ("mean_cost", "tokens")
 
@@ -38,6 +39,8 @@ class ServeSettings:
     timeout_s: float = 60.0
     max_body_bytes: int = 20_000_000
     max_pixels: int = 36_000_000
+    max_side: int = 12_000
+    max_aspect: float = 20.0
     max_images: int = 8
     allow_remote_images: bool = False
     remote_max_bytes: int = 10_000_000
@@ -73,7 +76,7 @@ class ServeSettings:
         return cls(
             model_name=str(cfg.get("model_name") or f"vlrb-{router_label}"),
             route_only=route_only,
-            mu=_number(budget.get("mu", 0.0), "budget.mu"),
+            mu=_number(budget.get("mu", 0.0), "budget.mu", lo=-MU_LIMIT, hi=MU_LIMIT),
             cost_estimate=cost,
             output_tokens=_int(budget.get("output_tokens", 256), "budget.output_tokens", lo=0),
             max_batch=_int(batching.get("max_batch", 64), "batching.max_batch", lo=1),
@@ -84,6 +87,8 @@ class ServeSettings:
             timeout_s=_number(fallback.get("timeout_s", 60.0), "fallback.timeout_s", lo=1e-3),
             max_body_bytes=_int(limits.get("max_body_bytes", 20_000_000), "limits.max_body_bytes", lo=1),
             max_pixels=_int(limits.get("max_pixels", 36_000_000), "limits.max_pixels", lo=1),
+            max_side=_int(limits.get("max_side", 12_000), "limits.max_side", lo=1),
+            max_aspect=_number(limits.get("max_aspect", 20.0), "limits.max_aspect", lo=1.0),
             max_images=_int(limits.get("max_images", 8), "limits.max_images", lo=0),
             allow_remote_images=_bool(remote.get("allow", False), "remote_images.allow"),
             remote_max_bytes=_int(remote.get("max_bytes", 10_000_000), "remote_images.max_bytes", lo=1),
@@ -123,13 +128,14 @@ def _section(cfg: Mapping, key: str) -> Mapping:
     return v
 
 
-def _number(v: Any, key: str, lo: float | None = None) -> float:
+def _number(v: Any, key: str, lo: float | None = None, hi: float | None = None) -> float:
     try:
         x = float(v)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a number, got {v!r}") from None
-    if not math.isfinite(x) or (lo is not None and x < lo):
-        raise ConfigError(f"{key} must be a finite number" + (f" >= {lo}" if lo is not None else "") + f", got {v!r}")
+    if not math.isfinite(x) or (lo is not None and x < lo) or (hi is not None and x > hi):
+        raise ConfigError(f"{key} must be a finite number" + (f" >= {lo:g}" if lo is not None else "")
+                          + (f" and <= {hi:g}" if hi is not None else "") + f", got {v!r}")
     return x
 
 
