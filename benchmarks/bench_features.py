@@ -128,7 +128,7 @@ def timed_forward(forward, batches: list[dict], device: torch.device, dtype, wid
     at once on as many threads, as extraction runs them (`parallel_batches`), with `threads` torch threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from vlrb.features.extract import _autocast
+    from vlrb.devices import autocast as _autocast
 
     def one(b):
         with torch.inference_mode(), _autocast(device, dtype):
@@ -169,7 +169,8 @@ def pipeline(encoder, bench, cfg: dict, workdir: Path) -> dict:
 def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> dict:
     """eager / fast / pipeline alternate `repeats` times; the best of each is compared (robust to a busy machine)."""
     from vlrb.features.encoders import build_encoder
-    from vlrb.features.extract import RunOptions, batches_in_flight, resolve_device, resolve_precision
+    from vlrb.devices import resolve_device, resolve_precision
+    from vlrb.features.extract import RunOptions, batches_in_flight
     from vlrb.features.runtime import onnx_path, prepare_forward
 
     results = {}

@@ -345,18 +345,36 @@ def test_a_thin_png_is_refused_at_once_without_memory(server):
 
 
 def test_a_huge_image_is_downscaled_while_decoding():
-    """A 6000 x 4000 JPEG for an encoder that resizes to 256: decoded at 1/8 scale (750 x 500), never in full."""
+    """A 6000 x 4000 JPEG for an encoder that resizes to 256: decoded at 1/8 scale (750 x 500, never in full), then
+    resized as the encoder would; a small image gets exactly the encoder's pixels."""
     from PIL import Image
+    from torchvision import transforms as T
 
     from vlrb.serve.security import decode_image
 
+    resize = T.Resize(256, interpolation=T.InterpolationMode.BICUBIC)
+    seen = []
+
+    class Spy:
+        size = 256
+
+        def __call__(self, img):
+            seen.append(img.size)
+            return resize(img)
+
+    spy = Spy()
+
     buf = io.BytesIO()
     Image.new("RGB", (6000, 4000), (10, 200, 30)).save(buf, "JPEG")
-    img = decode_image(buf.getvalue(), 36_000_000, "p", side=256)
-    assert img.size == (750, 500) and img.getpixel((5, 5))[1] > 150
+    img = decode_image(buf.getvalue(), 36_000_000, "p", resize=spy)
+    assert seen == [(750, 500)] and img.size == (384, 256) and img.getpixel((5, 5))[1] > 150
     png = io.BytesIO()
     Image.new("RGB", (3000, 2000), (10, 200, 30)).save(png, "PNG")
-    assert min(decode_image(png.getvalue(), 36_000_000, "p", side=256).size) >= 256  # box-reduced, not below
+    assert decode_image(png.getvalue(), 36_000_000, "p", resize=resize).size == (384, 256)
+    small = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(small, "PNG")
+    exact = resize(Image.open(io.BytesIO(small.getvalue())).convert("RGB"))
+    assert np.array_equal(np.asarray(decode_image(small.getvalue(), 36_000_000, "p", resize=resize)), np.asarray(exact))
 
 
 def test_a_19_mb_prompt_does_not_hold_a_small_request(server):

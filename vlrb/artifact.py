@@ -81,6 +81,7 @@ class TrainedRouter:
         """(n, K) router scores of raw prompts and images (each None, a path, bytes, a PIL image or a data URI);
         a ValueError, never a silent choice, when the router gives NaN or infinite scores."""
         from vlrb.data.images import ImageList
+        from vlrb.devices import one_blas_thread
 
         prompts = ["" if p is None else str(p) for p in prompts]
         images = list(images) if images is not None else [None] * len(prompts)
@@ -89,11 +90,12 @@ class TrainedRouter:
         r = self.router
         if "labels" in r.inputs:
             raise ValueError(f"{r.label} reads the answers' correctness, so it cannot route new inputs")
-        if "raw" in r.inputs:
-            scores = np.asarray(r.predict_raw(prompts, ImageList(images)))
-        else:
-            X = self.recipe.encode(prompts, images) if "features" in r.inputs else None
-            scores = np.asarray(r.predict_scores(Split.for_inputs(len(prompts), self.models, X=X)))
+        with one_blas_thread():
+            if "raw" in r.inputs:
+                scores = np.asarray(r.predict_raw(prompts, ImageList(images)))
+            else:
+                X = self.recipe.encode(prompts, images) if "features" in r.inputs else None
+                scores = np.asarray(r.predict_scores(Split.for_inputs(len(prompts), self.models, X=X)))
         if scores.shape != (len(prompts), len(self.models)):
             raise ValueError(f"{r.label}: scores of shape {scores.shape} for {len(prompts)} inputs and "
                              f"{len(self.models)} models")
@@ -102,12 +104,15 @@ class TrainedRouter:
                              f"{len(prompts)} inputs (the router's state is broken)")
         return scores
 
-    def input_limits(self) -> tuple[int | None, int | None]:
-        """(the most prompt characters that can change this router's input, the short side its images are resized
-        to), from its encoders (built on first use); None where the router reads no text or no image.
+    def input_limits(self) -> tuple[int | None, Any]:
+        """(the most prompt characters that can change this router's input, the resize step its image encoder starts
+        with), from its encoders (built on first use); None where the router reads no text, or no image (or its
+        image processor is not a torchvision resize).
 
         A text encoder reads at most max_length tokens and a token spans at most its vocabulary's longest entry, so
-        a longer prompt can be cut to max_length x (longest + 1) characters before it is tokenised, unchanged."""
+        a longer prompt can be cut to max_length x (longest + 1) characters before it is tokenised, unchanged. The
+        resize step can run where an image is decoded, apart from the router's forward: applied again to its own
+        output it changes nothing, so the pixels the encoder reads are the same."""
         r = self.router
         text, pixels = None, None
         if "raw" in r.inputs and getattr(r, "module", None) is not None:
@@ -125,7 +130,7 @@ class TrainedRouter:
             vocab = text[0].get_vocab() if hasattr(text[0], "get_vocab") else {}
             longest = max((len(t.removeprefix("##")) for t in vocab), default=32)
             chars = int(text[1]) * (longest + 1)
-        return chars, _short_side(pixels)
+        return chars, _first_resize(pixels)
 
     def route_raw(self, prompts: Sequence[str], images: Sequence[Any] | None = None) -> list[str]:
         """The chosen model id for each (prompt, image)."""
@@ -133,13 +138,10 @@ class TrainedRouter:
         return [self.models[j] for j in scores.argmax(1)] if len(scores) else []
 
 
-def _short_side(pixels) -> int | None:
-    """The short side an ImagePreprocess resizes to (its first Resize step); None when unknown."""
-    for step in getattr(getattr(pixels, "resize", None), "transforms", []) or []:
-        size = getattr(step, "size", None)
-        if type(step).__name__ == "Resize" and size is not None:
-            return int(size) if isinstance(size, int) else int(min(size))
-    return None
+def _first_resize(pixels):
+    """The first step of an ImagePreprocess, when it is a torchvision Resize; None otherwise."""
+    steps = getattr(getattr(pixels, "resize", None), "transforms", []) or []
+    return steps[0] if steps and type(steps[0]).__name__ == "Resize" else None
 
 
 def save_trained_router(router: Router, path: str | Path, *, recipe=None, prices: dict | None = None,

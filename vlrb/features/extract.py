@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlrb.devices import autocast, resolve_device, resolve_precision
 from vlrb.process import import_lightning, is_rank_zero
 from vlrb.features.encoders import section_identity, Encoder, _section, as_dict, encoder_class
 from vlrb.io import atomic_path, folder_lock, write_json
@@ -114,33 +115,6 @@ def auto_workers(device: torch.device, cores: int | None = None) -> int:
     if device.type == "cpu":
         return min(4, max(1, cores // 2))
     return min(8, max(1, cores - 1))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device=auto or cpu")
-    return d
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 autocast on a GPU that supports it (else fp16), full fp32 on CPU."""
-    p = str(precision).lower()
-    if p == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    table = {"fp32": None, "32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "16": torch.float16, "float16": torch.float16}
-    if p not in table:
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16; got {precision!r}")
-    return table[p]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------- hashing
@@ -451,14 +425,18 @@ def encode_items(encoder: Encoder, mod: str, source, *, batch_size: int = 32,
     through the same preprocessing as extraction; a missing or undecodable image gives a zero vector.
     `forward`: the encoder's forward to use (an `AutoForward` kept across calls); default the module itself."""
     device = resolve_device(device)
-    encoder.to(device).eval()
+    if getattr(encoder, "_vlrb_device", None) != device:  # moved once: `.to` walks every module (ms per call)
+        encoder.to(device).eval()
+        encoder._vlrb_device = device
     forward = forward or encoder
-    opts = RunOptions(batch_size=batch_size, num_workers=0)
+    dataset, collate = _dataset(encoder, mod, source, range(len(source)))
     out = np.zeros((len(source), encoder.dim), np.float32)
+    dtype = resolve_precision("auto", device)
     with torch.inference_mode():
-        for rows, status, errors, inputs, ok in _loader(encoder, mod, source, range(len(source)), opts, device):
+        for s in range(0, len(source), batch_size):  # in this thread, no DataLoader: a request's worth is small
+            rows, status, errors, inputs, ok = collate([dataset[k] for k in range(s, min(s + batch_size, len(source)))])
             if inputs is not None:
-                with _autocast(device, resolve_precision("auto", device)):
+                with autocast(device, dtype):
                     out[rows[ok]] = forward(_to_device(inputs, device)).float().cpu().numpy()
     return out
 
@@ -503,7 +481,7 @@ def _run_loop(encoder: Encoder, mod, source, todo, ids, part: Path, opts, device
         with torch.inference_mode():  # per thread: inference mode and autocast are thread-local
             forward = (prepared or forward_path(inputs)).forward
             tf = time.perf_counter()
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 y = forward(inputs)
         if y.shape != (int(ok.sum()), encoder.dim):
             raise ValueError(f"{encoder.name}: forward gave {tuple(y.shape)}, expected "

@@ -82,7 +82,7 @@ class FeatureRecipe:
         """Eager at first; ONNX Runtime for a convolutional encoder on a CPU once its export is cached or enough
         inputs went through (a server), as in extraction (vlrb/features/runtime.py)."""
         if mod not in self._forwards:
-            from vlrb.features.extract import resolve_device, resolve_precision
+            from vlrb.devices import resolve_device, resolve_precision
             from vlrb.features.runtime import AutoForward
 
             device = resolve_device("auto")

@@ -52,17 +52,18 @@ class RouterService:
         self.allowed = None if settings.route_only else set(settings.upstreams)
         self.metrics = Metrics(ENDPOINTS)
         self.batcher = MicroBatcher(self._score_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                    workers=settings.workers, threads=settings.threads,
                                     max_queue=settings.max_queue, on_batch=self.metrics.on_batch)
         self.upstreams: UpstreamPool | None = None
         self.fetcher = None  # httpx client for remote images, only when they are allowed
         self.prompt_chars: int | None = None  # what of a prompt can reach the router (set at start)
-        self.image_side: int | None = None  # the short side its image encoder resizes to (set at start)
+        self.image_resize = None  # its image encoder's first resize, run while decoding (set at start)
 
     async def start(self) -> None:
         # one forward before the first request: the encoders load now, and a broken router fails at start-up
         await asyncio.to_thread(self._score_batch, [("", None)])
         limits = getattr(self.router, "input_limits", None)
-        self.prompt_chars, self.image_side = await asyncio.to_thread(limits) if limits else (None, None)
+        self.prompt_chars, self.image_resize = await asyncio.to_thread(limits) if limits else (None, None)
         await self.batcher.start()
         if not self.settings.route_only:
             self.upstreams = UpstreamPool(self.settings.upstreams, timeout_s=self.settings.timeout_s,
@@ -100,7 +101,7 @@ class RouterService:
                 raw = await security.fetch_remote_image(self.fetcher, url, max_bytes=s.remote_max_bytes,
                                                         timeout_s=s.remote_timeout_s, param=param)
             img = await asyncio.to_thread(security.decode_image, raw, s.max_pixels, param, max_side=s.max_side,
-                                          max_aspect=s.max_aspect, side=self.image_side)
+                                          max_aspect=s.max_aspect, resize=self.image_resize)
             if param == req.image_param:
                 routed = img
         return routed

@@ -1,9 +1,11 @@
 """Micro-batching: requests that arrive together share one router forward (the encoder runs once per batch).
 
-A request waits at most `max_wait_ms` after it arrived for others to join it; a batch holds at most
-`max_batch`; the queue holds at most `max_queue` waiting requests (beyond that: `Overloaded`, a 503, rather
-than unbounded memory and latency). The forward runs in one worker thread, so the event loop keeps
-accepting requests (and forming the next batch) meanwhile.
+A request waits at most `max_wait_ms` after it arrived for others to join it (default 0: when the router is free a
+request starts at once, and the requests that arrive during a forward form the next batch, so a lone request pays
+no wait and a busy server still batches); a batch holds at most `max_batch`; the queue holds at most `max_queue`
+waiting requests (beyond that: `Overloaded`, a 503, rather than unbounded memory and latency). The forward runs in
+one worker thread, so the event loop keeps accepting requests (and forming the next batch) meanwhile. A batch that
+raises is run again one request at a time: the request that fails gets its error, the others their answers.
 """
 from __future__ import annotations
 
@@ -16,34 +18,46 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger("vlrb.serve")
 
 
+def _set_threads(threads: int | None) -> None:
+    """A router thread's intra-op torch threads (OpenMP: per thread)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 class Overloaded(Exception):
     """The queue is full."""
 
 
 class MicroBatcher:
-    def __init__(self, fn: Callable[[list], Sequence], *, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 max_queue: int = 1024, on_batch: Callable[[int, float], None] | None = None):
-        """`fn(items) -> results` (one per item, in order) runs in the worker thread; `on_batch(size, seconds)`
-        is told about each batch (metrics)."""
+    def __init__(self, fn: Callable[[list], Sequence], *, max_batch: int = 64, max_wait_ms: float = 0.0,
+                 max_queue: int = 1024, on_batch: Callable[[int, float], None] | None = None, workers: int = 1,
+                 threads: int | None = None):
+        """`fn(items) -> results` (one per item, in order) runs in a worker thread; `on_batch(size, seconds)`
+        is told about each batch (metrics). `workers` batches run at once, each on its own thread with `threads`
+        torch threads (None: torch's default)."""
         self.fn = fn
+        self.workers, self.threads = max(1, int(workers)), threads
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch
         self._queue: asyncio.Queue | None = None
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(self.max_queue)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vlrb-router")
-        self._task = asyncio.create_task(self._run())
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="vlrb-router",
+                                            initializer=_set_threads, initargs=(self.threads,))
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
         while self._queue is not None and not self._queue.empty():  # nobody will answer these now

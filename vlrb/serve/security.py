@@ -74,14 +74,15 @@ def data_uri_bytes(url: str, param: str) -> bytes:
 
 
 def decode_image(raw: bytes, max_pixels: int, param: str, *, max_side: int = 12_000, max_aspect: float = 20.0,
-                 side: int | None = None):
+                 resize=None):
     """A PIL RGB image from bytes; a 400 when it does not decode, or when its header says it has more than
     `max_pixels` pixels, a side longer than `max_side`, or one side more than `max_aspect` times the other (what a
     thin image becomes once its short side is resized for an encoder: 720,000 x 50 is 3.7 G pixels at 256).
 
-    `side`: the short side the router's image encoder resizes to. A larger image is reduced while it is decoded (a
-    JPEG by its decoder's scaling, at 1/2, 1/4 or 1/8; others by an integer box filter), never below `side`, so
-    every image that joins a batch is small and the encoder's own resize does the rest."""
+    `resize`: the router's image encoder's first step (a torchvision Resize), run here, in the decoding thread, so
+    every image that joins a batch is small, and exactly the image the encoder's own resize would make (which then
+    changes nothing). An image more than twice that size is first reduced while it is decoded (a JPEG by its
+    decoder's scaling, at 1/2, 1/4 or 1/8; others by an integer box filter), never below the resize target."""
     import io
 
     from PIL import Image
@@ -99,15 +100,18 @@ def decode_image(raw: bytes, max_pixels: int, param: str, *, max_side: int = 12_
         raise bad_request(f"image refused: {w}x{h} exceeds the limits ({max_pixels} pixels, sides up to {max_side}, "
                           f"sides at most {max_aspect:g} times each other: limits.max_pixels/max_side/max_aspect)",
                           param, code="image_too_large")
+    size = getattr(resize, "size", None)
+    side = (size if isinstance(size, int) else min(size)) if size else None
     try:
         if side and min(w, h) > 2 * side:
             img.draft("RGB", (-(-w * side // min(w, h)), -(-h * side // min(w, h))))  # JPEG: decode at a scale
         img.load()
         if side and min(img.size) > 2 * side:
             img = img.reduce(min(img.size) // side)
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        return resize(img) if resize is not None else img
     except Exception as e:  # noqa: BLE001
         raise bad_request(f"image does not decode: {type(e).__name__}: {e}", param, code="invalid_image") from None
-    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def is_public_address(addr: str) -> bool:

@@ -32,8 +32,10 @@ class ServeSettings:
     cost_estimate: str = "mean_cost"
     output_tokens: int = 256
     max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 1024
+    workers: int = 1
+    threads: int | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     attempts: int = 3
     timeout_s: float = 60.0
@@ -80,8 +82,10 @@ class ServeSettings:
             cost_estimate=cost,
             output_tokens=_int(budget.get("output_tokens", 256), "budget.output_tokens", lo=0),
             max_batch=_int(batching.get("max_batch", 64), "batching.max_batch", lo=1),
-            max_wait_ms=_number(batching.get("max_wait_ms", 5.0), "batching.max_wait_ms", lo=0),
+            max_wait_ms=_number(batching.get("max_wait_ms", 0.0), "batching.max_wait_ms", lo=0),
             max_queue=_int(batching.get("max_queue", 1024), "batching.max_queue", lo=1),
+            workers=_int(batching.get("workers", 1), "batching.workers", lo=1),
+            threads=None if batching.get("threads") is None else _int(batching.get("threads"), "batching.threads", lo=1),
             upstreams=upstreams,
             attempts=_int(fallback.get("attempts", 3), "fallback.attempts", lo=1),
             timeout_s=_number(fallback.get("timeout_s", 60.0), "fallback.timeout_s", lo=1e-3),
