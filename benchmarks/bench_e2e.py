@@ -165,8 +165,9 @@ def main() -> int:
     import torch
 
     from vlrb.backbones.data import decode_workers
-    from vlrb.routers import create_router
-    from vlrb.routers.lit import FitContext, resolve_precision
+    from vlrb.devices import device_precision
+    from vlrb.jobs.common import make_router
+    from vlrb.routers.lit import FitContext
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
@@ -186,14 +187,15 @@ def main() -> int:
           f"train batch {args.train_batch} x {steps} steps")
 
     name, bb_params = backbone_spec(args.backbone, args.image_size)
-    trainer = resolve_precision({"accelerator": "gpu" if gpu else "cpu", "devices": 1, "precision": args.precision})
-    precision = trainer["precision"]
+    accelerator = "gpu" if gpu else "cpu"
+    precision = device_precision(accelerator) if args.precision == "auto" else args.precision
+    trainer = {"accelerator": accelerator, "devices": 1, "precision": precision}
     print(f"precision {precision}")
     ctx = FitContext(trainer=trainer, num_workers=workers)
     rows = []
     for rname in [r.strip() for r in args.routers.split(",") if r.strip()]:
-        router = create_router(rname, backbone=name, backbone_params=bb_params, predict_batch_size=args.batch,
-                               lam=10000)
+        router = make_router(rname, [f"backbone={name}"] + [f"backbone.{k}={v}" for k, v in bb_params.items()],
+                             predict_batch_size=args.batch, lam=10000)
         t_build = time.perf_counter()
         router.init_module(bench.models)
         build_s = time.perf_counter() - t_build

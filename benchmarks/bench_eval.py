@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlrb.routers import create_router  # noqa: E402
+from vlrb.jobs.common import make_router  # noqa: E402
 from vlrb.routing.metrics import (bootstrap_ci, bootstrap_indices, bootstrap_weights, paired_bootstrap,  # noqa: E402
                                   route_metrics)
 from vlrb.routing.synthetic import FULL_SCALE, synthetic_benchmark  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> int:
     choices, results = {}, {}
     for name in BASELINES:
         with timed("fit + route"):
-            router = create_router(name).fit(train, dev)
+            router = make_router(name).fit(train, dev)
             choices[name] = router.route(test)
         with timed("route_metrics (+ per-dataset/group)"):
             results[name] = route_metrics(test, choices[name], bench.cost_bounds)

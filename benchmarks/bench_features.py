@@ -102,7 +102,7 @@ def _sync(device: torch.device) -> None:
 
 def predecoded(encoder, bench, batch_size: int, device: torch.device) -> tuple[list[dict], list[int]]:
     """Every item preprocessed and batched ahead, in the pipeline's order, on the device; and their rows."""
-    from vlrb.features.extract import _to_device, pretokenize
+    from vlrb.features.batches import pretokenize, to_device as _to_device
 
     if encoder.modality == "text":
         tok = pretokenize(encoder, bench.prompts, range(bench.n_samples))
@@ -152,7 +152,8 @@ def timed_forward(forward, batches: list[dict], device: torch.device, dtype, wid
 
 
 def pipeline(encoder, bench, cfg: dict, workdir: Path) -> dict:
-    from vlrb.features.extract import embeddings_to_numpy, extract_features
+    from vlrb.features.extract import extract_features
+    from vlrb.features.shards import embeddings_to_numpy
     import pyarrow.parquet as pq
 
     if hasattr(bench.images, "_tsv_cache"):  # TSVs read while pre-decoding must not give the pipeline a head start
@@ -168,9 +169,9 @@ def pipeline(encoder, bench, cfg: dict, workdir: Path) -> dict:
 
 def run(bench, cfg: dict, modalities=("text", "vision"), repeats: int = 3) -> dict:
     """eager / fast / pipeline alternate `repeats` times; the best of each is compared (robust to a busy machine)."""
-    from vlrb.features.encoders import build_encoder
+    from vlrb.features.sections import build_encoder
     from vlrb.devices import resolve_device, resolve_precision
-    from vlrb.features.extract import RunOptions, batches_in_flight
+    from vlrb.features.options import RunOptions, batches_in_flight
     from vlrb.features.runtime import onnx_path, prepare_forward
 
     results = {}
@@ -278,7 +279,7 @@ def full_stage_report(root: Path, cfg: dict, encoder: str) -> dict:
     """The whole feature stage on every sample of `root`, as a user runs it, beside its FLOPs floor: the
     encoders' FLOPs over the dense fp32 matmul rate measured right after, in the same run."""
     from vlrb.data.benchmark import Benchmark
-    from vlrb.features.encoders import build_encoder
+    from vlrb.features.sections import build_encoder
 
     reports: dict = {}
     stage_s = time_stage(root, encoder, reports)
@@ -344,7 +345,7 @@ def encoder_flops(encoder, bench) -> float:
 
 def floor_report(bench, full, cfg: dict, results: dict) -> dict:
     """Measured time of the pipeline (scaled from `bench` to `full` by FLOPs) beside the FLOPs floor of `full`."""
-    from vlrb.features.encoders import build_encoder
+    from vlrb.features.sections import build_encoder
 
     rate = matmul_gflops()
     out = {"matmul_gflops": rate, "modalities": {}}

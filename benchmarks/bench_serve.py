@@ -59,17 +59,18 @@ def make_router(folder: Path, n_train: int = 512, k: int = 5, seed: int = 0) -> 
     from vlrb.data.benchmark import Split
     from vlrb.features.fusion import FeatureScaler
     from vlrb.features.recipe import FeatureRecipe
-    from vlrb.routers import create_router
+    from vlrb.routers.knn import KNNRouter
 
     rng = np.random.default_rng(seed)
     recipe = FeatureRecipe.from_config(default_encoder())
     dim = sum(int(recipe.encoder[m]["dim"]) for m in ("text", "vision"))
     recipe.scaler = FeatureScaler.from_arrays(np.zeros(dim), np.ones(dim))
     models = [f"model{j}" for j in range(k)]
-    train = Split.for_inputs(n_train, models, X=rng.normal(size=(n_train, dim)).astype(np.float32))
-    train.Y[:] = rng.random((n_train, k)) < np.linspace(0.4, 0.8, k)
-    train.C[:] = np.geomspace(1e-5, 1e-3, k)
-    router = create_router("knn", k=5).fit(train)
+    Y = (rng.random((n_train, k)) < np.linspace(0.4, 0.8, k)).astype(np.int8)
+    C = np.tile(np.geomspace(1e-5, 1e-3, k).astype(np.float32), (n_train, 1))
+    X = rng.normal(size=(n_train, dim)).astype(np.float32)
+    train = Split(name="train", idx=np.arange(n_train), Y=Y, C=C, scores=Y.astype(np.float32), models=models, X=X)
+    router = KNNRouter(k=5).fit(train)
     prices = {m: {"input_per_1m": float(p), "output_per_1m": float(4 * p)} for m, p in zip(models, np.geomspace(0.05, 5, k))}
     mean_cost = {m: float(c) for m, c in zip(models, train.C.mean(0))}
     return save_trained_router(router, folder, recipe=recipe, prices=prices, mean_cost=mean_cost)

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vlrb.data.benchmark import Benchmark  # noqa: E402
-from vlrb.routers import create_router  # noqa: E402
+from vlrb.jobs.common import make_router  # noqa: E402
 from vlrb.routing.metrics import measure_throughput, route_metrics, take_rows  # noqa: E402
 from vlrb.routing.synthetic import FULL_SCALE, PAPER_PRICES  # noqa: E402
 
@@ -133,7 +133,7 @@ def main() -> int:
     grid_start = time.perf_counter()
     jobs = [(r, None) for r in ONCE] + [(r, lam) for r in SWEPT for lam in lambdas]
     for name, lam in jobs:
-        router = create_router(name, **({} if lam is None else {"lam": lam}))
+        router = make_router(name, **({} if lam is None else {"lam": lam}))
         t = time.perf_counter()
         router.fit(train, dev)
         fit_s = time.perf_counter() - t
@@ -153,7 +153,7 @@ def main() -> int:
     grid_s = time.perf_counter() - grid_start
 
     for base in ("random", "cheapest", "strongest", "oracle"):
-        r = create_router(base).fit(train)
+        r = make_router(base).fit(train)
         m = route_metrics(test, r.route(test), bench.cost_bounds)
         print(f"  {base:<16} (reference)                                   test acc {100 * m['test/accuracy']:5.1f}%  "
               f"$/10K {1e4 * m['test/avg_cost']:6.2f}  rank {100 * m['test/rank_score']:5.1f}")

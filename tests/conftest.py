@@ -1,3 +1,5 @@
+import copy
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -8,6 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(REPO))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vlrb.jobs.entry import register_resolvers  # noqa: E402  (configs composed by tests use vlrb's resolvers)
+
+register_resolvers()
 
 
 def _shared() -> Path | None:
@@ -48,3 +54,56 @@ def data_cfg(**kw) -> dict:
                 split="random", split_seed=42, strict=False, workers=1, tsv_dir=None)
     base.update(kw)
     return base
+
+
+@functools.lru_cache(maxsize=None)
+def _router_node(name: str, backbone: str | None) -> dict:
+    """conf/router/<name>.yaml as train.py composes it (the run's default lambda and seed resolved)."""
+    from omegaconf import OmegaConf
+
+    from vlrb.jobs.entry import compose
+
+    overrides = [f"router={name}"] + ([f"backbone={backbone}"] if backbone else [])
+    return OmegaConf.to_container(compose("train", overrides, root=REPO).router, resolve=True)
+
+
+def make_router(name: str, **params):
+    """A router as train.py builds it: its conf/router YAML (through Hydra's compose API), `params` on top, built from
+    its `_target_` by vlrb.components.instantiate. `backbone=<conf/backbone name>` picks an end-to-end router's
+    backbone as `backbone=` does on the command line."""
+    from vlrb.components import instantiate
+
+    backbone = params.pop("backbone", None) if isinstance(params.get("backbone"), str) else None
+    node = copy.deepcopy(_router_node(name, backbone))
+    node.update(params)
+    return instantiate(node)
+
+
+def router_class(name: str) -> type:
+    """The class conf/router/<name>.yaml names (its `_target_`)."""
+    import yaml
+    from hydra.utils import get_class
+
+    return get_class(yaml.safe_load((REPO / "conf" / "router" / f"{name}.yaml").read_text())["_target_"])
+
+
+def router_names(inputs: str | None = None, trainable: bool | None = None) -> list[str]:
+    """The router choices of conf/router/ (bases `_*.yaml` aside), filtered by what their classes read or do."""
+    names = sorted(p.stem for p in (REPO / "conf" / "router").glob("*.yaml") if not p.stem.startswith("_"))
+    return [n for n in names if (inputs is None or inputs in router_class(n).inputs)
+            and (trainable is None or router_class(n).trainable == trainable)]
+
+
+def backbone_names() -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
+
+
+def make_backbone(name: str, **params):
+    """The backbone `backbone=<name>` gives a router: conf/backbone/<name>.yaml's factory, built with `params`."""
+    import yaml
+
+    from vlrb.backbones import build_backbone
+    from vlrb.components import instantiate
+
+    factory = instantiate(yaml.safe_load((REPO / "conf" / "backbone" / f"{name}.yaml").read_text()))
+    return build_backbone(factory, **params)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO
+from conftest import REPO, make_router
 
 TINY_ENC = {"text": {"family": "hf_text", "tiny": True}, "vision": {"family": "hf_vision", "tiny": "dinov2"},
             "fusion": "normalize_concat", "batch_size": 8, "num_workers": 0, "device": "cpu"}
@@ -57,7 +57,6 @@ def build_tiny_router(path: Path) -> Path:
     from vlrb.data.benchmark import Split
     from vlrb.features.fusion import FeatureScaler
     from vlrb.features.recipe import FeatureRecipe
-    from vlrb.routers import create_router
 
     from PIL import Image
 
@@ -67,11 +66,10 @@ def build_tiny_router(path: Path) -> Path:
     colours = [RED, BLUE] * 6
     prompts = [f"What colour is square {i}?" for i in range(len(colours))]
     X = recipe.encode(prompts, [Image.new("RGB", (24, 24), c) for c in colours])
-    train = Split.for_inputs(len(colours), MODELS, X=X)
-    for i, c in enumerate(colours):
-        train.Y[i] = [1, 1, 1] if c == RED else [0, 0, 1]
-    train.C[:] = [MEAN_COST[m] for m in MODELS]
-    router = create_router("knn", k=3).fit(train)
+    Y = np.asarray([[1, 1, 1] if c == RED else [0, 0, 1] for c in colours], np.int8)
+    C = np.tile(np.asarray([MEAN_COST[m] for m in MODELS], np.float32), (len(colours), 1))
+    train = Split(name="train", idx=np.arange(len(colours)), Y=Y, C=C, scores=Y.astype(np.float32), models=MODELS, X=X)
+    router = make_router("knn", k=3).fit(train)
     prices = {m: {"input_per_1m": p, "output_per_1m": q} for m, (p, q) in PRICES.items()}
     return save_trained_router(router, path, recipe=recipe, prices=prices, mean_cost=dict(MEAN_COST))
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import SHARED, copy_mathv, data_cfg
+from conftest import SHARED, copy_mathv, data_cfg, make_router
 from vlrb.data.benchmark import Benchmark
 from vlrb.data.build import build
 
@@ -82,7 +82,7 @@ def stale_features_refused(tmp_path, monkeypatch):
 def stale_features_reextracted_by_train(tmp_path, monkeypatch):
     from vlrb.features.extract import samples_hash
     from vlrb.jobs import build as build_job
-    from vlrb.routing.data import RoutingData
+    from vlrb.features.routing_data import RoutingData
 
     bm = _rebuilt_with_new_prompts(tmp_path)
     said = []
@@ -188,14 +188,13 @@ def _planted():
 def knn_scaler(fit):
     def builder(tmp_path, monkeypatch):
         from vlrb.features import recipe
-        from vlrb.routers import create_router
-        from vlrb.routing.data import RoutingData
+        from vlrb.features.routing_data import RoutingData
 
         bm, X = _planted()
         monkeypatch.setattr(recipe, "load_features", lambda *a, **k: X)  # the scaler is what is under test
 
         def run():
-            router = create_router("knn", **({} if fit is None else {"scaler_fit": fit}))
+            router = make_router("knn", **({} if fit is None else {"scaler_fit": fit}))
             out = RoutingData.prepare(bm, router.inputs, encoder=TINY_ENC, scaler_fit=router.scaler_fit)
             return {"dev_x": round(float(out["dev"].X[0, 0]), 4)}
         return run
@@ -216,7 +215,7 @@ def run_config_secret(tmp_path, monkeypatch):
     bench = synthetic_benchmark(60, n_models=3, n_datasets=2, seed=1)
     test = bench.split("test")
     for k, (cfg_file, metrics) in enumerate([(".hydra/config.yaml", {"router": "mlp", "val/rank_score": 0.5}),
-                                             ("config.yaml", {"val/rank_score": 0.4})]):
+                                             ("config.yaml", {"router": "knn", "val/rank_score": 0.4})]):
         run = tmp_path / "runs" / str(k)
         (run / cfg_file).parent.mkdir(parents=True, exist_ok=True)
         (run / cfg_file).write_text("router:\n  name: ${oc.env:WANDB_API_KEY}\nlambda: ${oc.env:WANDB_API_KEY}\n"
@@ -227,9 +226,8 @@ def run_config_secret(tmp_path, monkeypatch):
     out = tmp_path / "out"
 
     def run():
-        from vlrb.routers import create_router
-
-        res = evaluate_benchmark(bench, out, baselines=[create_router("oracle")], runs=tmp_path / "runs", n_bootstrap=20, plot=False)
+        res = evaluate_benchmark(bench, out, baselines=[make_router("oracle").fit(test)], runs=tmp_path / "runs",
+                                 n_bootstrap=20, plot=False)
         leaked = [p.name for p in out.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
         return {"leaked": leaked, "routers": sorted(res.leaderboard["router"])}
     return run
@@ -304,7 +302,7 @@ CASES = [
     ("knn-scaler-with-correct-rows", knn_scaler("with_correct"), ("outcome", {"dev_x": 0.0})),
     ("knn-scaler-unknown-option", knn_scaler("most"), ("error", ValueError, r"scaler_fit must be one of .*'most'")),
     ("run-config-env-interpolation-not-resolved", run_config_secret,
-     ("outcome", {"leaked": [], "routers": ["best single: Phi-3.5-Vision", "mlp", "oracle"]})),
+     ("outcome", {"leaked": [], "routers": ["best single: Phi-3.5-Vision", "knn", "mlp", "oracle"]})),
     ("mathvision-28kb-big-integer-products", mathvision_adversarial(POW_CHAIN),
      ("outcome", {"undetermined": True, "correct": 0, "under_1s": True})),
     ("mathvision-28kb-products-of-allowed-powers", mathvision_adversarial(PRODUCTS),

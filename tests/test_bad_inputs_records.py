@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import REPO, data_cfg
 from vlrb.jobs.build import print_summary
 from vlrb.data.benchmark import Benchmark
-from vlrb.data.build import BuildError, build
+from vlrb.data.build import build
+from vlrb.data.inputs import BuildError
 from vlrb.pricing import PriceTable
 
 DEFAULT_PRICES = REPO / "conf" / "pricing" / "vlrb_2025.yaml"  # what build_data.py composes by default

@@ -9,7 +9,8 @@ import yaml
 
 from conftest import copy_mathv, data_cfg
 from vlrb.data.benchmark import Benchmark
-from vlrb.data.build import BuildError, build
+from vlrb.data.build import build
+from vlrb.data.inputs import BuildError
 from vlrb.pricing import PriceTable, PricingError
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from vlrb.data.datasets import DATASETS
 from vlrb.demo import generate_demo, plan_demo
 from vlrb.demo.images import draw_image_b64
-from vlrb.demo.render import _levenshtein
+from vlrb.demo.vlmeval_rules import levenshtein
 from vlrb.demo.vocab import CLAUSES, TOPICS
 from vlrb.demo.world import API_MODELS, DEMO_MODELS, FAIL_MSG, FULL_SCALE_COUNTS, HANDWRITTEN_MATH, KINDS, RUN_FOLDER
 
@@ -366,7 +366,7 @@ def test_levenshtein_matches_the_textbook_dp():
     for _ in range(2000):
         a = "".join(rnd.choice("ab c$.1") for _ in range(rnd.randint(0, 25)))
         b = "".join(rnd.choice("ab c$.1") for _ in range(rnd.randint(0, 25)))
-        assert _levenshtein(a, b) == dp(a, b)
+        assert levenshtein(a, b) == dp(a, b)
 
 
 def test_the_reader_recovers_the_planned_truth(small, tmp_path):

@@ -15,15 +15,16 @@ import pytest
 import torch
 import yaml
 
-from vlrb.backbones import BackboneUnavailableError, create_backbone, list_backbones
+from vlrb.backbones import BackboneUnavailableError
 from vlrb.backbones.base import encoder_layers
 from vlrb.backbones.data import IMAGE_FAILED, IMAGE_MISSING, IMAGE_OK, Collate, ImageStats, RawDataset
 from vlrb.data.benchmark import Benchmark
 from vlrb.data.images import ImageLoader
-from vlrb.routers import create_router, get_router_class, read_router
+from vlrb.routers import read_router
 from vlrb.routers import losses
 from vlrb.routers.lit import FitContext
 from vlrb.routing.soft_labels import soft_labels
+from conftest import backbone_names, make_backbone, make_router, router_class
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = ["routerdc", "cosinecls", "zooter", "vlc"]
@@ -159,12 +160,12 @@ def test_zooter_tag_smoothing_golden():
 
 def test_zooter_router_smooths_by_dataset_and_keeps_no_correct(bench):
     train = bench.split("train")
-    r = create_router("zooter", backbone="tiny_offline", beta=0.3, tag_source="dataset", lam=0)
+    r = make_router("zooter", backbone="tiny_offline", beta=0.3, tag_source="dataset", lam=0)
     t = soft_labels(train.Y, train.C, 0, cost_scale=100)
     keep = np.ones(len(train), bool)  # ZOOTER keeps samples no model answers
     got = r._train_targets(train, t, keep)["targets"]
     np.testing.assert_allclose(got, losses.tag_smoothed_targets(t, train.datasets, 0.3), atol=1e-7)
-    assert not get_router_class("zooter").drop_no_correct and get_router_class("vlc").drop_no_correct
+    assert not router_class("zooter").drop_no_correct and router_class("vlc").drop_no_correct
 
 
 def test_cluster_targets_kmeans_on_soft_labels():
@@ -178,7 +179,7 @@ def test_cluster_targets_kmeans_on_soft_labels():
 def test_tiny_backbones_embed_and_backprop(name):
     from PIL import Image
 
-    bb = create_backbone(name)
+    bb = make_backbone(name)
     items = [bb.processor("What colour is the square?", Image.new("RGB", (40, 30), (255, 0, 0))),
              bb.processor("", None)]  # empty prompt, no image (placeholder)
     h = bb(bb.processor.collate(items))
@@ -188,14 +189,14 @@ def test_tiny_backbones_embed_and_backprop(name):
 
 
 def test_hash_tokenizer_for_random_weight_throughput_checks():
-    bb = create_backbone("tiny_uniter", tokenizer="hash")  # no tokenizer files needed
+    bb = make_backbone("tiny_uniter", tokenizer="hash")  # no tokenizer files needed
     ids = bb.processor.text("Two words")
     assert ids[0] == 101 and ids[-1] == 102 and len(ids) == 4
     assert bb(bb.processor.collate([bb.processor("Two words", None)])).shape == (1, bb.hidden_size)
 
 
 def test_backbone_registry_and_configs():
-    names = list_backbones()
+    names = backbone_names()
     for n in ("offline", "lxmert_vit", "visualbert", "uniter", "vilbert"):
         assert n in names and f"tiny_{n}" in names
     from hydra.utils import get_class
@@ -213,27 +214,27 @@ def test_backbone_registry_and_configs():
 def test_paper_backbones_fail_offline_with_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(BackboneUnavailableError, match="backbone=offline") as e:
-        create_backbone("lxmert_vit")
+        make_backbone("lxmert_vit")
     assert "google/vit-base-patch16-224" in str(e.value) and "Nothing is downloaded" in str(e.value)
 
 
 def test_partial_freeze_keeps_towers_frozen_and_in_eval():
-    bb = create_backbone("tiny_offline", freeze="partial", train_last=1)
+    bb = make_backbone("tiny_offline", freeze="partial", train_last=1)
     assert not any(p.requires_grad for p in bb.text.embeddings.parameters())
     assert all(p.requires_grad for p in encoder_layers(bb.text)[-1].parameters())
     assert all(p.requires_grad for p in bb.fusion.parameters())
     bb.train()
     assert not bb.image.conv_stem.training and bb.fusion.training
-    full = create_backbone("tiny_offline", freeze="none")
+    full = make_backbone("tiny_offline", freeze="none")
     assert all(p.requires_grad for p in full.parameters())
 
 
 @pytest.mark.parametrize("name", ["tiny_lxmert_vit", "tiny_visualbert", "tiny_uniter", "tiny_vilbert"])
 def test_vit_backbones_freeze_the_vit_tower(name):
-    towers = create_backbone(name, freeze="towers").train()
+    towers = make_backbone(name, freeze="towers").train()
     assert not any(p.requires_grad for p in towers.vit.parameters()) and not towers.vit.embeddings.training
     assert all(p.requires_grad for m in towers.new_modules() for p in m.parameters())
-    part = create_backbone(name, freeze="partial", train_last=1)
+    part = make_backbone(name, freeze="partial", train_last=1)
     blocks = encoder_layers(part.vit)
     assert all(p.requires_grad for p in blocks[-1].parameters())
     assert not any(p.requires_grad for p in blocks[0].parameters())
@@ -243,7 +244,7 @@ def test_frozen_prefix_cache_is_exact():
     """The offline backbone caches its frozen towers' bottom per row: same outputs, whatever the batch padding."""
     from PIL import Image
 
-    bb = create_backbone("tiny_offline", freeze="partial").eval()
+    bb = make_backbone("tiny_offline", freeze="partial").eval()
     prompts = ["short", "a much longer prompt that pads the others in its batch", "medium length prompt"]
     items = [bb.processor(p, Image.new("RGB", (20, 20), (80 * i, 10, 200))) for i, p in enumerate(prompts)]
     batch = bb.processor.collate(items)
@@ -258,7 +259,7 @@ def test_frozen_prefix_cache_is_exact():
     assert sorted(bb.cache.store) == [10, 11, 12]
     held = [x for entry in bb.cache.store.values() for x in entry]  # each entry owns its memory: counted = held
     assert bb.cache.bytes == sum(x.untyped_storage().nbytes() for x in held)
-    assert create_backbone("tiny_offline", freeze="none").cache is None  # nothing frozen: nothing to cache
+    assert make_backbone("tiny_offline", freeze="none").cache is None  # nothing frozen: nothing to cache
 
 
 def test_folded_batch_norms_route_the_same_and_leave_the_trained_tower_alone():
@@ -267,7 +268,7 @@ def test_folded_batch_norms_route_the_same_and_leave_the_trained_tower_alone():
     from PIL import Image
     from torch import nn
 
-    bb = create_backbone("tiny_offline", freeze="partial").eval()
+    bb = make_backbone("tiny_offline", freeze="partial").eval()
     g = torch.Generator().manual_seed(0)
     norms = [m for m in bb.image.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms
@@ -312,7 +313,7 @@ def test_frozen_text_prefix_runs_on_a_bf16_copy_where_the_cpu_has_native_bf16(mo
 
     from vlrb.backbones import offline
 
-    bb = create_backbone("tiny_offline", prefix_precision="bf16").eval()
+    bb = make_backbone("tiny_offline", prefix_precision="bf16").eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 2000, (3, 13), generator=g)  # 13: padded to 16 for the copy, cut back after
     mask = torch.ones_like(ids)
@@ -336,15 +337,15 @@ def test_frozen_text_prefix_runs_on_a_bf16_copy_where_the_cpu_has_native_bf16(mo
     assert torch.equal(bb._text_prefix(ids, mask), ref2)  # gradients on: the tower itself
 
     monkeypatch.setattr(offline, "cpu_has_amx", lambda: False)
-    auto = create_backbone("tiny_offline").eval()
+    auto = make_backbone("tiny_offline").eval()
     with torch.no_grad():
         assert torch.equal(auto._text_prefix(ids, mask), auto.__dict__["_frozen_text"](ids, mask))
     monkeypatch.setattr(offline, "cpu_has_amx", lambda: True)
     assert auto._bf16_prefix(torch.device("cpu")) and not auto._bf16_prefix(torch.device("cuda"))
-    assert not create_backbone("tiny_offline", prefix_precision="fp32")._bf16_prefix(torch.device("cpu"))
-    assert not create_backbone("tiny_offline", freeze="none")._bf16_prefix(torch.device("cpu"))  # all trains
+    assert not make_backbone("tiny_offline", prefix_precision="fp32")._bf16_prefix(torch.device("cpu"))
+    assert not make_backbone("tiny_offline", freeze="none")._bf16_prefix(torch.device("cpu"))  # all trains
     with pytest.raises(ValueError, match="prefix_precision"):
-        create_backbone("tiny_offline", prefix_precision="fp16")
+        make_backbone("tiny_offline", prefix_precision="fp16")
 
 
 def test_bf16_mixed_on_a_cpu_when_asked_trains_and_routes_under_autocast(bench, tmp_path, monkeypatch):
@@ -355,10 +356,10 @@ def test_bf16_mixed_on_a_cpu_when_asked_trains_and_routes_under_autocast(bench, 
 
     monkeypatch.setenv("VLRB_CACHE_DIR", str(tmp_path / "cache"))  # the ONNX export below stays in the test
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    auto = create_router("vlc", backbone="tiny_offline")
-    assert auto._context(FitContext(trainer={"accelerator": "auto", "precision": "auto"})).trainer["precision"] \
+    auto = make_router("vlc", backbone="tiny_offline")
+    assert auto._context(FitContext(trainer={"accelerator": "auto", "precision": "auto"})).setting("precision") \
         == "32-true"
-    r = create_router("vlc", backbone="tiny_offline", batch_size=8, precision="bf16-mixed", grad_clip=1.0)
+    r = make_router("vlc", backbone="tiny_offline", batch_size=8, precision="bf16-mixed", grad_clip=1.0)
     # a fused optimizer would make Lightning refuse to clip the gradients of a mixed-precision fit
     r.fit(bench.split("train"), bench.split("dev"), ctx_for(tmp_path, max_epochs=1, limit_train_batches=2))
     assert r.fit_info["precision"] == "bf16-mixed"
@@ -377,7 +378,7 @@ def test_e2e_optimizer_is_fused_on_a_cpu_with_the_same_maths():
     """Full precision on a CPU: one fused AdamW kernel; mixed precision: foreach kernels (Lightning clips no
     gradients of a fused optimizer there); both take the step torch's default loop takes."""
     torch.manual_seed(0)
-    m = create_router("vlc", backbone="tiny_offline").init_module(["a", "b", "c"])
+    m = make_router("vlc", backbone="tiny_offline").init_module(["a", "b", "c"])
     twins = [copy.deepcopy(m) for _ in range(3)]
     opts = [twins[0].optimizer("32-true"), twins[1].optimizer("bf16-mixed"), None]
     assert opts[0].defaults["fused"] and opts[1].defaults["foreach"] and not opts[1].defaults.get("fused")
@@ -397,7 +398,7 @@ def test_e2e_optimizer_is_fused_on_a_cpu_with_the_same_maths():
 
 
 def test_head_lr_groups():
-    r = create_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=1e-3, warmup_ratio=0.0)
+    r = make_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=1e-3, warmup_ratio=0.0)
     m = r.init_module([f"m{j}" for j in range(3)])
     opt = m.configure_optimizers()
     pre, new = opt.param_groups
@@ -406,13 +407,13 @@ def test_head_lr_groups():
     assert all(id(p) in new_ids for p in m.linear.parameters()) and all(
         id(p) in new_ids for p in m.backbone.fusion.parameters() if p.requires_grad)
     assert all(id(p) not in new_ids for p in encoder_layers(m.backbone.text)[-1].parameters())
-    one = create_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=None, warmup_ratio=0.0)
+    one = make_router("vlc", backbone="tiny_offline", lr=1e-5, head_lr=None, warmup_ratio=0.0)
     assert [g["lr"] for g in one.init_module(["a", "b"]).configure_optimizers().param_groups] == [1e-5, 1e-5]
 
 
 # ------------------------------------------------------------------------------------------ placeholder images
 def test_placeholder_images_are_counted(bench):
-    bb = create_backbone("tiny_lxmert_vit")
+    bb = make_backbone("tiny_lxmert_vit")
     rows = [0, 1, 3]  # no image, an image, a broken image
     ds = RawDataset(bench.prompts, bench.images, rows, bb.processor, Y=bench.Y[rows])
     items = [ds[j] for j in range(3)]
@@ -427,7 +428,7 @@ def test_placeholder_images_are_counted(bench):
 
 
 def test_a_batch_decoded_on_threads_equals_item_by_item(bench, monkeypatch):
-    bb = create_backbone("tiny_lxmert_vit")
+    bb = make_backbone("tiny_lxmert_vit")
     rows = [0, 1, 3, 1, 2]  # no image, images, a broken image
     ds = RawDataset(bench.prompts, bench.images, rows, bb.processor, Y=bench.Y[rows])
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # threads even on a 1-core runner
@@ -445,7 +446,7 @@ def test_a_batch_decoded_on_threads_equals_item_by_item(bench, monkeypatch):
 @pytest.mark.parametrize("router,backbone", [("routerdc", "tiny_vilbert"), ("cosinecls", "tiny_uniter"),
                                              ("zooter", "tiny_visualbert"), ("vlc", "tiny_lxmert_vit")])
 def test_each_router_fits_one_short_epoch_and_predicts(bench, tmp_path, router, backbone):
-    r = create_router(router, backbone=backbone, batch_size=8)
+    r = make_router(router, backbone=backbone, batch_size=8)
     ctx = ctx_for(tmp_path, max_epochs=1, limit_train_batches=2)
     r.fit(bench.split("train"), bench.split("dev"), ctx)
     test = bench.split("test")
@@ -462,7 +463,7 @@ def test_each_router_fits_one_short_epoch_and_predicts(bench, tmp_path, router, 
 
 def test_fast_dev_run_with_hard_labels(bench, tmp_path):
     """λ = inf means hard one-hot labels for RouterDC too (upstream fell back to uniform-over-correct)."""
-    r = create_router("routerdc", backbone="tiny_offline", lam="inf", batch_size=8)
+    r = make_router("routerdc", backbone="tiny_offline", lam="inf", batch_size=8)
     ctx = ctx_for(tmp_path, fast_dev_run=True)
     r.fit(bench.split("train"), bench.split("dev"), ctx)
     assert r.fit_info["label_diagnostics"]["entropy_mean"] == 0.0
@@ -470,7 +471,7 @@ def test_fast_dev_run_with_hard_labels(bench, tmp_path):
 
 
 def test_full_epoch_counts_every_placeholder(bench, tmp_path):
-    r = create_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
+    r = make_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
     ctx = ctx_for(tmp_path)
     train = bench.split("train")
     r.fit(train, None, ctx)  # no dev: the full budget, last weights
@@ -484,20 +485,23 @@ def test_full_epoch_counts_every_placeholder(bench, tmp_path):
 
 def test_fit_without_dev_accepts_a_preset_that_limits_validation(bench, tmp_path):
     """debug=fast sets limit_val_batches; without dev the router still trains its full budget (no val loop)."""
-    r = create_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
+    r = make_router("vlc", backbone="tiny_offline", batch_size=16, max_epochs=1)
     r.bench, r.ctx = bench, ctx_for(tmp_path, limit_train_batches=2, limit_val_batches=1)
     r.fit(bench.split("train"), None)
     assert r.fit_info["epochs"] == 1 and r.fit_info["best_val_rank_score"] is None
 
 
 def test_save_load_roundtrip(bench, tmp_path):
-    r = create_router("cosinecls", backbone="tiny_offline", batch_size=8, lam=100)
+    r = make_router("cosinecls", backbone="tiny_offline", batch_size=8, lam=100)
     ctx = ctx_for(tmp_path / "run", fast_dev_run=True)
     r.fit(bench.split("train"), bench.split("dev"), ctx)
     r.save(tmp_path / "router")
     assert (tmp_path / "router" / "router.json").exists() and (tmp_path / "router" / "weights.safetensors").exists()
     back = read_router(tmp_path / "router")
-    assert type(back) is type(r) and back.get_params() == r.get_params() and back.models == r.models
+    from vlrb.routers.base import _jsonable
+
+    assert type(back) is type(r) and back.models == r.models
+    assert _jsonable(back.get_params()) == _jsonable(r.get_params())  # the backbone factory: the same spec
     test = bench.split("test")
     np.testing.assert_allclose(back.predict_scores(test), r.predict_scores(test), rtol=1e-5, atol=1e-5)
 
@@ -506,7 +510,7 @@ def test_cosinecls_and_routerdc_differ_on_the_same_batch(bench):
     batch_rows = bench.split("train").idx[:8]
     outs, embs = {}, {}
     for name in ("cosinecls", "routerdc"):
-        m = create_router(name, backbone="tiny_offline", seed=7).init_module(bench.models).eval()
+        m = make_router(name, backbone="tiny_offline", seed=7).init_module(bench.models).eval()
         ds = RawDataset(bench.prompts, bench.images, batch_rows, m.backbone.processor)
         batch = Collate(m.backbone.processor)([ds[j] for j in range(len(ds))])
         with torch.no_grad():
@@ -516,7 +520,7 @@ def test_cosinecls_and_routerdc_differ_on_the_same_batch(bench):
 
 
 def test_fit_needs_the_benchmark(bench):
-    r = create_router("vlc", backbone="tiny_offline")
+    r = make_router("vlc", backbone="tiny_offline")
     train = bench.split("train")
     train.source = None  # a split that does not know where its prompts and images are
     with pytest.raises(RuntimeError, match="split.source"):
@@ -550,12 +554,12 @@ def test_offline_vlc_beats_random_on_image_and_keyword(tmp_path):
 
     bench = colour_keyword_bench()
     train, dev, test = bench.split("train"), bench.split("dev"), bench.split("test")
-    r = create_router("vlc", backbone="offline", backbone_params={"image_size": 64}, lam=10000, lr=1e-3,
+    r = make_router("vlc", backbone="offline", backbone_params={"image_size": 64}, lam=10000, lr=1e-3,
                       max_epochs=3, batch_size=16, patience=3)
     ctx = ctx_for(tmp_path)
     r.fit(train, dev, ctx)
     vlc = route_metrics(test, r.route(test), bench.cost_bounds)["test/rank_score"]
-    rnd = route_metrics(test, create_router("random").fit(train).route(test), bench.cost_bounds)["test/rank_score"]
+    rnd = route_metrics(test, make_router("random").fit(train).route(test), bench.cost_bounds)["test/rank_score"]
     assert vlc > rnd + 0.1, (vlc, rnd)
 
 

@@ -40,7 +40,8 @@ def fake_run(run_dir: Path, bench, router: str, lam, choices, val_rank_score=Non
     (run_dir / Path(config_name).parent).mkdir(parents=True, exist_ok=True)
     (run_dir / config_name).write_text(
         f"router:\n  name: {router}\n  params: {{}}\nlambda: {lam}\npaths:\n  output_dir: ${{hydra:runtime.output_dir}}\n")
-    metrics = {"test/accuracy": 0.0, "test/throughput_ktok_s": 123.0}  # test numbers must never drive selection
+    metrics = {"router": router, "lambda": lam,  # what the readers read (the config above is never read)
+               "test/accuracy": 0.0, "test/throughput_ktok_s": 123.0}  # test numbers must never drive selection
     if val_rank_score is not None:
         metrics["val/rank_score"] = val_rank_score
     (run_dir / "metrics.json").write_text(json.dumps(metrics))

@@ -1,18 +1,22 @@
-"""The correctness-family registry: every dataset has a family, every family is complete, and the demo
-writes files that the family's own eval-file rule, columns and scorer read back as planted."""
+"""The correctness-family registry: every dataset has a family, every family is complete, the demo's table of
+planners and renderers names the same families, and the demo writes files that the family's own eval-file rule,
+columns and scorer read back as planted."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vlrb.data import vlmevalkit as vk
-from vlrb.data.build import BuildError, dataset_specs
 from vlrb.data.correctness import CorrectnessError
 from vlrb.data.datasets import DATASETS
 from vlrb.data.families import FAMILIES, Family, get_family
+from vlrb.data.inputs import BuildError
+from vlrb.data.pool import dataset_specs
 from vlrb.demo import plan_dataset
+from vlrb.demo.families import DEMO_FAMILIES, DemoFamily
 from vlrb.demo.generate import _write_model
 from vlrb.demo.world import DEMO_MODELS, GROUPS
 
@@ -25,6 +29,23 @@ def test_every_dataset_has_a_family_and_every_family_a_dataset():
     assert {s.family for s in DATASETS.values()} == set(FAMILIES)
 
 
+def test_the_demo_plans_and_renders_every_family_and_no_other():
+    """The rules (vlrb.data) and the demo's planners and renderers (vlrb.demo) are two tables keyed by family name.
+    A user's own rule (data.families) is not in FAMILIES, so it needs no demo planner."""
+    assert list(DEMO_FAMILIES) == list(FAMILIES)
+    for name, demo in DEMO_FAMILIES.items():
+        assert isinstance(demo, DemoFamily) and callable(demo.plan) and callable(demo.render), name
+        assert demo.group in GROUPS, name
+
+
+def test_the_rules_know_nothing_of_the_demo():
+    """vlrb.data sits below vlrb.demo: no module of it imports the demo, and a rule has no demo fields."""
+    root = Path(vk.__file__).parent  # vlrb/data/
+    offenders = [p.name for p in root.glob("*.py") if re.search(r"^\s*(from|import) vlrb\.demo", p.read_text(), re.M)]
+    assert offenders == []
+    assert not [f for f in Family.__dataclass_fields__ if "demo" in f]
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_is_complete(name):
     fam = FAMILIES[name]
@@ -34,8 +55,7 @@ def test_family_is_complete(name):
         assert rule is None or isinstance(rule, re.Pattern)
     if fam.eval_file is None:  # scored from the prediction file itself
         assert ("prediction",) in fam.columns
-    assert callable(fam.scorer) and callable(fam.demo_plan) and callable(fam.demo_render)
-    assert fam.demo_group in GROUPS
+    assert callable(fam.scorer) and fam.declared_in is None  # vlrb's own rule
 
 
 @pytest.mark.parametrize("key", list(DATASETS))

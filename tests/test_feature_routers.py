@@ -5,6 +5,7 @@ Tiny planted benchmarks (a few hundred samples, 16-d features) keep every test a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import torch
 import yaml
 
 from vlrb.data.benchmark import Benchmark, compute_cost_bounds
-from vlrb.routers import create_router, get_router_class, list_routers, read_router
+from vlrb.routers import read_router
 from vlrb.routers import lit, losses, mlp
 from vlrb.routers.knn import copeland_scores, copeland_wins
 from vlrb.routing.metrics import route_metrics
 from vlrb.routing.soft_labels import hard_labels
+from conftest import make_router, router_class, router_names
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "router"
 FEATURE_ROUTERS = ["kmeans", "knn", "linear", "mlp", "ovr", "prknn"]
@@ -53,46 +55,42 @@ def data():
 
 
 def _fit(name: str, splits, **kw):
-    return create_router(name, **{**FAST.get(name, {}), **kw}).fit(splits["train"], splits["dev"])
+    return make_router(name, **{**FAST.get(name, {}), **kw}).fit(splits["train"], splits["dev"])
 
 
 # ------------------------------------------------------------------------------------------ registry/configs
-def test_registry_and_config_group_name_the_same_routers():
-    from hydra.utils import get_class
-
-    configs = {p.stem: yaml.safe_load(p.read_text()) for p in CONF.glob("*.yaml") if not p.stem.startswith("_")}
-    assert set(configs) == set(list_routers())  # router=<name> ⇔ conf/router/<name>.yaml ⇔ registry key
-    assert set(FEATURE_ROUTERS) <= set(list_routers(inputs="features"))
-    for name, cfg in configs.items():
-        assert get_class(cfg["_target_"]).name == name
+def test_config_group_and_classes_name_the_same_routers():
+    """router=<name> picks conf/router/<name>.yaml, whose `_target_` class calls itself <name>."""
+    assert set(FEATURE_ROUTERS) <= set(router_names(inputs="features"))
+    for name in router_names():
+        assert router_class(name).name == name
     for name in FEATURE_ROUTERS:
-        params = {k: v for k, v in configs[name].items() if not k.startswith("_") and "${" not in str(v)}
-        router = create_router(name, **params)
+        router = make_router(name)
         assert router.inputs == ("features",) and router.name == name
-    assert set(list_routers(inputs="features", trainable=True)) >= {"linear", "mlp"}
+    assert set(router_names(inputs="features", trainable=True)) >= {"linear", "mlp"}
 
 
 def test_config_defaults_are_the_paper_hyperparameters():
-    knn = create_router("knn")
+    knn = make_router("knn")
     assert (knn.k, knn.weights, knn.metric) == (5, "distance", "cosine")
-    assert create_router("prknn").k == 7
-    ovr = create_router("ovr")
+    assert make_router("prknn").k == 7
+    ovr = make_router("ovr")
     assert (ovr.max_iter, ovr.class_weight) == (1000, "balanced")
-    lin, net = create_router("linear"), create_router("mlp")
+    lin, net = make_router("linear"), make_router("mlp")
     assert (lin.cost_scale, lin.lr, lin.l2_C, lin.batch_size, lin.max_epochs, lin.patience) == (1.0, 0.01, 1.0, None, 200, 3)
     assert (net.cost_scale, net.lr, net.weight_decay, net.batch_size, net.max_epochs) == (100.0, 1e-3, 1e-4, 1024, 300)
     assert net.hidden_sizes == [2048, 1024] and net.patience == 3 and net.scheme == "exp"
     for p in ("linear", "mlp"):  # the YAML and the constructor agree
         params = {k: v for k, v in yaml.safe_load((CONF / f"{p}.yaml").read_text()).items()
                   if not k.startswith("_") and k not in ("lam", "seed")}
-        r = create_router(p)
+        r = make_router(p)
         assert all(getattr(r, k) == (list(v) if isinstance(v, list) else v) for k, v in params.items()), p
     with pytest.raises(ValueError, match="lambda"):
-        create_router("mlp", lam=-1)
+        make_router("mlp", lam=-1)
 
 
 # ------------------------------------------------------------------------------------------ every router
-@pytest.mark.parametrize("name", list_routers(inputs="features"))
+@pytest.mark.parametrize("name", router_names(inputs="features"))
 def test_every_feature_router_fits_predicts_and_round_trips(data, name, tmp_path):
     bench, splits = data
     router = _fit(name, splits)
@@ -117,7 +115,7 @@ def test_routers_need_features_and_a_fit(data):
     _, splits = data
     for name in FEATURE_ROUTERS:
         with pytest.raises(RuntimeError, match="fit"):
-            create_router(name).route(splits["test"])
+            make_router(name).route(splits["test"])
 
 
 # ------------------------------------------------------------------------------------------ behaviour
@@ -127,7 +125,7 @@ def test_feature_routers_beat_random_and_cheapest_on_a_planted_rule():
     rank = {}
     routers = {"random": {}, "cheapest": {}, "knn": {}, "mlp": dict(hidden_sizes=[64], max_epochs=60, patience=5)}
     for name, kw in routers.items():
-        r = create_router(name, **kw).fit(s["train"], s["dev"])
+        r = make_router(name, **kw).fit(s["train"], s["dev"])
         rank[name] = route_metrics(s["test"], r.route(s["test"]), bounds)["test/rank_score"]
     floor = max(rank["random"], rank["cheapest"])
     assert rank["knn"] > floor + 0.1, rank
@@ -158,7 +156,7 @@ def spy(monkeypatch):
 def test_targets_are_hard_at_inf_and_uniform_over_correct_at_zero(data, spy, lam):
     _, splits = data
     train, dev, test = splits["train"], splits["dev"], splits["test"]
-    create_router("mlp", lam=lam, hidden_sizes=[8], max_epochs=1).fit(train, dev)
+    make_router("mlp", lam=lam, hidden_sizes=[8], max_epochs=1).fit(train, dev)
     _, train_loader, val_loader, _ = spy.calls[-1]
     got = train_loader.ds.arrays
     keep = train.Y.any(1)  # rows no model answers are dropped from training
@@ -206,7 +204,7 @@ def test_early_stopping_restores_the_epoch_that_is_best_on_dev(data, monkeypatch
             snapshots[e] = {k: v.detach().clone() for k, v in self.state_dict().items()}
             self.log("val/rank_score", script[e])
 
-    router = create_router("mlp", hidden_sizes=[8], max_epochs=len(script), patience=3)
+    router = make_router("mlp", hidden_sizes=[8], max_epochs=len(script), patience=3)
     monkeypatch.setattr(router, "make_module", lambda d, k: Scripted(d, k, **router.module_kwargs()))
     router.fit(splits["train"], splits["dev"])
     assert sorted(snapshots) == [0, 1, 2, 3, 4]  # stopped after 3 epochs without improvement
@@ -220,7 +218,7 @@ def test_early_stopping_restores_the_epoch_that_is_best_on_dev(data, monkeypatch
 def test_selected_score_is_the_dev_score_of_the_restored_weights(data):
     """The reported best val/rank_score is what the final router scores on dev (not on test or train)."""
     _, s = data
-    router = create_router("mlp", hidden_sizes=[16], max_epochs=30).fit(s["train"], s["dev"])
+    router = make_router("mlp", hidden_sizes=[16], max_epochs=30).fit(s["train"], s["dev"])
     bounds = compute_cost_bounds(s["train"].C, s["train"].models)  # the default context's bounds
     dev_rank = route_metrics(s["dev"], router.route(s["dev"]), bounds, prefix="val/")["val/rank_score"]
     assert router.fit_info["best_val_rank_score"] == pytest.approx(dev_rank, abs=1e-6)
@@ -229,15 +227,15 @@ def test_selected_score_is_the_dev_score_of_the_restored_weights(data):
 
 def test_fit_without_dev_trains_the_full_budget(data):
     _, s = data
-    router = create_router("linear", max_epochs=3).fit(s["train"], None)
+    router = make_router("linear", max_epochs=3).fit(s["train"], None)
     assert router.fit_info["epochs"] == 3 and router.route(s["test"]).shape == (len(s["test"]),)
 
 
 def test_fits_do_not_repeat_lightnings_own_deprecation_warnings(data, recwarn):
     """Lightning calls a torch API torch deprecates, once per fit; a user can do nothing about it."""
     _, s = data
-    create_router("linear", max_epochs=1).fit(s["train"], s["dev"])
-    create_router("linear", max_epochs=1).fit(s["train"], None)
+    make_router("linear", max_epochs=1).fit(s["train"], s["dev"])
+    make_router("linear", max_epochs=1).fit(s["train"], None)
     assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
 
 
@@ -262,7 +260,7 @@ def test_prknn_router_golden_value_and_brute_force_agreement():
     bench = Benchmark.from_arrays(GOLD_Y, GOLD_C, splits=["train"] * 3)
     X = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     train = bench.split("train").with_features(X)
-    router = create_router("prknn", k=3, weights="uniform").fit(train)
+    router = make_router("prknn", k=3, weights="uniform").fit(train)
     np.testing.assert_allclose(router.predict_scores(train), [[3, 3, 2]] * 3)
     assert router.route(train).tolist() == [0, 0, 0]  # tie 3-3 -> the first maximum
 
@@ -274,7 +272,7 @@ def test_prknn_router_golden_value_and_brute_force_agreement():
     b = Benchmark.from_arrays(Y, C, splits=["train"] * 40 + ["test"] * 10)
     Xr = rng.normal(size=(50, 6)).astype(np.float32)
     tr, te = b.split("train").with_features(Xr[:40]), b.split("test").with_features(Xr[40:])
-    r = create_router("prknn", k=5).fit(tr)
+    r = make_router("prknn", k=5).fit(tr)
     dist, idx = r.index_.kneighbors(te.X)
     w = 1.0 / (1e-6 + dist)
     Yn, Cn = tr.Y[idx].astype(int), tr.C[idx]
@@ -288,7 +286,7 @@ def test_knn_gives_zero_to_models_never_cheapest_correct(data):
     _, s = data
     Y = s["train"].Y.copy()
     Y[:, 1] = 0  # model 1 is never correct, so never the cheapest correct one
-    r = create_router("knn").fit(dataclasses.replace(s["train"], Y=Y))
+    r = make_router("knn").fit(dataclasses.replace(s["train"], Y=Y))
     assert 1 not in r.labels_
     p = r.predict_scores(s["test"])
     assert (p[:, 1] == 0).all()
@@ -311,14 +309,14 @@ def test_knn_and_neighbours_match_scikit_learn(weights):
     b = Benchmark.from_arrays(Y, C, splits=["train"] * n_tr + ["test"] * n_te)
     tr, te = b.split("train").with_features(X[:n_tr]), b.split("test").with_features(X[n_tr:])
 
-    router = create_router("knn", weights=weights).fit(tr)
+    router = make_router("knn", weights=weights).fit(tr)
     labels = hard_labels(tr.Y, tr.C)
     clf = KNeighborsClassifier(n_neighbors=5, weights=weights, metric="cosine").fit(tr.X, labels)
     expected = np.zeros((n_te, k_models))
     expected[:, clf.classes_] = clf.predict_proba(te.X)
     np.testing.assert_allclose(router.predict_scores(te), expected, rtol=1e-5, atol=1e-6)
 
-    dist, idx = create_router("prknn", k=7).fit(tr).index_.kneighbors(te.X)
+    dist, idx = make_router("prknn", k=7).fit(tr).index_.kneighbors(te.X)
     d_ref, i_ref = NearestNeighbors(n_neighbors=7, metric="cosine").fit(tr.X).kneighbors(te.X)
     np.testing.assert_array_equal(np.sort(idx, 1), np.sort(i_ref, 1))
     np.testing.assert_allclose(dist, d_ref, atol=1e-6)
@@ -332,10 +330,10 @@ def test_ovr_constant_models_and_kmeans_prototypes():
     X = rng.normal(size=(n, 3)).astype(np.float32)
     b = Benchmark.from_arrays(Y, C, splits=["train"] * n)
     tr = b.split("train").with_features(X)
-    p = create_router("ovr").fit(tr).predict_scores(tr)
+    p = make_router("ovr").fit(tr).predict_scores(tr)
     assert (p[:, 1] == 0).all() and (p[:, 2] == 1).all() and ((p[:, 0] > 0) & (p[:, 0] < 1)).all()
 
-    km = create_router("kmeans").fit(tr)
+    km = make_router("kmeans").fit(tr)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     m0 = Xn[Y[:, 0] == 1].mean(0)
     np.testing.assert_allclose(km.prototypes_[0], m0 / np.linalg.norm(m0), rtol=1e-5)
@@ -346,9 +344,9 @@ def test_ovr_constant_models_and_kmeans_prototypes():
 
 def test_lambda_round_trips_through_save(data, tmp_path):
     _, s = data
-    r = create_router("linear", lam=float("inf"), max_epochs=2).fit(s["train"], s["dev"])
+    r = make_router("linear", lam=float("inf"), max_epochs=2).fit(s["train"], s["dev"])
     r.save(tmp_path / "lin")
-    again = get_router_class("linear").load(tmp_path / "lin")
+    again = router_class("linear").load(tmp_path / "lin")
     assert again.lam == "inf" and again.fit_info["label_diagnostics"]["effective_models"] == pytest.approx(1.0)
 
 
@@ -366,16 +364,23 @@ def test_fit_context_from_train_py_is_honoured(data, tmp_path):
     callbacks config reaches the trainer; the checkpoint does not outlive the fit (weights are stored once,
     in router/); fitting without dev accepts the same preset."""
     _, s = data
-    ctx = lit.FitContext(trainer={"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
-                                  "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1},
-                         callbacks={"early_stopping": {"min_delta": 0.5},
-                                    "timer": {"_target_": "lightning.pytorch.callbacks.Timer"}})
-    r = create_router("mlp", hidden_sizes=[8], batch_size=32)
+    from vlrb.components import instantiate
+    from vlrb.jobs.entry import compose
+
+    cfg = compose("train", ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                            "+trainer.limit_val_batches=1", "+callbacks.early_stopping.min_delta=0.5",
+                            "+callbacks.timer={_target_: lightning.pytorch.callbacks.Timer, _partial_: true}"])
+    ctx = lit.FitContext(trainer=instantiate(cfg.trainer),
+                         callbacks={k: instantiate(v) for k, v in cfg.callbacks.items()})
+    stop = ctx.selection_callbacks(str(tmp_path), 3)[0][1]
+    assert stop.min_delta == 0.5 and stop.patience == 3
+    r = make_router("mlp", hidden_sizes=[8], batch_size=32)
     r.fit(s["train"], s["dev"], ctx)
     assert r.fit_info["epochs"] == 1 and "checkpoint" not in r.fit_info
     r.fit(s["train"], None, ctx)
     assert r.fit_info["epochs"] == 1
-    bad = lit.FitContext(trainer={"accelerator": "cpu"}, callbacks={"early_stopping": {"monitor": "test/accuracy"}})
+    bad = lit.FitContext(trainer={"accelerator": "cpu"},
+                         callbacks={"early_stopping": functools.partial(lit.early_stopping_on_dev, monitor="test/accuracy")})
     with pytest.raises(ValueError, match="must monitor a val"):
         bad.selection_callbacks(str(tmp_path), 3)
 
@@ -392,6 +397,6 @@ def test_loader_choice_for_distributed_trainers():
 
 def test_knn_with_another_metric_uses_sklearn_and_round_trips(data, tmp_path):
     _, s = data
-    r = create_router("knn", metric="euclidean").fit(s["train"])
+    r = make_router("knn", metric="euclidean").fit(s["train"])
     r.save(tmp_path / "k")
     np.testing.assert_array_equal(read_router(tmp_path / "k").predict_scores(s["test"]), r.predict_scores(s["test"]))

@@ -13,6 +13,7 @@ from test_features import CORRUPT, NO_IMAGE, TINY_CFG, make_bench, read_emb, tin
 from vlrb.data.benchmark import Benchmark
 from vlrb.features import runtime as rt
 from vlrb.features.extract import extract_features
+from conftest import make_backbone
 
 CPU = torch.device("cpu")
 
@@ -168,30 +169,31 @@ def test_text_is_batched_by_token_count(tmp_path, monkeypatch, tiny_text):
     ("auto", False, False, "32-true"), ("auto", True, True, "bf16-mixed"), ("auto", True, False, "16-mixed"),
     ("cpu", True, True, "32-true"), ("gpu", True, True, "bf16-mixed")])
 def test_trainer_precision_auto_per_device(monkeypatch, accelerator, cuda, bf16, expected):
-    from vlrb.routers.lit import resolve_precision
+    """What `${vlrb_precision:${.accelerator}}` in conf/trainer/auto.yaml and ddp.yaml resolves to."""
+    from vlrb import devices
+    from vlrb.routers.lit import FitContext
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    got = resolve_precision({"accelerator": accelerator, "precision": "auto"})
-    assert got["precision"] == expected
-    assert resolve_precision({"accelerator": accelerator, "precision": "16-mixed"})["precision"] == "16-mixed"
+    assert devices.device_precision(accelerator) == expected
+    assert FitContext(trainer={"accelerator": accelerator, "precision": "auto"}).setting("precision") == expected
+    assert FitContext(trainer={"accelerator": accelerator, "precision": "16-mixed"}).setting("precision") == "16-mixed"
 
 
 def test_train_config_defaults_to_the_auto_trainer():
-    from pathlib import Path
+    """The default preset: a Trainer factory on any accelerator, its precision stated for this machine."""
+    from vlrb.devices import device_precision
+    from vlrb.jobs.entry import compose
 
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = compose("train")
-        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
-        assert cfg.trainer.accelerator == "auto" and cfg.trainer.precision == "auto"
-        assert compose("train", overrides=["trainer=cpu"]).trainer.accelerator == "cpu"
+    cfg = compose("train")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer" and cfg.trainer._partial_
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.precision == device_precision("auto")
+    cpu = compose("train", overrides=["trainer=cpu"]).trainer
+    assert cpu.accelerator == "cpu" and cpu.precision == "32-true"
 
 
 def test_auto_workers_leave_the_forward_its_cores():
-    from vlrb.features.extract import RunOptions, auto_workers
+    from vlrb.features.options import RunOptions, auto_workers
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [auto_workers(cpu, c) for c in (1, 2, 4, 16)] == [1, 1, 2, 4]
@@ -203,7 +205,7 @@ def test_auto_workers_leave_the_forward_its_cores():
 
 
 def test_auto_batch_size_is_smaller_for_images_on_a_cpu():
-    from vlrb.features.extract import RunOptions, auto_batch_size
+    from vlrb.features.options import RunOptions, auto_batch_size
 
     assert RunOptions.from_cfg({"batch_size": "auto", "device": "cpu"}, {}, "vision").batch_size == 16
     assert RunOptions.from_cfg({"batch_size": "auto", "device": "cpu"}, {}, "text").batch_size == 32
@@ -214,7 +216,7 @@ def test_auto_batch_size_is_smaller_for_images_on_a_cpu():
 
 
 def test_batches_in_flight_on_a_multi_core_cpu_only(monkeypatch):
-    from vlrb.features.extract import RunOptions, batches_in_flight
+    from vlrb.features.options import RunOptions, batches_in_flight
 
     opts = RunOptions.from_cfg({"device": "cpu"}, {})
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
@@ -261,10 +263,9 @@ def test_frozen_image_prefix_of_the_offline_backbone_on_onnxruntime(monkeypatch)
 
     if not rt.onnxruntime_available():
         pytest.skip("onnxruntime / onnxscript not installed")
-    from vlrb.backbones import create_backbone
 
     monkeypatch.setattr(rt, "MIN_ITEMS_FOR_EXPORT", 8)
-    bb = create_backbone("tiny_offline").eval()
+    bb = make_backbone("tiny_offline").eval()
     fast = bb.__dict__["_fast_image_prefix"]
     assert fast is not None and "_fast_image_prefix" not in dict(bb.named_modules())  # not a submodule, not saved
     assert not any(k.startswith("_fast") for k in bb.state_dict())
@@ -294,7 +295,7 @@ def test_frozen_image_prefix_of_the_offline_backbone_on_onnxruntime(monkeypatch)
     warm = copy.deepcopy(bb).__dict__["_fast_image_prefix"]
     warm.seen = 0
     assert warm.warm_up(px) and warm._prepared is not None  # benchmarks: ready before the clock starts
-    assert create_backbone("tiny_offline", freeze="none").__dict__["_fast_image_prefix"] is None
+    assert make_backbone("tiny_offline", freeze="none").__dict__["_fast_image_prefix"] is None
 
 
 def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off(monkeypatch):
@@ -303,8 +304,8 @@ def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off
     Transformer encoder stays eager."""
     if not rt.onnxruntime_available():
         pytest.skip("onnxruntime / onnxscript not installed")
-    from vlrb.features.encoders import build_vision_encoder
-    from vlrb.features.extract import encode_items
+    from vlrb.features.batches import encode_items
+    from vlrb.features.sections import build_vision_encoder
     from vlrb.data.images import ImageList
     from PIL import Image
 

@@ -9,8 +9,9 @@ from PIL import Image
 
 from conftest import data_cfg
 from vlrb.data.benchmark import Benchmark
-from vlrb.data.build import BuildError, build
+from vlrb.data.build import build
 from vlrb.data.images import ImageDecodeError, ImageLoader, read_tsv_images
+from vlrb.data.inputs import BuildError
 from vlrb.data.splits import random_split, stratified_split
 from vlrb.pricing import PriceTable
 

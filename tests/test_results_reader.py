@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, data_cfg
 from vlrb.data.benchmark import Benchmark
-from vlrb.data.build import BuildError, build
+from vlrb.data.build import build
+from vlrb.data.inputs import BuildError
 from vlrb.data.tokens import count_tokens
 from vlrb.pricing import PriceTable
 

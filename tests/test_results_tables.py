@@ -45,13 +45,18 @@ def test_results_table_rows_references_and_pairs(tmp_path):
 
 
 def test_ood_table_one_row_per_held_out_part(tmp_path):
+    """The held-out part is read from metrics.json; a run saved before metrics.json recorded it (the last row here)
+    from the plain values of its Hydra config."""
     for i, (holdout, router, rs) in enumerate([("A", "vlrb_cal", 0.7), ("A", "linear", 0.6), ("B", "vlrb_cal", 0.5)]):
         d = tmp_path / str(i)
         d.mkdir()
-        (d / ".hydra").mkdir()
-        (d / ".hydra" / "config.yaml").write_text(f"ood:\n  protocol: lodo\n  holdout: {holdout}\n")
+        ood = {"ood/protocol": "lodo", "ood/holdout": holdout}
+        if i == 2:
+            (d / ".hydra").mkdir()
+            (d / ".hydra" / "config.yaml").write_text(f"ood:\n  protocol: lodo\n  holdout: {holdout}\n")
+            ood = {}
         (d / "metrics.json").write_text(json.dumps({
-            "router": router, "test/n": 10, "test/rank_score": rs, "test/accuracy": rs, "test/avg_cost": 1e-4,
+            **ood, "router": router, "test/n": 10, "test/rank_score": rs, "test/accuracy": rs, "test/avg_cost": 1e-4,
             "test/best_single/model": "m0", "test/best_single/rank_score": 0.55, "test/vs_best_single/outcome": "tie"}))
     df = ood_table(tmp_path)
     assert sorted(df["holdout"]) == ["A", "A", "B"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, data_cfg
+from conftest import REPO, data_cfg, make_router
 from vlrb.data.build import build
 from vlrb.pricing import PriceTable
 
@@ -95,12 +95,11 @@ def test_load_router_in_a_fresh_process(records, tmp_path, router, overrides):
 
 def test_baselines_cannot_route_raw_inputs():
     from vlrb.artifact import TrainedRouter
-    from vlrb.routers import create_router
     from vlrb.routing.synthetic import synthetic_benchmark
 
     bm = synthetic_benchmark(100, n_models=3, n_datasets=2)
-    tr = TrainedRouter(create_router("oracle").fit(bm.split("train")))
+    tr = TrainedRouter(make_router("oracle").fit(bm.split("train")))
     with pytest.raises(ValueError, match="cannot route new inputs"):
         tr.route_raw(["q"], [None])
-    tr = TrainedRouter(create_router("strongest").fit(bm.split("train")))
+    tr = TrainedRouter(make_router("strongest").fit(bm.split("train")))
     assert tr.route_raw(["q", "r"]) == [tr.models[int(np.argmax(bm.split("train").Y.mean(0)))]] * 2

@@ -6,8 +6,9 @@ from omegaconf import OmegaConf
 from vlrb.data.benchmark import Benchmark
 from vlrb.errors import ConfigError
 from vlrb.routers.base import Router
-from vlrb.routing.data import RoutingData
-from vlrb.selection import candidates, fold_ids, report_test, select_and_refit
+from vlrb.features.routing_data import RoutingData
+from vlrb.jobs.selection import candidates, with_values
+from vlrb.selection import fold_ids, report_test, select_and_refit
 
 
 class Spy(Router):
@@ -53,11 +54,18 @@ def build(router_cfg):
     return Spy(lam=router_cfg.lam, pick=router_cfg.pick, uses_lambda=router_cfg.uses_lambda)
 
 
+def select(c, data):
+    """What the train job does with selection=cv: the config's candidates, a factory over the config, the library."""
+    make = lambda values: build(with_values(c, values).router)  # noqa: E731
+    return select_and_refit(make, candidates(c, build(c.router), lambda_given=False), data, None,
+                            folds=c.selection.folds, seed=c.selection.seed, beta=c.scoring.beta)
+
+
 def test_cv_never_sees_test_rows_and_picks_by_out_of_fold_score():
     data = toy()
     c = cfg(per_router={"spy": {"pick": [0, 1, 2]}})
     Spy.seen = []
-    sel = select_and_refit(c, data, None, build, build(c.router))
+    sel = select(c, data)
     test_ids = set(data["test"].sample_ids)
     pool = set(data["train"].sample_ids) | set(data["dev"].sample_ids)
     cv_events = Spy.seen[:3 * 4 * 2]  # 3 candidates x 4 folds x (fit, route), before the refit
@@ -67,7 +75,7 @@ def test_cv_never_sees_test_rows_and_picks_by_out_of_fold_score():
     for (_, fitted), held in zip([e for e in cv_events if e[0] == "fit"][:4], routed[:4]):
         assert not fitted & held  # a fold's router never saw the rows it is scored on
     assert Spy.seen[24] == ("fit", pool)  # the refit: on train+dev
-    assert sel.router.pick == 1 and sel.cfg.router.pick == 1  # the 80% model wins out of fold
+    assert sel.router.pick == 1 and sel.values == {"router.pick": 1}  # the 80% model wins out of fold
     assert sel.metrics["cv/chosen/pick"] == 1 and sel.metrics["cv/candidates"] == 3
     assert sel.metrics["val/n"] == len(pool)  # val/* are the out-of-fold scores over train+dev
 
@@ -75,19 +83,23 @@ def test_cv_never_sees_test_rows_and_picks_by_out_of_fold_score():
 def test_routers_that_ignore_lambda_are_fitted_once_per_fold():
     data = toy()
     Spy.seen = []
-    select_and_refit(cfg(grid={"lambda": [0, 10, "inf"]}), data, None, build, Spy())
+    select(cfg(grid={"lambda": [0, 10, "inf"]}), data)
     assert sum(kind == "fit" for kind, _ in Spy.seen) == 4 + 1  # one candidate: 4 folds + the refit
-    assert len(candidates(cfg(grid={"lambda": [0, 10, "inf"]}, uses_lambda=True), Spy(uses_lambda=True))) == 3
+    c = cfg(grid={"lambda": [0, 10, "inf"]}, uses_lambda=True)
+    assert len(candidates(c, Spy(uses_lambda=True), lambda_given=False)) == 3
+    # lambda=100 typed on the command line (a `-m lambda=...` sweep axis): λ is fixed, not cross-validated, so the
+    # jobs of the sweep differ
+    assert candidates(c, Spy(uses_lambda=True), lambda_given=True) == [{"lambda": 0}]
 
 
 def test_grid_values_reach_the_router_through_the_config():
     c = cfg(grid={"lambda": [0, 100], "router": {"pick": [0, 2]}}, uses_lambda=True)
-    got = candidates(c, Spy(uses_lambda=True))
+    got = candidates(c, Spy(uses_lambda=True), lambda_given=False)
     assert got == [{"lambda": 0, "router.pick": 0}, {"lambda": 0, "router.pick": 2},
                    {"lambda": 100, "router.pick": 0}, {"lambda": 100, "router.pick": 2}]
     Spy.seen = []
-    sel = select_and_refit(c, toy(), None, build, Spy(uses_lambda=True))
-    assert sel.router.lam == sel.cfg["lambda"]  # router.lam: ${lambda} follows the chosen λ
+    sel = select(c, toy())
+    assert sel.router.lam == sel.values["lambda"]  # router.lam: ${lambda} follows the chosen λ
 
 
 @pytest.mark.parametrize("bad, error", [
@@ -98,7 +110,7 @@ def test_grid_values_reach_the_router_through_the_config():
 ])
 def test_bad_grids_are_one_line_errors(bad, error):
     with pytest.raises(ConfigError, match=error):
-        candidates(cfg(**bad), Spy())
+        candidates(cfg(**bad), Spy(), lambda_given=False)
 
 
 def test_folds_are_deterministic_balanced_and_within_datasets():

@@ -51,7 +51,7 @@ def test_single_run_writes_the_run_contract(tiny_records, tmp_path):
     preds = pd.read_parquet(tmp_path / "predictions.parquet")
     assert list(preds.columns) == ["sample_id", "split", "model_id", "correct", "cost"]
     assert set(preds["split"]) == {"dev", "test"}  # train is never scored as "test"
-    assert (tmp_path / "config.yaml").exists()
+    assert (tmp_path / ".hydra" / "config.yaml").exists() and not (tmp_path / "config.yaml").exists()  # saved once
     assert m["test/accuracy"] > 0.8  # the per-dataset rule is learnable here
 
 
@@ -63,7 +63,7 @@ def test_multirun_two_routers_two_lambdas_and_a_failing_job(tiny_records, tmp_pa
     assert len(done) == 4, p.stdout[-2000:]
     import yaml
 
-    lams = {str(yaml.safe_load((f.parent / "config.yaml").read_text())["lambda"]) for f in done}
+    lams = {str(yaml.safe_load((f.parent / ".hydra" / "config.yaml").read_text())["lambda"]) for f in done}
     assert lams == {"0", "inf"}
     assert all(json.loads(f.read_text())["lambda"] is None for f in done)  # baselines ignore λ: recorded as such
     # a job with a bad parameter fails, is recorded, and the next job still runs

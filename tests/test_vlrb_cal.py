@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, make_router
 from vlrb.data.benchmark import Benchmark
-from vlrb.routers import create_router, read_router
-from vlrb.routers.calibrated import CalibratedRouter, Priors, expected_calibration_error, shrink
+from vlrb.routers import read_router
+from vlrb.routers.calibrated import CalibratedRouter, Priors, shrink
+from vlrb.routing.metrics import expected_calibration_error
 from vlrb.routing.metrics import route_metrics
 
 
@@ -31,8 +32,8 @@ def planted(n: int = 400, seed: int = 0, signal: bool = True):
 
 def test_beats_random_and_the_best_single_model_on_a_planted_rule():
     bench, sp = planted()
-    r = create_router("vlrb_cal", n_components=8, bootstrap=200).fit(sp["train"])
-    rnd = create_router("random").fit(sp["train"])
+    r = make_router("vlrb_cal", n_components=8, bootstrap=200).fit(sp["train"])
+    rnd = make_router("random").fit(sp["train"])
     acc = {name: route_metrics(sp["test"], x.route(sp["test"]), bench.cost_bounds)["test/accuracy"] for name, x in
            (("ours", r), ("random", rnd))}
     assert not r.fallback_ and acc["ours"] > 0.8 and acc["random"] < 0.5
@@ -44,7 +45,7 @@ def test_beats_random_and_the_best_single_model_on_a_planted_rule():
 
 def test_falls_back_to_the_best_single_model_without_signal():
     bench, sp = planted(signal=False, n=600)
-    r = create_router("vlrb_cal", n_components=8, bootstrap=200).fit(sp["train"])
+    r = make_router("vlrb_cal", n_components=8, bootstrap=200).fit(sp["train"])
     assert r.fallback_ and r.fit_info["fallback"]
     assert (r.route(sp["test"]) == r.single_).all()
     assert r.models[r.single_] == r.fit_info["single_model"]
@@ -52,7 +53,7 @@ def test_falls_back_to_the_best_single_model_without_signal():
 
 def test_saved_router_reproduces_its_choices(tmp_path):
     bench, sp = planted()
-    r = create_router("vlrb_cal", n_components=8, bootstrap=200, interact="group").fit(sp["train"])
+    r = make_router("vlrb_cal", n_components=8, bootstrap=200, interact="group").fit(sp["train"])
     r.save(tmp_path / "r")
     back = read_router(tmp_path / "r")
     assert isinstance(back, CalibratedRouter) and back.get_params() == r.get_params()
@@ -61,15 +62,15 @@ def test_saved_router_reproduces_its_choices(tmp_path):
 
 
 def test_lambda_sets_mu_only_when_asked():
-    assert not create_router("vlrb_cal").uses_lambda  # mu=auto: λ unused, fitted once in sweeps and selection=cv
+    assert not make_router("vlrb_cal").uses_lambda  # mu=auto: λ unused, fitted once in sweeps and selection=cv
     p, c = np.array([[0.9, 0.5]]), np.array([[1e-3, 1e-4]])
-    one = create_router("vlrb_cal", mu="lambda", lam=1, cost_scale=100.0)
+    one = make_router("vlrb_cal", mu="lambda", lam=1, cost_scale=100.0)
     assert one.uses_lambda and one.mu == 100.0
     assert one._decide(p, c).argmax(1)[0] == 0  # 0.9 - 0.1 > 0.5 - 0.01
-    assert create_router("vlrb_cal", mu="lambda", lam=10)._decide(p, c).argmax(1)[0] == 1  # 0.9 - 1.0 < 0.5 - 0.1
-    assert create_router("vlrb_cal", mu="lambda", lam="inf")._decide(p, c).argmax(1)[0] == 1  # the cheapest
+    assert make_router("vlrb_cal", mu="lambda", lam=10)._decide(p, c).argmax(1)[0] == 1  # 0.9 - 1.0 < 0.5 - 0.1
+    assert make_router("vlrb_cal", mu="lambda", lam="inf")._decide(p, c).argmax(1)[0] == 1  # the cheapest
     with pytest.raises(ValueError, match="mu must be 'auto'"):
-        create_router("vlrb_cal", mu="fast")
+        make_router("vlrb_cal", mu="fast")
 
 
 def test_shrinkage_follows_the_spread_across_keys():

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlrb.components import ArtifactError
-from vlrb.data.benchmark import Split
+from vlrb.data.benchmark import Requests, Split
 from vlrb.routers.base import Router, read_router
 
 ARTIFACT_JSON = "artifact.json"
@@ -95,7 +95,7 @@ class TrainedRouter:
                 scores = np.asarray(r.predict_raw(prompts, ImageList(images)))
             else:
                 X = self.recipe.encode(prompts, images) if "features" in r.inputs else None
-                scores = np.asarray(r.predict_scores(Split.for_inputs(len(prompts), self.models, X=X)))
+                scores = np.asarray(r.predict_scores(Requests.new(len(prompts), self.models, X=X)))
         if scores.shape != (len(prompts), len(self.models)):
             raise ValueError(f"{r.label}: scores of shape {scores.shape} for {len(prompts)} inputs and "
                              f"{len(self.models)} models")
@@ -148,17 +148,17 @@ def save_trained_router(router: Router, path: str | Path, *, recipe=None, prices
                         mean_cost: dict | None = None, lam: Any = None, config: Any = None,
                         benchmark: dict | None = None, metrics: dict | None = None) -> Path:
     """Write `router/` (see the module docstring); the router's own `save` writes its state once."""
-    from omegaconf import OmegaConf
+    import yaml
 
-    from vlrb.version import __version__
     from vlrb.io import write_json, write_text
+    from vlrb.version import __version__
 
     path = Path(path)
     router.save(path)
     if recipe is not None:
         recipe.save(path)
-    if config is not None:
-        write_text(path / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
+    if config is not None:  # the run's resolved config, as plain data (the job converts it)
+        write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     info = {"format": FORMAT, "vlrb_version": __version__, "router": router.name, "label": router.label,
             "lambda": lam, "models": router.models, "prices": prices, "mean_cost": mean_cost,
             "features": recipe is not None, "inputs": list(router.inputs), "benchmark": benchmark}

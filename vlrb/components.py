@@ -35,10 +35,23 @@ class ArtifactError(VlrbError, ValueError):
 
 
 def instantiate(cfg: Any, **kwargs: Any) -> Any:
-    """The object a (trusted) config describes: Hydra's instantiate, every container converted to plain Python."""
+    """The object a (trusted) config describes: Hydra's instantiate, every container converted to plain Python. A
+    constructor's ValueError or TypeError comes out as itself (naming the class), not wrapped in Hydra's exception."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
-    return hydra_instantiate(cfg, _convert_="all", **kwargs)
+    try:
+        return hydra_instantiate(cfg, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            target = cfg.get("_target_", "?") if hasattr(cfg, "get") else "?"
+            try:
+                err = type(cause)(f"{target}: {cause}")
+            except Exception:  # noqa: BLE001 - an exception class with another constructor: keep Hydra's
+                raise e from None
+            raise err from cause
+        raise
 
 
 @functools.cache

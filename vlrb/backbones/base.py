@@ -1,15 +1,15 @@
-"""The backbone interface, its registry, and the per-sample processor that runs in DataLoader workers.
+"""The backbone interface, how one is built from its factory, and the per-sample processor that runs in DataLoader workers.
 
 A backbone is an `nn.Module` that turns a batch of (prompt, image) pairs into one pooled joint embedding:
 
-    bb = create_backbone("offline")             # or "lxmert_vit", "tiny_uniter", ...
+    bb = build_backbone(functools.partial(OfflineBackbone, tiny=True))   # what conf/backbone/tiny_offline.yaml makes
     item = bb.processor("What is shown?", img)  # in Dataset.__getitem__ (a worker process): ids + pixels
     batch = bb.processor.collate([item, ...])   # pads ids, stacks pixels
     h = bb(batch)                                # (B, bb.hidden_size)
 
 `bb.processor` is a small picklable object (tokenizer + image transform), not a bound method of the
-module, so workers never copy the weights. The registry name is also the config name
-(`conf/backbone/<name>.yaml`).
+module, so workers never copy the weights. A backbone is chosen with `backbone=<name>`: conf/backbone/<name>.yaml
+names its class (`_target_`, `_partial_: true`), which says which file names it (`config_name`).
 
 Images: a sample without an image, or whose image fails to decode, gets the placeholder: a flat
 mid-grey (128, 128, 128) square. Mid-grey maps to about 0 after the usual normalisations, i.e. "no visual
@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from vlrb.features.encoders import as_dict
+from vlrb.features.sections import as_dict
 from vlrb.preprocess import ImagePreprocess, PadIds, TokenizeOne
 from vlrb.weights import WeightsUnavailableError, local_snapshot, offline_env, offline_hint, packaged_tokenizer
 
@@ -101,7 +101,8 @@ class Backbone(nn.Module):
     activations below the first trainable layer, which is what makes CPU training affordable.
     """
 
-    name: str = ""  # registry name, set by create_backbone
+    name: str = ""  # its conf/backbone name (tiny_ for a tiny one), set by build_backbone
+    config_name: str = ""  # the conf/backbone/<name>.yaml that names this class
     # convolutional towers (attribute names) whose batch norms are folded into their convolutions for routing:
     # only towers built as (conv, bn) pairs in forward order (vlrb.backbones.fold)
     fold_for_inference: tuple[str, ...] = ()
@@ -181,66 +182,38 @@ class Backbone(nn.Module):
                 "params_total": int(total), "params_trainable": int(trainable)}
 
 
-# ---------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, Callable[..., Backbone]] = {}
-
-
-def register_backbone(name: str, **fixed: Any) -> Callable:
-    """Decorator for a Backbone class (or factory); `fixed` keyword arguments make a variant (e.g. tiny=True)."""
-
-    def wrap(factory):
-        if name in _REGISTRY and getattr(_REGISTRY[name], "__wrapped_factory__", _REGISTRY[name]) is not factory:
-            raise ValueError(f"backbone name {name!r} is already registered")
-
-        def make(**kw):
-            return factory(**{**fixed, **kw})
-
-        make.__wrapped_factory__ = factory  # type: ignore[attr-defined]
-        make.__doc__ = factory.__doc__
-        _REGISTRY[name] = make
-        if not fixed:
-            factory.config_name = name  # the name a factory-built backbone reports (describe())
+# ---------------------------------------------------------------------------------------------- building
+def build_backbone(factory: "Callable[..., Backbone] | Backbone | str | dict", **params: Any) -> "Backbone":
+    """A backbone from its factory (the `_partial_` of conf/backbone/<name>.yaml: its `_target_` class with keyword
+    arguments), as it is when already built; `params` are passed on (e.g. the router's seed). A name
+    (`"tiny_offline"`) or `{name, params}` mapping, as routers saved by the first versions hold, is looked up among
+    vlrb's own backbone classes by their `config_name` (the conf/backbone file that names them)."""
+    if isinstance(factory, Backbone):
         return factory
-
-    return wrap
-
-
-def list_backbones() -> list[str]:
-    from vlrb.backbones import _load_all
-
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def create_backbone(spec: "str | dict | Callable | Backbone", **params: Any) -> Backbone:
-    """A backbone from a factory (the `_partial_` of conf/backbone/*.yaml), a registered name, a `{name, params}`
-    mapping, or as is; `params` are passed on (e.g. the router's seed)."""
-    from vlrb.backbones import _load_all
-
-    if isinstance(spec, Backbone):
-        return spec
-    if callable(spec):  # a factory: the partial that conf/backbone/<name>.yaml instantiates to
-        bb = spec(**params)
-        func = getattr(spec, "func", spec)
-        tiny = getattr(spec, "keywords", {}).get("tiny")
-        bb.name = ("tiny_" if tiny else "") + getattr(func, "config_name", getattr(func, "__name__", "backbone"))
-        bb.params = {**getattr(spec, "keywords", {}), **params}
-        return bb
-    if not isinstance(spec, str):
-        spec = dict(as_dict(spec))
-        params = {**dict(spec.get("params") or {}), **params}
-        spec = spec["name"]
-    _load_all()
-    if spec not in _REGISTRY:
-        raise KeyError(f"unknown backbone {spec!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    params = as_dict(params)
-    try:
-        bb = _REGISTRY[spec](**params)
-    except TypeError as e:
-        raise TypeError(f"backbone {spec!r}: {e}") from e
-    bb.name = spec
-    bb.params = params
+    if isinstance(factory, (str, dict)):
+        factory, given = backbone_factory(factory)
+        params = {**given, **params}
+    bb = factory(**params)
+    func = getattr(factory, "func", factory)
+    tiny = {**getattr(factory, "keywords", {}), **params}.get("tiny")
+    bb.name = ("tiny_" if tiny else "") + getattr(func, "config_name", getattr(func, "__name__", "backbone"))
+    bb.params = {**getattr(factory, "keywords", {}), **params}
     return bb
+
+
+def backbone_factory(spec: "str | dict") -> tuple[Callable[..., "Backbone"], dict]:
+    """(class, parameters) of a backbone named `offline`, `tiny_offline`, ... or `{name, params}` (legacy form)."""
+    from vlrb.components import own_classes
+
+    spec = dict(as_dict(spec)) if not isinstance(spec, str) else {"name": spec}
+    name, params = str(spec["name"]), dict(spec.get("params") or {})
+    if name.startswith("tiny_"):
+        name, params = name[len("tiny_"):], {"tiny": True, **params}
+    classes = {getattr(c, "config_name", None): c for c in own_classes(Backbone).values()}
+    if name not in classes:
+        raise KeyError(f"unknown backbone {spec['name']!r}; backbones are chosen with backbone=<name> "
+                       f"(conf/backbone/): {', '.join(sorted(n for n in classes if n))}")
+    return classes[name], params
 
 
 # ---------------------------------------------------------------------------------------------- offline loading

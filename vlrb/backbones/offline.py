@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlrb.backbones.base import Backbone, Processor, encoder_layers, register_backbone
+from vlrb.backbones.base import Backbone, Processor, encoder_layers
 from vlrb.backbones.dropout import swap_dropout
 from vlrb.backbones.packed import Packing, bert_layer, encoder_layer, rows_multiple
 from vlrb.features.runtime import FrozenBf16, FrozenOnnx, cpu_has_amx
@@ -90,8 +90,6 @@ class Fusion(nn.Module):
         return self.norm(x + self.skip(torch.cat([text_mean, image_tokens.mean(1)], dim=-1)))
 
 
-@register_backbone("offline")
-@register_backbone("tiny_offline", tiny=True)
 class OfflineBackbone(Backbone):
     """MiniLM + EfficientNet-Lite0 + a small cross-modal Transformer (see the module docstring).
 
@@ -99,6 +97,8 @@ class OfflineBackbone(Backbone):
     max_length (128 tokens), freeze (partial | towers | none), train_last (1), cache_frozen (true),
     cache_max_gb (2.0), prefix_precision (auto | fp32 | bf16), tiny (random tiny towers, tests).
     """
+
+    config_name = "offline"
 
     fold_for_inference = ("image",)  # timm EfficientNet: (conv, BatchNormAct2d) pairs
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vlrb.backbones.base import (Backbone, BackboneUnavailableError, Processor, encoder_layers, layer_output,
-                                 load_tokenizer, register_backbone, resolve_local)
+                                 load_tokenizer, resolve_local)
 from vlrb.preprocess import image_transform
 from vlrb.weights import offline_env, packaged_tokenizer
 
@@ -97,10 +97,10 @@ def _vit_norm(vit_dir) -> tuple[tuple, tuple]:
 
 
 # ---------------------------------------------------------------------------------------------- LXMERT
-@register_backbone("lxmert_vit")
-@register_backbone("tiny_lxmert_vit", tiny=True)
 class LxmertViT(ViTBackbone):
     """The paper's "LXMERT-on-ViT" (see the module docstring). Output: LXMERT `pooled_output` (768)."""
+
+    config_name = "lxmert_vit"
 
     def __init__(self, vit: str = "google/vit-base-patch16-224", lxmert: str = "unc-nlp/lxmert-base-uncased",
                  tokenizer: str | None = "bert-base-uncased", tiny: bool = False, random_init: bool = False,
@@ -130,10 +130,10 @@ class LxmertViT(ViTBackbone):
 
 
 # ---------------------------------------------------------------------------------------------- VisualBERT
-@register_backbone("visualbert")
-@register_backbone("tiny_visualbert", tiny=True)
 class VisualBertViT(ViTBackbone):
     """ViT tokens -> Linear(768 -> visual_embedding_dim) -> VisualBERT pooled output (768)."""
+
+    config_name = "visualbert"
 
     def __init__(self, vit: str = "google/vit-base-patch16-224", visualbert: str = "uclanlp/visualbert-vqa-coco-pre",
                  tokenizer: str | None = "bert-base-uncased", tiny: bool = False, random_init: bool = False,
@@ -194,14 +194,14 @@ def _bert_model(config, bert_weights: str | None, add_pooling_layer: bool):
 
 
 # ---------------------------------------------------------------------------------------------- UNITER-style
-@register_backbone("uniter")
-@register_backbone("tiny_uniter", tiny=True)
 class UniterViT(ViTBackbone):
     """Single-stream: BERT over [text; Linear(patches)], token type 0 = text, 1 = image; BERT pooler output.
 
     Text tokens take positions 0..L-1, image tokens max_length..max_length+P-1 (fixed, whatever the batch's
     padded text length). The BERT is randomly initialised (upstream); `bert_weights` loads a local BERT instead.
     """
+
+    config_name = "uniter"
 
     def __init__(self, vit: str = "google/vit-base-patch16-224", bert: str | None = "bert-base-uncased",
                  bert_weights: str | None = None, tokenizer: str | None = "bert-base-uncased", tiny: bool = False,
@@ -255,11 +255,11 @@ class CoAttention(nn.Module):
         return self.norms[2](t + self.drop(self.t_ff(t))), self.norms[3](v + self.drop(self.v_ff(v)))
 
 
-@register_backbone("vilbert")
-@register_backbone("tiny_vilbert", tiny=True)
 class VilbertViT(ViTBackbone):
     """Two-stream: text BERT and visual BERT, `co_layers` co-attention blocks at mid-depth; [CLS_t; CLS_v] ->
     Linear + Tanh (hidden). Both BERTs random (upstream); `bert_weights` loads a local BERT into the text stream."""
+
+    config_name = "vilbert"
 
     def __init__(self, vit: str = "google/vit-base-patch16-224", bert: str | None = "bert-base-uncased",
                  bert_weights: str | None = None, tokenizer: str | None = "bert-base-uncased", co_layers: int = 2,

@@ -22,40 +22,51 @@ from vlrb.io import safe_pickle_load
 SPLIT_NAMES = ("train", "dev", "test")
 
 
-@dataclass
-class Split:
-    """The rows of one split, with everything a router or a metric needs."""
+@dataclass(kw_only=True)
+class Requests:
+    """Rows to route: what a router reads (features, prompts and images of `source`, datasets), no labels."""
 
-    name: str
-    idx: np.ndarray  # row positions in the full benchmark
-    Y: np.ndarray  # (n, K) int8
-    C: np.ndarray  # (n, K) float32, $ per sample
-    scores: np.ndarray  # (n, K) float32 raw (possibly fractional) correctness
-    sample_ids: np.ndarray
-    datasets: np.ndarray
-    groups: np.ndarray
-    input_tokens: np.ndarray  # (n,) tokens the routed request carries (prompt + 256 per image)
-    models: list[str] = field(default_factory=list)
+    idx: np.ndarray  # row positions in `source` (or 0..n-1 for new requests)
+    models: list[str] = field(default_factory=list)  # the candidate models, in score-column order
     X: np.ndarray | None = None  # (n, D) fused features, attached by feature-level pipelines
+    sample_ids: np.ndarray | None = None
+    datasets: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    input_tokens: np.ndarray | None = None  # (n,) tokens the routed request carries (prompt + 256 per image)
     source: "Benchmark | None" = field(default=None, repr=False, compare=False)  # prompts/images of rows `idx`
+    name: str = "requests"
+
+    def __post_init__(self):  # new requests: no ids, no dataset (routers treat "" as an unseen dataset)
+        n = len(self.idx)
+        if self.sample_ids is None:
+            self.sample_ids = np.asarray([f"input/{i}" for i in range(n)], dtype=object)
+        for key in ("datasets", "groups"):
+            if getattr(self, key) is None:
+                setattr(self, key, np.full(n, "", dtype=object))
+        if self.input_tokens is None:
+            self.input_tokens = np.zeros(n, np.int64)
 
     def __len__(self) -> int:
         return len(self.idx)
 
     @classmethod
-    def for_inputs(cls, n: int, models: Sequence[str], X: np.ndarray | None = None) -> "Split":
-        """A split of `n` new requests (no labels): what `route`/`predict_scores` need to score raw inputs."""
-        k = len(models)
-        zeros = np.zeros((n, k), np.float32)
-        return cls(name="inputs", idx=np.arange(n), Y=zeros.astype(np.int8), C=zeros, scores=zeros,
-                   sample_ids=np.asarray([f"input/{i}" for i in range(n)], dtype=object),
-                   datasets=np.full(n, "", dtype=object), groups=np.full(n, "", dtype=object),
-                   input_tokens=np.zeros(n, np.int64), models=list(models), X=X)
+    def new(cls, n: int, models: Sequence[str], X: np.ndarray | None = None) -> "Requests":
+        """`n` new requests (raw inputs already encoded into `X` where the router reads features)."""
+        return cls(idx=np.arange(n), models=list(models), X=X)
 
-    def with_features(self, X: np.ndarray) -> "Split":
+    def with_features(self, X: np.ndarray) -> "Requests":
         if len(X) != len(self.idx):
             raise ValueError(f"{self.name}: {len(X)} feature rows for {len(self.idx)} samples")
         return replace(self, X=X)
+
+
+@dataclass(kw_only=True)
+class Split(Requests):
+    """The rows of one split of a benchmark: the requests with their labels, for fitting and for metrics."""
+
+    Y: np.ndarray  # (n, K) int8 correctness
+    C: np.ndarray  # (n, K) float32, $ per sample
+    scores: np.ndarray  # (n, K) float32 raw (possibly fractional) correctness
 
 
 class Benchmark:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlrb.data.build import BuildError, Inputs
+from vlrb.data.inputs import BuildError, Inputs
 from vlrb.data.datasets import IMAGE_TOKENS
 from vlrb.data.tokens import count_many
 from vlrb.pricing import PriceTable

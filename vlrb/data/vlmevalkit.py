@@ -12,6 +12,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -130,9 +131,9 @@ def _is_judge_cache(fam: Family, suffix: str) -> bool:
     return fam.judge_cache is not None and bool(fam.judge_cache.fullmatch(suffix))
 
 
-def _family(name: str, dataset: str) -> Family:
+def _family(name: str, dataset: str, families: Mapping[str, Family] | None = None) -> Family:
     try:
-        return get_family(name, dataset)
+        return get_family(name, dataset, families)
     except correctness.CorrectnessError as e:
         raise ReaderError(str(e)) from None
 
@@ -141,21 +142,23 @@ def _family(name: str, dataset: str) -> Family:
 class Task:
     model: str
     dataset: str
-    family: str
+    family: Family  # the rule itself, not its name: a worker process needs no registry to score with it
     eval_file: Path | None
     pred_file: Path | None
     judge_cache: Path | None
     run: str
 
 
-def plan(disc: Discovery, datasets: dict[str, DatasetSpec]) -> tuple[list[Task], list[dict]]:
-    """One task per (model, dataset): the newest run folder that holds an evaluation source."""
+def plan(disc: Discovery, datasets: dict[str, DatasetSpec],
+         families: Mapping[str, Family] | None = None) -> tuple[list[Task], list[dict]]:
+    """One task per (model, dataset): the newest run folder that holds an evaluation source. `families`: rules
+    beside vlrb's own (`vlrb.data.families.user_family`) that datasets may name."""
     by_pair: dict[tuple[str, str], list[FileRef]] = {}
     for f in disc.files:
         by_pair.setdefault((f.model, f.dataset), []).append(f)
     tasks, missing = [], []
     for (model, ds), files in sorted(by_pair.items()):
-        fam = _family(datasets[ds].family, ds)
+        fam = _family(datasets[ds].family, ds, families)
         runs = sorted({f.run_key for f in files}, reverse=True)
         chosen = None
         for rk in runs:
@@ -166,7 +169,7 @@ def plan(disc: Discovery, datasets: dict[str, DatasetSpec]) -> tuple[list[Task],
             if ev or (cache and pred):
                 if fam.eval_file is None:
                     ev = [pred] if pred else ev
-                chosen = Task(model, ds, fam.name, ev[0].path if ev else None, pred.path if pred else None,
+                chosen = Task(model, ds, fam, ev[0].path if ev else None, pred.path if pred else None,
                               cache.path if cache else None, rk[1])
                 break
         if chosen is None:

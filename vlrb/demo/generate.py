@@ -16,37 +16,32 @@ import random
 import shutil
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from vlrb.data.datasets import DATASETS
-from vlrb.demo.plan import DatasetPlan
+from vlrb.demo.families import DEMO_FAMILIES, DemoFamily
+from vlrb.demo.samples import DatasetPlan
 from vlrb.demo.world import (API_FAILURE_RATE, API_MODELS, DEMO_MODELS, FULL_SCALE_COUNTS, PROFILES, RUN_FOLDER,
                              dataset_number, p_correct)
 from vlrb.demo.writers import link_run_files, write_result_files, write_tsv
 from vlrb.io import check_target_dir, folder_lock, new_temp_dir, remove_stale_temp_dirs, swap_dir
 
-if TYPE_CHECKING:
-    from vlrb.data.families import Family
 
-
-def _family(key: str) -> Family:
-    """The correctness family of a dataset: its hooks plan and render the dataset."""
-    # imported on use, not at the top: the registry imports this package's planners and renderers
-    from vlrb.data.families import FAMILIES
-
-    return FAMILIES[DATASETS[key].family]
+def _family(key: str) -> DemoFamily:
+    """The demo's planner and renderer of a dataset's correctness family."""
+    return DEMO_FAMILIES[DATASETS[key].family]
 
 
 def plan_dataset(key: str, n: int, seed: int, api_failure_rate: float = API_FAILURE_RATE) -> DatasetPlan:
     """Samples of one dataset plus the latent correctness and failed-call draws for all models."""
     d = dataset_number(key)
     family = _family(key)
-    plan = family.demo_plan(key, n, random.Random(seed * 1_000_003 + d * 7919 + 1))
+    plan = family.plan(key, n, random.Random(seed * 1_000_003 + d * 7919 + 1))
     rng = np.random.default_rng([seed, d, 2])
-    plan.correct = rng.random((len(plan.samples), len(DEMO_MODELS))) < p_correct(plan, family.demo_group)
+    plan.correct = rng.random((len(plan.samples), len(DEMO_MODELS))) < p_correct(plan, family.group)
     failed = np.zeros_like(plan.correct)
     api = [list(DEMO_MODELS).index(m) for m in API_MODELS]
     draws = np.random.default_rng([seed, d, 4]).random((len(plan.samples), len(api)))
@@ -178,7 +173,7 @@ def _write_model(model: str, plans: dict[str, DatasetPlan], work: Path, seed: in
     scores: dict[str, np.ndarray] = {}
     for key, plan in plans.items():
         rng = np.random.default_rng([seed, dataset_number(key), m, 3])
-        out = _family(key).demo_render(plan, model, plan.correct[:, m], plan.failed[:, m], rng)
+        out = _family(key).render(plan, model, plan.correct[:, m], plan.failed[:, m], rng)
         out.scores[plan.failed[:, m]] = 0.0  # a failed call is wrong, whatever the files say
         write_result_files(run_dir, f"{model}_{key}", plan, out)
         scores[key] = out.scores

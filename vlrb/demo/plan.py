@@ -1,63 +1,19 @@
 """The plan of a demo dataset: its samples (TSV rows, latents, gold answers), one planner per family.
 
-A planner `(dataset key, n, random.Random) -> DatasetPlan` draws the samples of one dataset; each
-correctness family names its planner in `vlrb.data.families.FAMILIES` (`Family.demo_plan`).
+A planner `(dataset key, n, random.Random) -> DatasetPlan` draws the samples of one dataset; the demo's
+table of families (`vlrb.demo.families.DEMO_FAMILIES`) names the planner of each correctness family.
 The latent correctness draws are added by `vlrb.demo.generate.plan_dataset`.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from vlrb.demo.samples import DatasetPlan, Sample
 from vlrb.demo.vocab import (ANSWER_WORDS, CLAUSES, MATHVERSE_COT, MATHVERSE_DIRECT, MATHVERSE_VERSION_OFFSET,
                              MATHVERSE_VERSIONS, MATHVISION_SUBJECTS, MATHVISTA_SKILLS, MATHVISTA_TASKS,
                              MCQ_CATEGORIES, OCR_CATEGORIES, STEMS, TOPICS, pseudo_word)
 from vlrb.demo.world import FULL_SCALE_COUNTS, HANDWRITTEN_MATH, KIND_MIX, KINDS
-
-
-@dataclass
-class Sample:
-    index: int | str  # the TSV `index`
-    sid: str  # the part of the sample id after "<DATASET>/"
-    kind: int  # index into KINDS
-    difficulty: float  # in [0, 1]
-    topic: str
-    row: dict[str, Any]  # TSV columns other than index and image
-    gold: dict[str, Any]  # what rendering needs (answer letters, gold lists, ...)
-    image_ref: int | str | None = None  # index of the row whose image this row reuses
-    offset: float = 0.0  # extra per-sample logit offset (MathVerse problem versions)
-    guess: float = 0.0  # chance of a lucky guess (1 / number of options)
-
-
-@dataclass
-class DatasetPlan:
-    key: str
-    columns: list[str]  # TSV columns without index and image, in order
-    samples: list[Sample]
-    correct: np.ndarray | None = None  # (N, M) latent correctness
-    failed: np.ndarray | None = None  # (N, M) failed API calls
-
-    @property
-    def kind_idx(self) -> np.ndarray:
-        return np.array([s.kind for s in self.samples], dtype=np.int64)
-
-    @property
-    def difficulty(self) -> np.ndarray:
-        return np.array([s.difficulty for s in self.samples])
-
-    @property
-    def offset(self) -> np.ndarray:
-        return np.array([s.offset for s in self.samples])
-
-    @property
-    def guess(self) -> np.ndarray:
-        return np.array([s.guess for s in self.samples])
-
-    def sample_ids(self) -> list[str]:
-        return [f"{self.key}/{s.sid}" for s in self.samples]
 
 
 def _question(kind: int, topic: str, difficulty: float, rnd: random.Random) -> str:

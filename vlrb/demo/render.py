@@ -1,157 +1,23 @@
 """Rendering: what each model answered, and the evaluation files VLMEvalKit leaves, one renderer per family.
 
 A renderer `(plan, model, ok, fail, rng) -> Rendered` turns one model's latent correctness on one
-dataset into prediction strings in the model's style and the family's evaluation columns; each
-correctness family names its renderer in `vlrb.data.families.FAMILIES` (`Family.demo_render`).
-The scores are computed from the rendered cells with VLMEvalKit's rules, so they are what a correct
-reader must recover.
+dataset into prediction strings in the model's style (vlrb.demo.answers) and the family's evaluation
+columns; the demo's table of families (`vlrb.demo.families.DEMO_FAMILIES`) names the renderer of each
+correctness family. The scores are computed from the rendered cells with VLMEvalKit's rules
+(vlrb.demo.vlmeval_rules), so they are what a correct reader must recover.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from vlrb.demo.plan import DatasetPlan
-from vlrb.demo.vocab import ANSWER_WORDS, FILLER_WORDS, OCR_CATEGORIES, SYLLABLES
-from vlrb.demo.world import FAIL_MSG, HANDWRITTEN_MATH, JUDGE, PROFILES, WORLD_SEED
-
-
-# --------------------------------------------------------------------------- prediction text
-
-class _Corpus:
-    """A long random word sequence; a filler of n words is one slice of it (no per-word loop)."""
-
-    def __init__(self, n_words: int = 300_000) -> None:
-        words = np.array(FILLER_WORDS)
-        seq = words[np.random.default_rng(WORLD_SEED).integers(0, len(words), n_words)]
-        self.text = " ".join(seq.tolist())
-        lengths = np.char.str_len(seq) + 1
-        self.starts = np.concatenate(([0], np.cumsum(lengths)))  # char offset of word i
-        self.n = n_words
-
-    def fillers(self, rng: np.random.Generator, n_words: np.ndarray) -> list[str]:
-        n_words = np.minimum(n_words, self.n // 2)
-        begin = rng.integers(0, self.n - n_words)
-        a, b = self.starts[begin], self.starts[begin + n_words] - 1
-        return [self.text[i:j] if j > i else "" for i, j in zip(a.tolist(), b.tolist())]
-
-
-@lru_cache(maxsize=1)
-def _corpus() -> _Corpus:
-    return _Corpus()
-
-
-def _filler_lengths(rng: np.random.Generator, mean: float, n: int) -> np.ndarray:
-    """Lognormal word counts with the given mean (0 -> no filler)."""
-    if mean <= 0:
-        return np.zeros(n, dtype=np.int64)
-    sigma = 0.55
-    return np.maximum(1, rng.lognormal(math.log(mean) - sigma ** 2 / 2, sigma, n)).astype(np.int64)
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]  # str.capitalize would also lower-case the rest (slower)
-
-
-def _wrap(finals: list[str], model: str, group: str, rng: np.random.Generator) -> list[str]:
-    """Dress each final answer in the model's style: bare, with an explanation, or after thinking."""
-    profile = PROFILES[model]
-    style, mean = profile.style[group]
-    if style == "plain":
-        return list(finals)
-    fills = _corpus().fillers(rng, _filler_lengths(rng, mean, len(finals)))
-    if style == "lead":
-        return [f"{a}\n\n{_sentence(f)}." for a, f in zip(finals, fills)]
-    if style == "trail":
-        return [f"{_sentence(f)}.\nThe answer is {a}" for a, f in zip(finals, fills)]
-    open_tag, close_tag = profile.think or ("<think>", "</think>")
-    return [f"{open_tag}\n{_sentence(f)}.\n{close_tag}\n\n{a}" for a, f in zip(finals, fills)]
-
-
-def _predictions(finals: list[str], model: str, group: str, rng: np.random.Generator,
-                 fail: np.ndarray) -> list[str]:
-    """The prediction column: styled answers, with VLMEvalKit's message where the API call failed."""
-    return [FAIL_MSG if f else p for p, f in zip(_wrap(finals, model, group, rng), fail)]
-
-
-def _rng_word(rng: np.random.Generator, n: int) -> str:
-    return "".join(SYLLABLES[i] for i in rng.integers(0, len(SYLLABLES), n))
-
-
-def _wrong_choice(rng: np.random.Generator, options: list[str], right: str) -> str:
-    others = [o for o in options if o != right]
-    return others[int(rng.integers(len(others)))] if others else right + "x"
-
-
-# --------------------------------------------------------------------------- evaluation rules
-# The scores written to demo_truth are computed from the rendered cells with VLMEvalKit's rules,
-# so the truth is what a correct reader must recover, whatever the latent draw said.
-
-
-def _levenshtein(a: str, b: str) -> int:
-    """Edit distance, bit-parallel (Myers 1999 / Hyyro 2001): one pass of integer ops per char of b."""
-    if not a:
-        return len(b)
-    peq: dict[str, int] = {}
-    for i, ch in enumerate(a):
-        peq[ch] = peq.get(ch, 0) | (1 << i)
-    mask = (1 << len(a)) - 1
-    last = 1 << (len(a) - 1)
-    pv, mv, score = mask, 0, len(a)
-    for ch in b:
-        eq = peq.get(ch, 0)
-        xv = eq | mv
-        xh = ((((eq & pv) + pv) & mask) ^ pv) | eq
-        ph = mv | (~(xh | pv) & mask)
-        mh = pv & xh
-        if ph & last:
-            score += 1
-        elif mh & last:
-            score -= 1
-        ph = ((ph << 1) | 1) & mask
-        mh = (mh << 1) & mask
-        pv = mh | (~(xv | ph) & mask)
-        mv = ph & xv
-    return score
-
-
-@lru_cache(maxsize=200_000)
-def _anls_distance(gt: str, pred: str) -> float:
-    """VLMEvalKit anls_compute: normalised Levenshtein distance (note: lengths of the raw strings)."""
-    g = " ".join(gt.strip().lower().split())
-    p = " ".join(pred.strip().lower().split())
-    length = max(len(gt.upper()), len(pred.upper()))
-    return 0.0 if length == 0 else _levenshtein(g, p) / length
-
-
-def _relaxed_correctness(target: str, prediction: str, max_relative_change: float = 0.05) -> bool:
-    """VLMEvalKit relaxed_correctness (ChartQA)."""
-    def to_float(text: str) -> float | None:
-        try:
-            return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
-        except ValueError:
-            return None
-
-    p, t = to_float(prediction), to_float(target)
-    if p is not None and t:
-        return abs(p - t) / abs(t) <= max_relative_change
-    return prediction.lower() == target.lower()
-
-
-def _ocrbench_hit(pred: str, golds: list[str], category: str) -> bool:
-    if category == HANDWRITTEN_MATH:
-        norm = lambda s: s.strip().replace("\n", " ").replace(" ", "")  # noqa: E731
-    else:
-        norm = lambda s: s.lower().strip().replace("\n", " ")  # noqa: E731
-    p = norm(pred)
-    return any(norm(g) in p for g in golds)
-
-
-# --------------------------------------------------------------------------- rendering per family
+from vlrb.demo.answers import predictions, rng_word, wrong_choice
+from vlrb.demo.samples import DatasetPlan
+from vlrb.demo.vlmeval_rules import anls_distance, ocrbench_hit, relaxed_correctness
+from vlrb.demo.vocab import ANSWER_WORDS, OCR_CATEGORIES
+from vlrb.demo.world import FAIL_MSG, HANDWRITTEN_MATH, JUDGE, PROFILES
 
 
 @dataclass
@@ -172,10 +38,10 @@ def render_mcq(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
     finals, hits = [], []
     for s, c in zip(plan.samples, ok):
         opts = s.gold["options"]
-        letter = s.gold["answer"] if c else _wrong_choice(rng, list(opts), s.gold["answer"])
+        letter = s.gold["answer"] if c else wrong_choice(rng, list(opts), s.gold["answer"])
         finals.append(letter if letter_only else f"{letter}. {opts[letter]}")
         hits.append(int(c))
-    preds = _predictions(finals, model, "mcq", rng, fail)
+    preds = predictions(finals, model, "mcq", rng, fail)
     logs = [f"Match Log: {p}. " if not f else "Failed to predict, thus randomly generate one. "
             for p, f in zip(preds, fail)]
     hits = [0 if f else h for h, f in zip(hits, fail)]
@@ -211,7 +77,7 @@ def render_yorn(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
             said = "Unknown" if rng.random() < 0.1 else ("No" if right == "Yes" else "Yes")
         extracted.append(said)
         finals.append("I cannot tell from the image." if said == "Unknown" else said)
-    preds = _predictions(finals, model, "yorn", rng, fail)
+    preds = predictions(finals, model, "yorn", rng, fail)
     extracted = ["Unknown" if f else e for e, f in zip(extracted, fail)]
     score = [e == s.gold["answer"] for e, s in zip(extracted, plan.samples)]
     return Rendered(preds, np.array(score, dtype=float),
@@ -227,8 +93,8 @@ def _render_textvqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
         elif s.gold["alts"] and rng.random() < 0.3:  # a minority human answer: partial credit
             finals.append(s.gold["alts"][int(rng.integers(len(s.gold["alts"])))])
         else:
-            finals.append(_rng_word(rng, 2))
-    preds = _predictions(finals, model, "short", rng, fail)
+            finals.append(rng_word(rng, 2))
+    preds = predictions(finals, model, "short", rng, fail)
     eval_pred = ["failed to obtain answer via api" if f else a.lower() for a, f in zip(finals, fail)]
     matches = []
     for s, p in zip(plan.samples, eval_pred):
@@ -254,14 +120,14 @@ def _render_chartqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
         except ValueError:
             value = None
         if value is None:
-            finals.append(gold if c else _wrong_choice(rng, ANSWER_WORDS["chart"], gold))
+            finals.append(gold if c else wrong_choice(rng, ANSWER_WORDS["chart"], gold))
         elif c:  # exact, or close enough for relaxed accuracy (within 5%)
             finals.append(gold if rng.random() < 0.85 else f"{value * (1 + rng.uniform(-0.04, 0.04)):.2f}")
         else:
             finals.append(f"{value * rng.choice([0.5, 0.7, 1.3, 1.8]):g}")
-    preds = _predictions(finals, model, "short", rng, fail)
+    preds = predictions(finals, model, "short", rng, fail)
     eval_pred = [FAIL_MSG if f else a.strip() for a, f in zip(finals, fail)]
-    matches = [[_relaxed_correctness(g, p) for g in s.gold["golds"]] for s, p in zip(plan.samples, eval_pred)]
+    matches = [[relaxed_correctness(g, p) for g in s.gold["golds"]] for s, p in zip(plan.samples, eval_pred)]
     score = [float(max(m)) for m in matches]
     cols = {"eval_gt": [repr(s.gold["golds"]) for s in plan.samples], "eval_pred": eval_pred,
             "eval_match": [repr(m) for m in matches], "eval_score": [float(np.mean(m)) for m in matches]}
@@ -299,15 +165,15 @@ def render_anls(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
         else:  # a value of another shape (digits for names, a word for numbers): scores 0
             for _ in range(6):
                 if any(ch.isdigit() for ch in golds[0][:3]):
-                    answer = _rng_word(rng, 3)
+                    answer = rng_word(rng, 3)
                 else:
                     answer = f"{int(rng.integers(100, 99999))}"
-                if 1 - min(_anls_distance(g, answer) for g in golds) < 0.5:
+                if 1 - min(anls_distance(g, answer) for g in golds) < 0.5:
                     break
-        d = [_anls_distance(g, answer) for g in golds]
+        d = [anls_distance(g, answer) for g in golds]
         finals.append(answer)
         distances.append(d)
-    preds = _predictions(finals, model, "short", rng, fail)
+    preds = predictions(finals, model, "short", rng, fail)
     best = [1.0 - min(d) for d in distances]
     score = [b if b >= 0.5 else 0.0 for b in best]
     cols = {"eval_gt": [repr(s.gold["golds"]) for s in plan.samples], "eval_pred": finals,
@@ -327,9 +193,9 @@ def render_ocrbench(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
             # LaTeX spacing differs from the gold; the rule removes spaces before comparing
             finals.append(" ".join(gold) if c else gold.replace("=", "-") + "1")
         else:
-            finals.append(gold if c else f"{_rng_word(rng, 2).upper()}{int(rng.integers(10, 99))}")
-    preds = _predictions(finals, model, "short", rng, fail)
-    hits = [_ocrbench_hit(p, s.gold["golds"], s.row["category"]) for p, s in zip(preds, plan.samples)]
+            finals.append(gold if c else f"{rng_word(rng, 2).upper()}{int(rng.integers(10, 99))}")
+    preds = predictions(finals, model, "short", rng, fail)
+    hits = [ocrbench_hit(p, s.gold["golds"], s.row["category"]) for p, s in zip(preds, plan.samples)]
     counts = {c: 0 for c in OCR_CATEGORIES}
     for h, s in zip(hits, plan.samples):
         counts[s.row["category"]] += int(h)
@@ -363,7 +229,7 @@ def render_mathvista(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.nda
         g = s.gold
         if g["question_type"] == "multi_choice":
             right = g["answer_option"]
-            res.append(right if c else _wrong_choice(rng, list("ABCD"), right))
+            res.append(right if c else wrong_choice(rng, list("ABCD"), right))
         elif g["answer_type"] == "integer":
             res.append(g["answer"] if c else str(int(g["answer"]) + int(rng.choice([-3, -1, 1, 5]))))
         else:  # a float off by a visible margin, at the item's precision
@@ -371,7 +237,7 @@ def render_mathvista(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.nda
             res.append(g["answer"] if c else f"{wrong:.{int(g['precision'])}f}")
     is_mc = [s.gold["question_type"] == "multi_choice" for s in plan.samples]
     finals = [_math_final(r, mc, model) for r, mc in zip(res, is_mc)]
-    preds = _predictions(finals, model, "math", rng, fail)
+    preds = predictions(finals, model, "math", rng, fail)
     res = ["" if f else r for r, f in zip(res, fail)]
     score = [(not f) and bool(c) for c, f in zip(ok, fail)]
     out = Rendered(preds, np.array(score, dtype=float),
@@ -389,11 +255,11 @@ def render_mathvision(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.nd
         if c:
             res.append(answer)
         elif choices:
-            res.append(_wrong_choice(rng, list("ABCDE"), answer))
+            res.append(wrong_choice(rng, list("ABCDE"), answer))
         else:
             res.append(str(int(answer) + int(rng.choice([-4, -1, 1, 3, 10]))))
     finals = [_math_final(r, bool(s.gold["choices"]), model) for r, s in zip(res, plan.samples)]
-    preds = _predictions(finals, model, "math", rng, fail)
+    preds = predictions(finals, model, "math", rng, fail)
     res = ["" if f else r for r, f in zip(res, fail)]
     score = [(not f) and bool(c) for c, f in zip(ok, fail)]
     out = Rendered(preds, np.array(score, dtype=float),
@@ -422,11 +288,11 @@ def render_mathverse(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.nda
         if c:
             extract.append(answer)
         elif s.gold["mc"]:
-            extract.append(_wrong_choice(rng, list("ABCD"), answer))
+            extract.append(wrong_choice(rng, list("ABCD"), answer))
         else:
             extract.append(str(int(answer) + int(rng.choice([-5, -2, 1, 4]))))
     finals = [_math_final(e, s.gold["mc"], model) for e, s in zip(extract, plan.samples)]
-    preds = _predictions(finals, model, "math", rng, fail)
+    preds = predictions(finals, model, "math", rng, fail)
     extract = ["" if f else e for e, f in zip(extract, fail)]
     log_extract = _math_logs(model, fail)
     score = [(not f) and bool(c) for c, f in zip(ok, fail)]

@@ -7,7 +7,7 @@ Every sample has a visual *kind* (chart, text, shapes, scene, diagram), a *diffi
 
 so the strong, expensive models are best on average, cheap models are specialists on some kinds,
 a router that looks at the input beats any single model, and the Oracle is far above all of them.
-The skill group of a dataset comes from its correctness family (`Family.demo_group`).
+The skill group of a dataset comes from its correctness family (`vlrb.demo.families.DEMO_FAMILIES`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from vlrb.data.datasets import DATASETS
 
 if TYPE_CHECKING:
-    from vlrb.demo.plan import DatasetPlan
+    from vlrb.demo.samples import DatasetPlan
 
 # --------------------------------------------------------------------------- public constants
 
@@ -70,7 +70,7 @@ API_MODELS = ("GPT4o", "GeminiFlash2-5")
 API_FAILURE_RATE = 0.003
 JUDGE = "gpt-4o-mini"  # math judge name in file names
 KINDS = ("chart", "text", "shapes", "scene", "diagram")
-GROUPS = ("general", "ocr", "math")  # task groups that model skills are tied to (Family.demo_group)
+GROUPS = ("general", "ocr", "math")  # task groups that model skills are tied to (DemoFamily.group)
 HANDWRITTEN_MATH = "Handwritten Mathematical Expression Recognition"
 
 # --------------------------------------------------------------------------- the latent world

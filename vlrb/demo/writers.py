@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from vlrb.demo.images import draw_image_b64
-from vlrb.demo.plan import DatasetPlan
 from vlrb.demo.render import Rendered
+from vlrb.demo.samples import DatasetPlan
 from vlrb.demo.world import RUN_FOLDER, dataset_number
 
 

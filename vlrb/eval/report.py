@@ -62,18 +62,17 @@ def single_model_table(test: Split, cost_bounds: Mapping[str, Any], beta: float 
 
 def score_baselines(bench: Benchmark, routers: Sequence[Router], *, indices: np.ndarray, beta: float = DEFAULT_BETA,
                     throughput: Mapping[str, Any] | None = None) -> list[Scored]:
-    """Fit each (training-free) router on the split its `fit_on` names and score it on test."""
+    """Score each fitted (training-free) router on test."""
     test = bench.split("test")
     out = []
     for router in routers:
-        fit_split = bench.split(getattr(router, "fit_on", "train"))
-        router.fit(fit_split, bench.split("dev"))
+        fit_on = getattr(router, "fit_on", "train")
         choices = router.route(test)
         tp = router_throughput(router, test, **throughput) if throughput else None
         out.append(Scored(router.label, choices, route_metrics(test, choices, bench.cost_bounds, beta=beta),
                           bootstrap_ci(test, choices, bench.cost_bounds, beta=beta, indices=indices),
                           throughput=tp, kind="baseline",
-                          source=f"fit on {fit_split.name}" if getattr(router, "fits_data", False) else ""))
+                          source=f"fit on {fit_on}" if getattr(router, "fits_data", False) else ""))
     return out
 
 
@@ -133,7 +132,7 @@ def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequ
                        runs: "str | Path | RunScan | None" = None, n_bootstrap: int = 1000,
                        seed: int = 42, beta: float = DEFAULT_BETA,
                        throughput: Mapping[str, Any] | None = None, plot: bool = True) -> EvalResult:
-    """Score the (unfitted) baseline routers and the runs found under `runs` on test once, and write every
+    """Score the (fitted) baseline routers and the runs found under `runs` on test once, and write every
     artifact into out_dir."""
     out_dir = Path(out_dir)
     test = bench.split("test")

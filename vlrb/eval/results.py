@@ -20,7 +20,7 @@ import pandas as pd
 
 from vlrb.data.benchmark import Benchmark
 from vlrb.eval.leaderboard import _cost, _md_table, _pct
-from vlrb.eval.runs import _read_config, _select, find_runs, rescore_choices, select_runs
+from vlrb.eval.runs import find_runs, rescore_choices, select_runs
 from vlrb.routing.metrics import (bootstrap_ci, bootstrap_indices, bootstrap_weights, paired_bootstrap,
                                   route_metrics)
 
@@ -49,13 +49,11 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
     runs = find_runs(runs_dir)
     if not runs:
         raise FileNotFoundError(f"no finished runs under {runs_dir}")
-    if bench is None:  # the data.root train.py resolved and saved in the run's config.yaml
-        from omegaconf import OmegaConf
-
-        f = runs[0].path / "config.yaml"
-        root = OmegaConf.to_container(OmegaConf.load(f)).get("data", {}).get("root") if f.exists() else None
-        if not root or "${" in str(root):
-            raise ValueError(f"{runs[0].path}: no resolved data.root in its config.yaml; pass the benchmark (--bench)")
+    if bench is None:  # the benchmark train.py recorded in metrics.json
+        root = runs[0].metrics.get("benchmark/root")
+        if not root:
+            raise ValueError(f"{runs[0].path}: its metrics.json names no benchmark (a run of an older vlrb); "
+                             "pass the benchmark (--bench)")
         bench = Benchmark.load(root)
     test, bounds = bench.split("test"), bench.cost_bounds
     W = bootstrap_weights(bootstrap_indices(len(test), n_bootstrap, seed))
@@ -116,12 +114,13 @@ def ood_table(runs_dir: str | Path) -> pd.DataFrame:
     """Leave-one-out runs: one row per (held-out part, router) with its test metrics and the best single model."""
     rows = []
     for m in sorted(Path(runs_dir).rglob("metrics.json")):
-        cfg = _read_config(m.parent) or {}
-        holdout = _select(cfg, "ood.holdout")
+        metrics = json.loads(m.read_text())
+        protocol, holdout = metrics.get("ood/protocol"), metrics.get("ood/holdout")
+        if holdout is None:
+            protocol, holdout = _older_run_ood(m.parent)
         if holdout is None:
             continue
-        metrics = json.loads(m.read_text())
-        rows.append({"holdout": str(holdout), "protocol": _select(cfg, "ood.protocol"), "router": metrics["router"],
+        rows.append({"holdout": str(holdout), "protocol": protocol, "router": metrics["router"],
                      "n": metrics["test/n"], "rank_score": metrics["test/rank_score"],
                      "accuracy": metrics["test/accuracy"], "avg_cost": metrics["test/avg_cost"],
                      "best_single": metrics.get("test/best_single/model"),
@@ -129,8 +128,22 @@ def ood_table(runs_dir: str | Path) -> pd.DataFrame:
                      "vs_best_single": metrics.get("test/vs_best_single/outcome", "–"),
                      "oracle_accuracy": metrics.get("test/oracle_accuracy", math.nan)})
     if not rows:
-        raise FileNotFoundError(f"no leave-one-out runs (ood.holdout in their config) under {runs_dir}")
+        raise FileNotFoundError(f"no leave-one-out runs (ood/holdout in their metrics.json) under {runs_dir}")
     return pd.DataFrame(rows)
+
+
+def _older_run_ood(run: Path) -> tuple[str | None, str | None]:
+    """(protocol, holdout) of a run saved before metrics.json recorded them: the plain values of its Hydra config, read
+    as YAML data (interpolations are left as text, never resolved)."""
+    import yaml
+
+    try:
+        ood = (yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}).get("ood")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None, None
+    if not isinstance(ood, dict) or not isinstance(ood.get("holdout"), (str, int)):
+        return None, None
+    return (str(ood["protocol"]) if isinstance(ood.get("protocol"), str) else None), str(ood["holdout"])
 
 
 def ood_markdown(df: pd.DataFrame) -> str:

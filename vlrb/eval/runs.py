@@ -2,8 +2,9 @@
 `val/rank_score` (dev selects, test reports: test numbers are never read for selection), and rescore
 their test predictions against the benchmark, so every router is scored by the same code.
 
-A run directory holds `metrics.json`, `predictions.parquet` (sample_id, split, model_id, correct, cost)
-and `.hydra/config.yaml` (or `config.yaml`) naming `router.name` and `lambda`.
+A run directory holds `metrics.json` (naming the router, its λ and the benchmark it ran on) and
+`predictions.parquet` (sample_id, split, model_id, correct, cost): what the readers read. A run's config is
+never read (a folder from elsewhere could hold `${oc.env:...}` interpolations meant to copy secrets).
 """
 from __future__ import annotations
 
@@ -37,31 +38,6 @@ class RunRecord:
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _read_config(run_dir: Path) -> dict | None:
-    """The run's config as plain data, with no interpolation resolved.
-
-    A run directory may come from anyone: resolving `${oc.env:WANDB_API_KEY}` in its config would copy
-    a secret into the leaderboard (and W&B), so values are read as written.
-    """
-    from omegaconf import OmegaConf
-
-    for p in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml"):
-        if p.exists():
-            data = OmegaConf.to_container(OmegaConf.load(p), resolve=False)
-            return data if isinstance(data, dict) else None
-    return None
-
-
-def _select(cfg: dict, key: str) -> Any:
-    """A config value by dotted key; None when missing or when it is an interpolation (never resolved)."""
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return None if isinstance(node, str) and "${" in node else node
-
-
 def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     try:
@@ -70,18 +46,10 @@ def read_run(run_dir: str | Path) -> RunRecord:
         raise OSError(f"metrics.json is not JSON: {e}") from None
     if not isinstance(metrics, dict):
         raise OSError("metrics.json is not a JSON object")
-    cfg = _read_config(run_dir)
-    router = None
-    if cfg is not None:
-        r = _select(cfg, "router")
-        router = _select(cfg, "router.name") if isinstance(r, dict) else r
-    router = router or metrics.get("router")
-    if not router:
-        raise ValueError(f"{run_dir}: cannot tell which router made this run (no router.name in its config)")
-    if "lambda" in metrics:  # train.py records null for routers that ignore λ (KNN, OVR, baselines, ...)
-        lam = metrics["lambda"]
-    else:
-        lam = _select(cfg, "lambda") if cfg is not None else None
+    router = metrics.get("router")
+    if not router:  # e.g. an evaluate.py run dir: it writes metrics.json too, for many routers
+        raise ValueError(f"{run_dir}: not a train run (its metrics.json names no router)")
+    lam = metrics.get("lambda")  # train.py records null for routers that ignore λ (KNN, OVR, baselines, ...)
     return RunRecord(run_dir, str(router), None if lam is None else parse_lambda(lam), metrics)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from vlrb.features.encoders import as_dict, encoder_name
+from vlrb.features.sections import as_dict, encoder_name
 from vlrb.routing.vectors import l2_normalize
 
 DEFAULT_FUSION = "normalize_concat"
@@ -94,7 +94,7 @@ def check_fresh(path: str | Path, bench, modality: str) -> None:
 
 def load_embeddings(path: str | Path, sample_ids) -> np.ndarray:
     """Rows of an embeddings parquet, reordered to `sample_ids`; a clear error lists ids that are absent."""
-    from vlrb.features.extract import embeddings_to_numpy
+    from vlrb.features.shards import embeddings_to_numpy
 
     path = Path(path)
     if not path.exists():

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vlrb.features.encoders import as_dict
+from vlrb.features.sections import as_dict
 from vlrb.features.fusion import DEFAULT_FUSION, FeatureScaler, fit_transform_splits, fuse, load_features
 
 RECIPE_JSON = "recipe.json"
@@ -28,6 +28,8 @@ class FeatureRecipe:
     fusion: str = DEFAULT_FUSION
     text_weight: float = 0.5
     scaler: FeatureScaler | None = None
+    source: str | None = field(default=None, repr=False)  # the recipe.json it was read from: its encoders are data
+    trust_code: bool = field(default=False, repr=False)  # ... which may name classes outside vlrb (load's trust_code)
     _encoders: dict = field(default_factory=dict, repr=False)  # built on first encode()
     _forwards: dict = field(default_factory=dict, repr=False)  # their AutoForward, kept across encode() calls
 
@@ -59,7 +61,7 @@ class FeatureRecipe:
     def encode(self, prompts: Sequence[str], images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
         """(n, D) scaled features of raw prompts and images (an image: None, a path, bytes or a PIL image)."""
         from vlrb.data.images import ImageList
-        from vlrb.features.extract import encode_items
+        from vlrb.features.batches import encode_items
 
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images (use None for no image)")
@@ -73,9 +75,10 @@ class FeatureRecipe:
 
     def _encoder(self, mod: str):
         if mod not in self._encoders:
-            from vlrb.features.encoders import build_encoder
+            from vlrb.features.sections import build_encoder
 
-            self._encoders[mod] = build_encoder(self.encoder, mod).eval()
+            where = None if self.source is None else f"{self.source} (encoder.{mod})"
+            self._encoders[mod] = build_encoder(self.encoder, mod, where=where, trust_code=self.trust_code).eval()
         return self._encoders[mod]
 
     def _forward(self, mod: str):
@@ -110,10 +113,12 @@ class FeatureRecipe:
     def load(cls, path: str | Path, *, trust_code: bool = False) -> "FeatureRecipe":
         """recipe.json + the scaler, as data: each encoder section's `_target_` must be one of vlrb's own encoders
         (any importable one with `trust_code`), its other values plain; the scaler's arrays one number per
-        feature, finite, with positive scales."""
-        from vlrb.components import ArtifactError, check_plain, resolve
-        from vlrb.features.encoders import Encoder
+        feature, finite, with positive scales; a section that names its class by `family` (files written before
+        `_target_`) names one of vlrb's own; every section's settings are parameters its class takes."""
+        from vlrb.components import ArtifactError, check_params, check_plain, resolve
+        from vlrb.features.base import Encoder
         from vlrb.features.fusion import FUSIONS
+        from vlrb.features.sections import encoder_class, encoder_settings
         from vlrb.state_files import load_arrays
 
         path = Path(path)
@@ -135,6 +140,13 @@ class FeatureRecipe:
             check_plain({k: v for k, v in encoder.pop(mod).items() if k != "_target_"}, f"{where} (encoder.{mod})")
         check_plain(encoder, f"{where} (encoder)")
         encoder = dict(meta["encoder"])
+        for mod in ("text", "vision"):
+            at = f"{where} (encoder.{mod})"
+            try:  # a `family` names one of vlrb's own classes, of this modality
+                enc_cls = encoder_class(encoder[mod], mod, where=at, trust_code=trust_code)
+            except (KeyError, ValueError) as e:
+                raise ArtifactError(f"{at}: {e.args[0] if e.args else e}") from None
+            check_params(enc_cls, encoder_settings(encoder[mod]), where=f"{at} ({enc_cls.__qualname__})")
         f = path / SCALER_FILE if (path / SCALER_FILE).exists() or not (path / LEGACY_SCALER_NPZ).exists() \
             else path / LEGACY_SCALER_NPZ
         if not f.exists():
@@ -143,4 +155,4 @@ class FeatureRecipe:
         if len(a["mean"]) != len(a["scale"]) or not (a["scale"] > 0).all():
             raise ArtifactError(f"{f}: the scaler needs one mean and one positive scale per feature")
         return cls(encoder=encoder, fusion=fusion, text_weight=weight,
-                   scaler=FeatureScaler.from_arrays(a["mean"], a["scale"]))
+                   scaler=FeatureScaler.from_arrays(a["mean"], a["scale"]), source=str(where), trust_code=trust_code)

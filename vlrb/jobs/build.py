@@ -149,8 +149,30 @@ def build_benchmark(cfg: DictConfig, *, force: bool = False, progress: bool = Tr
     pricing = to_plain(cfg.get("pricing"))
     own_costs = cfg.data.get("reader") in ("records", "results")  # their rows may carry a cost: prices optional
     prices = PriceTable.from_config(pricing) if not own_costs or pricing else None
-    return build(to_plain(cfg.data), prices, force=force, progress=progress, log=_say,
-                 create_parents=may_create_parents(cfg))
+    return build(to_plain(cfg.data), prices, families=correctness_rules(cfg.data), force=force, progress=progress,
+                 log=_say, create_parents=may_create_parents(cfg))
+
+
+def correctness_rules(data_cfg) -> dict:
+    """`data.families`, the user's own correctness rules, as the library's records (vlrb.data.families.user_family):
+    a `scorer` named by `_target_` (or a dotted path) becomes the function here, where config becomes code."""
+    from vlrb.components import instantiate
+    from vlrb.data.families import user_families
+
+    rules = to_plain(data_cfg.get("families")) or {}
+    for name, rule in rules.items() if isinstance(rules, dict) else ():
+        scorer = rule.get("scorer") if isinstance(rule, dict) else None
+        if isinstance(scorer, (str, dict)):
+            spec = {"_target_": scorer} if isinstance(scorer, str) else scorer
+            try:  # a function is taken as it is (_partial_), its other keys are bound as keyword arguments
+                rule["scorer"] = instantiate({"_partial_": True, **spec})
+            except Exception as e:  # noqa: BLE001 - the user's module: one line naming the key
+                while e.__cause__ is not None:  # Hydra's wrappers: the error underneath says what went wrong
+                    e = e.__cause__
+                raise ConfigError(f"data.families.{name}.scorer: cannot make {spec.get('_target_')!r} a function "
+                                  f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                                  f"is its module importable (on PYTHONPATH)?") from None
+    return user_families(rules)
 
 
 def load_benchmark(cfg: DictConfig, *, encoder=None):

@@ -81,7 +81,7 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any =
     summary counts it, see `SweepSummary`)."""
     setup_logging()
     out = _output_dir()
-    multirun = _is_multirun()
+    multirun = is_multirun()
     if multirun:
         share_sweep_dir(sweep_dir())
     try:
@@ -101,6 +101,48 @@ def run_job(job: Callable[[DictConfig], Any], cfg: DictConfig, *, default: Any =
             return default
         log.error("error: %s", e)
         raise SystemExit(1) from None
+
+
+def build_router(router_cfg):
+    """The router its config describes (`_target_` + keyword arguments): the one path for train, evaluate and
+    cross-validation; a bad value is a one-line ConfigError naming the router."""
+    from vlrb.components import instantiate
+    from vlrb.routers.base import Router
+
+    try:
+        router = instantiate(router_cfg)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"router ({router_cfg.get('_target_')}): {type(e).__name__}: {e}") from e
+    if not isinstance(router, Router):
+        raise ConfigError(f"router._target_={router_cfg.get('_target_')} is not a vlrb Router")
+    return router
+
+
+def make_router(name: str, overrides: list[str] | tuple[str, ...] = (), **params):
+    """The router `python train.py router=<name> <overrides>` builds, `params` set on top (scripts, benchmarks)."""
+    from vlrb.jobs.entry import compose
+
+    node = to_plain(compose("train", [f"router={name}", *overrides]).router)
+    node.update(params)
+    return build_router(node)
+
+
+def fit_router(router, data, ctx=None, *, fit_on: str | None = None):
+    """Fit a router as every job does: on the split its `fit_on` names (train; test only to reproduce upstream's
+    baselines), dev for early stopping; trainable networks also get the run's trainer context."""
+    fit_on = fit_on or getattr(router, "fit_on", "train")
+    if router.trainable:
+        return router.fit(data[fit_on], data["dev"], ctx)
+    return router.fit(data[fit_on], data["dev"])
+
+
+def command_line_keys() -> set[str]:
+    """The config keys given on this job's command line (`lambda=0` -> "lambda", `+a.b=1` -> "a.b")."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
 def load_router_dir(cfg: DictConfig):
@@ -130,7 +172,7 @@ def _output_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
-def _is_multirun() -> bool:
+def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -145,7 +187,7 @@ def sweep_dir() -> Path:
 
 def sweep_name() -> str | None:
     """The multirun's folder name (one W&B group per sweep), or None outside a multirun."""
-    return sweep_dir().name if _is_multirun() else None
+    return sweep_dir().name if is_multirun() else None
 
 
 def to_plain(cfg: Any) -> Any:

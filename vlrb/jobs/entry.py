@@ -18,22 +18,76 @@ from typing import Any
 JOBS = {"train": "train", "build": "build", "evaluate": "evaluate", "serve": "serve", "calibrate": "calibrate"}
 
 
-def launch(job: str, entry_file: str) -> Any:
-    """Run `vlrb.jobs.<job>.main` as a Hydra app on `<folder of entry_file>/conf/<job>.yaml`."""
-    root = Path(entry_file).resolve().parent
+def launch(job: str, entry_file: str | None = None) -> Any:
+    """Run `vlrb.jobs.<job>.main` as a Hydra app on `<folder of entry_file>/conf/<job>.yaml` (no entry file: the
+    console scripts `vlrb-<job>`, on $PROJECT_ROOT/conf, else this checkout's conf/)."""
+    root = Path(entry_file).resolve().parent if entry_file else project_root()
     os.environ.setdefault("PROJECT_ROOT", str(root))  # conf/paths: data/ and logs/ live beside the entry points
     from vlrb.process import follow_first_process
 
     follow_first_process(sys.argv)
     import hydra
-    from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("vlrb_job_dir", job_dir_name, replace=True)
+    register_resolvers()
 
     def task(cfg):
         return importlib.import_module(f"vlrb.jobs.{JOBS[job]}").main(cfg)
 
     return hydra.main(config_path=str(root / "conf"), config_name=job, version_base="1.3")(task)()
+
+
+def project_root() -> Path:
+    """The folder holding conf/ (and data/, logs/ by default): $PROJECT_ROOT, else this checkout."""
+    return Path(os.environ.get("PROJECT_ROOT") or Path(__file__).resolve().parents[2])
+
+
+# console scripts (pyproject.toml [project.scripts]): `vlrb-train router=knn` == `python train.py router=knn`
+def build() -> Any:
+    return launch("build")
+
+
+def train() -> Any:
+    return launch("train")
+
+
+def evaluate() -> Any:
+    return launch("evaluate")
+
+
+def serve() -> Any:
+    return launch("serve")
+
+
+def calibrate() -> Any:
+    return launch("calibrate")
+
+
+def compose(job: str = "train", overrides: list[str] | tuple[str, ...] = (), root: str | Path | None = None):
+    """The config `python <job>.py <overrides>` runs with, composed without running it (scripts, notebooks, tests);
+    `root` is the folder holding conf/ (default: $PROJECT_ROOT, else this checkout)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    root = Path(root) if root else project_root()
+    register_resolvers()
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        return hydra_compose(job, overrides=list(overrides))
+
+
+def register_resolvers() -> None:
+    """The config's own resolvers: `vlrb_job_dir` (a multirun job's folder name), `vlrb_precision` (what a trainer
+    preset's precision means on this machine)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("vlrb_job_dir", job_dir_name, replace=True)
+    OmegaConf.register_new_resolver("vlrb_precision", precision_for, replace=True)
+
+
+def precision_for(accelerator: str = "auto") -> str:
+    """bf16-mixed on a GPU with bf16 (16-mixed on an older one), 32-true on a CPU."""
+    from vlrb.devices import device_precision
+
+    return device_precision(accelerator)
 
 
 def job_dir_name(num: int, task_overrides: list[str], sweeper_params=None, argv: list[str] | None = None) -> str:

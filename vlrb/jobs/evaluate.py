@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlrb.errors import ConfigError
 from vlrb.io import claim_run_dir
-from vlrb.jobs.common import output_dir, run_job
+from vlrb.jobs.common import build_router, fit_router, output_dir, run_job
 
 log = logging.getLogger("vlrb.evaluate")
 
@@ -20,32 +20,33 @@ def main(cfg: DictConfig) -> float:
     return float(real["rank_score"].max()) if len(real) else float("nan")  # objective for sweepers
 
 
-def conf_dir() -> Path:
-    """The folder of the primary config (conf/), where the router configs live."""
-    from hydra.core.hydra_config import HydraConfig
-
-    for src in HydraConfig.get().runtime.config_sources:
-        if src.provider == "main" and src.schema == "file":
-            return Path(src.path)
-    raise ConfigError("cannot find the conf/ folder of this run")
-
-
-def baseline_routers(cfg: DictConfig, conf: Path | None = None) -> list:
-    """The routers named by `baselines`, from conf/router/<name>.yaml through the train job's `build_router`;
-    `fit_on` applies to those that take it."""
-    from vlrb.jobs.train import build_router
+def baseline_routers(cfg: DictConfig) -> list:
+    """The routers named by `baselines`, composed from conf/router/<name>.yaml as train.py composes them (this run's
+    seed) and built by the same `build_router`; `fit_on` applies to those that take it."""
+    from hydra import compose
 
     if cfg.fit_on not in ("train", "test"):
         raise ConfigError(f"fit_on must be train or test, got {cfg.fit_on!r}")
     routers = []
     for name in cfg.baselines or []:
-        path = (conf or conf_dir()) / "router" / f"{name}.yaml"
-        if not path.exists():
-            raise ConfigError(f"baselines: no router config {path}")
-        node = OmegaConf.create({"seed": cfg.seed, "lambda": 0, "router": OmegaConf.load(path)})
-        if "fit_on" in node.router:
-            node.router.fit_on = cfg.fit_on
-        routers.append(build_router(node.router))
+        try:
+            node = compose(config_name="train", overrides=[f"router={name}", f"seed={cfg.seed}"]).router
+        except Exception as e:  # noqa: BLE001 - Hydra's "could not find router/<name>": one line
+            raise ConfigError(f"baselines: no router config router/{name}.yaml ({str(e).splitlines()[0]})") from None
+        if "fit_on" in node:
+            with open_dict(node):
+                node.fit_on = cfg.fit_on
+        routers.append(build_router(node))
+    return routers
+
+
+def fit_baselines(routers: list, bench) -> list:
+    """Each baseline fitted as train.py fits a router (`fit_router`: on the split its fit_on names)."""
+    from vlrb.features.routing_data import RoutingData
+
+    data = RoutingData.prepare(bench, ("labels",))
+    for r in routers:
+        fit_router(r, data)
     return routers
 
 
@@ -65,6 +66,7 @@ def evaluate(cfg: DictConfig):
     baselines = baseline_routers(cfg)
     claim_run_dir(out)
     bench = load_benchmark(cfg)
+    fit_baselines(baselines, bench)
     run = init_wandb(cfg.get("logger"), config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate",
                      save_dir=out)
     sc = cfg.scoring

@@ -3,7 +3,7 @@
 In a multirun such as `router=knn,mlp lambda=0,100,inf`, the KNN jobs differ only in a value KNN never reads. The
 first of them trains; it leaves a marker in `<sweep dir>/.lambda_free/` keyed by its config without λ. Each later job
 with the same key copies that run's results (metrics.json with `reused_from`, predictions.parquet, router/) into
-its own run dir (beside its own config.yaml) instead of training again. A marker is written only after a run finished, so jobs of a parallel
+its own run dir instead of training again. A marker is written only after a run finished, so jobs of a parallel
 launcher that start together may each train (never wrong, only slower).
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
+
+from vlrb.jobs.common import build_router, is_multirun, to_plain
 
 log = logging.getLogger("vlrb.train")
 MARKERS = ".lambda_free"
@@ -36,11 +38,9 @@ def train_once_per_lambda_free_config(cfg: DictConfig, out: Path, train: Callabl
     same config (λ aside) already finished: then that run's results are copied into `out`."""
     from hydra.core.hydra_config import HydraConfig
 
-    from vlrb.jobs.common import _is_multirun, to_plain
-    from vlrb.jobs.train import build_router
     from vlrb.routers.mlp import is_distributed
 
-    sweep = Path(HydraConfig.get().sweep.dir) if _is_multirun() else None
+    sweep = Path(HydraConfig.get().sweep.dir) if is_multirun() else None
     # DDP: every process must fit when the first one fits, so nothing is reused (the others cannot see its markers)
     if sweep is None or build_router(cfg.router).uses_lambda or is_distributed(to_plain(cfg.trainer)):
         return train(cfg, out)
@@ -49,7 +49,6 @@ def train_once_per_lambda_free_config(cfg: DictConfig, out: Path, train: Callabl
     if src is not None and (src / "metrics.json").exists() and (src / "predictions.parquet").exists():
         metrics = json.loads((src / "metrics.json").read_text())
         metrics["reused_from"] = str(src)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)  # this job's own config (its λ), like any run
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         shutil.copy2(src / "predictions.parquet", out / "predictions.parquet")
         if (src / "router").is_dir():

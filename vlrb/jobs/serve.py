@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vlrb.errors import ConfigError
 from vlrb.jobs.common import load_router_dir, run_job, to_plain

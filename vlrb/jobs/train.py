@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from vlrb.process import import_lightning, is_rank_zero
 from vlrb.errors import ConfigError
 from vlrb.io import check_run_dir, claim_run_dir, write_json
-from vlrb.jobs.common import once_per_process, output_dir, run_job, sweep_name, to_plain
+from vlrb.jobs.common import build_router, fit_router, once_per_process, output_dir, run_job, sweep_name, to_plain
 from vlrb.jobs.reuse import train_once_per_lambda_free_config
 
 log = logging.getLogger("vlrb.train")
@@ -88,27 +88,9 @@ def _choice(group: str) -> str:
     return "?"
 
 
-def build_router(router_cfg):
-    """The router its config describes (`_target_` + keyword arguments), the one path for train and evaluate."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from vlrb.routers import Router
-
-    try:
-        router = instantiate(router_cfg, _convert_="all")
-    except InstantiationException as e:  # a bad parameter value: say which, without Hydra's wrapping
-        cause = e.__cause__ or e
-        raise ConfigError(f"router ({router_cfg.get('_target_')}): {type(cause).__name__}: {cause}") from e
-    if not isinstance(router, Router):
-        raise ConfigError(f"router._target_={router_cfg._target_} is not a vlrb Router")
-    return router
-
-
 def build_loggers(cfg: DictConfig, out: Path, run_name: str) -> list:
     """Lightning loggers from `logger=`; W&B picks offline mode when no account is configured."""
-    from hydra.utils import instantiate
-
+    from vlrb.components import instantiate
     from vlrb.eval.wandb_utils import resolve_wandb_mode
 
     loggers = []
@@ -135,7 +117,7 @@ def build_loggers(cfg: DictConfig, out: Path, run_name: str) -> list:
 def prepare_data(cfg: DictConfig, router):
     """The benchmark (the demo is built first when missing) and the run's `RoutingData` for this router."""
     from vlrb.jobs.build import load_benchmark
-    from vlrb.routing.data import RoutingData
+    from vlrb.features.routing_data import RoutingData
 
     needs_features = "features" in router.inputs
     bench = load_benchmark(cfg, encoder=cfg.encoder if needs_features else None)
@@ -152,90 +134,133 @@ def prepare_data(cfg: DictConfig, router):
 
 
 def train(cfg: DictConfig, out: Path) -> dict:
+    """One run: fit (selection=dev or cv), score dev and test once, write metrics, predictions and the router."""
     L = import_lightning()
 
-    from vlrb.artifact import save_trained_router
-    from vlrb.routers.lit import FitContext
-    from vlrb.routing.metrics import route_metrics, router_throughput
-    from vlrb.routing.soft_labels import parse_lambda
-    from vlrb.selection import report_test, select_and_refit, selection_name
-
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    lead = is_rank_zero()
-    if lead:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     t0 = time.perf_counter()
     router = build_router(cfg.router)
     data = prepare_data(cfg, router)
-    bench, lam = data.bench, parse_lambda(cfg["lambda"])
+    bench = data.bench
     if bench.root is not None:  # what the build dropped or could not read, on the console of every run
         from vlrb.jobs.build import skipped_lines
 
         for line in skipped_lines(bench.root):
             if once_per_process(line):  # a sweep's jobs share the benchmark: its notes once
                 log.info(line)
-    ctx = FitContext(trainer=to_plain(cfg.trainer), callbacks=to_plain(cfg.get("callbacks") or {}),
-                     loggers=build_loggers(cfg, out, f"{router.name}-lam{cfg['lambda']}"),
-                     cost_bounds=bench.cost_bounds, beta=float(cfg.scoring.beta), seed=int(cfg.seed),
-                     num_workers=data.num_workers, progress=sys.stderr.isatty())
-    train_split = data["train"]
+    ctx = fit_context(cfg, out, router, data)
     t_fit = time.perf_counter()
-    sel = None
-    if selection_name(cfg) == "cv":  # k-fold CV on train+dev picks λ and hyper-parameters, then refits
-        sel = select_and_refit(cfg, data, ctx, build_router, router, out)
-        router, cfg, lam = sel.router, sel.cfg, parse_lambda(sel.cfg["lambda"])
-    else:
-        fit_on = getattr(router, "fit_on", "train")  # baselines: fit_on=test reproduces upstream (labelled)
-        log.info("training %s on %d %s samples (λ=%s)", router.label, len(data[fit_on]), fit_on,
-                 cfg["lambda"] if router.uses_lambda else "unused")
-        if router.trainable:  # networks take the run's trainer, callbacks and loggers
-            router.fit(data[fit_on], data["dev"], ctx)
-        else:
-            router.fit(data[fit_on], data["dev"])
+    router, cfg, sel_metrics = fit(cfg, router, data, ctx, out)
     fit_s = time.perf_counter() - t_fit
-    if not lead:  # a DDP helper process: the fit is done, rank 0 scores and writes the run
+    if not is_rank_zero():  # a DDP helper process: the fit is done, rank 0 scores and writes the run
         return {}
 
-    metrics: dict = {"router": router.name, "label": router.label,
-                     "lambda": (lam if math.isfinite(lam) else "inf") if router.uses_lambda else None,
-                     "cost_scale": getattr(router, "cost_scale", None) if router.uses_lambda else None,
-                     "benchmark/root": str(Path(bench.root).resolve()) if bench.root is not None else None,
-                     "benchmark/fingerprint": bench.fingerprint, "fit_seconds": fit_s}
-    preds, routed = [], {}
-    for name, prefix in (("dev", "val/"), ("test", "test/")):  # test is scored exactly once, after fitting
-        sp = data[name]
-        choice = routed[name] = router.route(sp)
-        metrics.update(route_metrics(sp, choice, bench.cost_bounds, prefix=prefix, beta=float(cfg.scoring.beta)))
-        rows = np.arange(len(sp))
-        preds.append(pd.DataFrame({"sample_id": sp.sample_ids, "split": name,
-                                   "model_id": np.asarray(bench.models, dtype=object)[choice],
-                                   "correct": sp.Y[rows, choice].astype(np.int8),
-                                   "cost": sp.C[rows, choice].astype(np.float64)}))
-    if sel is not None:
-        metrics.update(sel.metrics)  # val/* are out-of-fold scores on train+dev (dev took part in the refit)
-    metrics.update(report_test(data, routed["test"], beta=float(cfg.scoring.beta), router=router,
-                               n_bootstrap=int(cfg.scoring.bootstrap), seed=int(cfg.scoring.seed)))
-    tp = cfg.scoring.get("throughput")
-    if tp:
-        thr = router_throughput(router, data["test"], batch_size=int(tp.batch_size), warmup=int(tp.warmup),
-                                runs=int(tp.runs))
-        metrics.update({f"test/throughput_{k}": v for k, v in thr.items()})
+    beta = float(cfg.scoring.beta)
+    metrics = {"router": router.name, "label": router.label, "lambda": router_lambda(router),
+               "cost_scale": getattr(router, "cost_scale", None) if router.uses_lambda else None,
+               "benchmark/root": str(Path(bench.root).resolve()) if bench.root is not None else None,
+               "benchmark/fingerprint": bench.fingerprint, "fit_seconds": fit_s}
+    if cfg.get("ood"):
+        metrics.update({"ood/protocol": str(cfg.ood.protocol), "ood/holdout": str(cfg.ood.holdout)})
+    scored, predictions, test_choices = score(router, data, beta)
+    metrics.update(scored)
+    metrics.update(sel_metrics)  # selection=cv: val/* are out-of-fold scores on train+dev (dev took part in the refit)
+    metrics.update(_report(cfg, data, router, test_choices, beta))
     info = dict(router.fit_info or {})
     # the labels this router was fitted to, as it computed them (its own λ, cost scale and scheme)
     metrics.update({f"labels/{k}": v for k, v in (info.pop("label_diagnostics", None) or {}).items()})
     metrics.update(_flat_fit_info(info))
     metrics["total_seconds"] = time.perf_counter() - t0
 
-    predictions = pd.concat(preds, ignore_index=True)
     write_json(out / "metrics.json", metrics)
     predictions.to_parquet(out / "predictions.parquet", index=False)
     if cfg.get("save_router", True) and router.saves_state:
+        from vlrb.artifact import save_trained_router
+
         save_trained_router(router, out / "router", recipe=data.recipe, prices=_prices(bench),
-                            mean_cost=dict(zip(bench.models, map(float, train_split.C.mean(0)))),
-                            lam=metrics["lambda"], config=cfg,
+                            mean_cost=dict(zip(bench.models, map(float, data["train"].C.mean(0)))),
+                            lam=metrics["lambda"], config=to_plain(cfg),
                             benchmark={"root": metrics["benchmark/root"], "fingerprint": metrics["benchmark/fingerprint"]},
                             metrics=metrics)
     _log_final(ctx.loggers, cfg, metrics, predictions)
+    _say_results(metrics, out)
+    return metrics
+
+
+def router_lambda(router):
+    """The λ a router trained with, as metrics.json and the artifact record it (None: it does not use λ)."""
+    from vlrb.routing.soft_labels import parse_lambda
+
+    if not router.uses_lambda:
+        return None
+    lam = parse_lambda(getattr(router, "lam"))
+    return lam if math.isfinite(lam) else "inf"
+
+
+def fit_context(cfg: DictConfig, out: Path, router, data):
+    """The trainer preset and callbacks (conf/trainer, conf/callbacks: factories, instantiated as they are), the
+    run's loggers and data-loading settings, for routers that train networks."""
+    from vlrb.components import instantiate
+    from vlrb.routers.lit import FitContext
+
+    callbacks = {k: instantiate(v) for k, v in (cfg.get("callbacks") or {}).items() if v is not None}
+    return FitContext(trainer=instantiate(cfg.trainer), callbacks=callbacks,
+                      loggers=build_loggers(cfg, out, f"{router.name}-lam{cfg['lambda']}"),
+                      cost_bounds=data.bench.cost_bounds, beta=float(cfg.scoring.beta), seed=int(cfg.seed),
+                      num_workers=data.num_workers, progress=sys.stderr.isatty())
+
+
+def fit(cfg: DictConfig, router, data, ctx, out: Path):
+    """(fitted router, the run config it was fitted with, selection metrics): selection=cv cross-validates the grid
+    on train+dev and refits the best; selection=dev fits the configured router (dev steers early stopping)."""
+    from vlrb.jobs.selection import candidates, maker, selection_name, with_values
+    from vlrb.selection import select_and_refit
+
+    if selection_name(cfg) == "cv":
+        sel = select_and_refit(maker(cfg), candidates(cfg, router), data, ctx, folds=int(cfg.selection.get("folds", 5)),
+                               seed=int(cfg.selection.get("seed", 42)), beta=float(cfg.scoring.beta), out=out)
+        return sel.router, with_values(cfg, sel.values), sel.metrics
+    fit_on = getattr(router, "fit_on", "train")  # baselines: fit_on=test reproduces upstream (labelled)
+    log.info("training %s on %d %s samples (λ=%s)", router.label, len(data[fit_on]), fit_on,
+             router_lambda(router) if router.uses_lambda else "unused")
+    fit_router(router, data, ctx)
+    return router, cfg, {}
+
+
+def score(router, data, beta: float):
+    """(dev and test metrics, predictions of both, the test choices): test is scored exactly once, after fitting."""
+    from vlrb.routing.metrics import route_metrics
+
+    metrics, preds, test_choices = {}, [], None
+    models = np.asarray(data.bench.models, dtype=object)
+    for name, prefix in (("dev", "val/"), ("test", "test/")):
+        sp = data[name]
+        choice = router.route(sp)
+        metrics.update(route_metrics(sp, choice, data.bench.cost_bounds, prefix=prefix, beta=beta))
+        rows = np.arange(len(sp))
+        preds.append(pd.DataFrame({"sample_id": sp.sample_ids, "split": name, "model_id": models[choice],
+                                   "correct": sp.Y[rows, choice].astype(np.int8),
+                                   "cost": sp.C[rows, choice].astype(np.float64)}))
+        test_choices = choice
+    return metrics, pd.concat(preds, ignore_index=True), test_choices
+
+
+def _report(cfg: DictConfig, data, router, test_choices, beta: float) -> dict:
+    """The test report (bootstrap CIs, paired against the best single model) and the router-only throughput."""
+    from vlrb.routing.metrics import router_throughput
+    from vlrb.selection import report_test
+
+    out = report_test(data, test_choices, beta=beta, router=router, n_bootstrap=int(cfg.scoring.bootstrap),
+                      seed=int(cfg.scoring.seed))
+    tp = cfg.scoring.get("throughput")
+    if tp:
+        thr = router_throughput(router, data["test"], batch_size=int(tp.batch_size), warmup=int(tp.warmup),
+                                runs=int(tp.runs))
+        out.update({f"test/throughput_{k}": v for k, v in thr.items()})
+    return out
+
+
+def _say_results(metrics: dict, out: Path) -> None:
     log.info("val/rank_score %.2f  test/accuracy %.2f%%  test/avg_cost %.3f $/10K  test/rank_score %.2f",
              metrics["val/rank_score"] * 100, metrics["test/accuracy"] * 100, metrics["test/avg_cost"] * 1e4,
              metrics["test/rank_score"] * 100)
@@ -246,7 +271,6 @@ def train(cfg: DictConfig, out: Path) -> dict:
     offline = sorted(out.glob("wandb/offline-run-*"))
     if offline and not sweep_name():  # a sweep prints one command for all its jobs
         log.info("W&B: offline run kept; upload it with: wandb sync %s", offline[-1])
-    return metrics
 
 
 def _prices(bench) -> dict | None:

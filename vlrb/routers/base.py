@@ -1,13 +1,14 @@
-"""The router interface and its registry (timm-style: `@register_router`, `create_router`, `list_routers`).
+"""The router interface.
 
 Every router — a training-free baseline, a scikit-style feature router or a Lightning-trained network —
 looks the same from outside:
 
-    router = create_router("knn", k=5).fit(train, dev)   # dev: early stopping / selection only
-    scores = router.predict_scores(test)                 # (n, K) float, higher = better
-    choice = router.route(test)                          # (n,) int model indices in [0, K)
+    router = KNNRouter(k=5).fit(train, dev)          # dev: early stopping / selection only
+    scores = router.predict_scores(test)             # (n, K) float, higher = better
+    choice = router.route(test)                      # (n,) int model indices in [0, K)
 
-The registry name is also the config name: `router=<name>` loads `conf/router/<name>.yaml`.
+A router is named by its class (`_target_` in `conf/router/<name>.yaml`: `router=<name>` picks the file); its
+`name` class attribute is the short name shown in tables and saved in router.json.
 
 A fitted router is saved to a directory with `router.save(path)` and read back with `read_router(path)`
 (or `Cls.load(path)`): `router.json` (name, params, models, fit_info) beside `state.safetensors` or
@@ -18,16 +19,15 @@ the router needs before they are read and for NaN after (vlrb.state_files).
 from __future__ import annotations
 
 import contextvars
-import fnmatch
 import functools
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from vlrb.data.benchmark import Split
+from vlrb.data.benchmark import Requests, Split
 from vlrb.routing.metrics import validate_choices
 
 # What a router reads from a Split besides the model list:
@@ -40,12 +40,18 @@ INPUT_KINDS = ("labels", "features", "raw")
 class Router:
     """Base class. Subclasses set `inputs`/`trainable` and implement `fit` and `predict_scores`."""
 
-    name: ClassVar[str] = "router"  # set by @register_router
+    name: ClassVar[str] = "router"  # the short name in tables and router.json (each router class sets its own)
     inputs: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = False
     uses_lambda: ClassVar[bool] = False  # True: trained on the soft labels, so its `lam` parameter matters
     saves_state: ClassVar[bool] = True  # False: nothing learned worth a router/ folder (training-free baselines)
     scaler_fit: str = "all"  # feature routers: the train rows the feature scaler is fitted on (all | with_correct)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.inputs) - set(INPUT_KINDS)
+        if unknown:
+            raise TypeError(f"router {cls.__qualname__} declares unknown inputs {sorted(unknown)}; known: {INPUT_KINDS}")
 
     def __new__(cls, *args: Any, **kwargs: Any):
         # Routers are built from config (`_target_` + keyword arguments); the arguments are kept as given, so a
@@ -70,18 +76,37 @@ class Router:
         self._remember_models(train)
         return self
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         """(n, K) float scores; `route` takes their argmax."""
         raise NotImplementedError
 
     def save(self, path: Path) -> None:
-        """Write the fitted router into the directory `path` (safe formats only; see the module doc)."""
-        raise NotImplementedError(f"{self.label}: save() is not implemented")
+        """Write the fitted router into the directory `path`: router.json (class, parameters, models) and its fitted
+        attributes (the scikit-learn convention: names ending in `_`) as arrays in state.safetensors. Routers whose
+        state is not numbers override `save` and `load`."""
+        state = {}
+        for key, value in vars(self).items():
+            if not key.endswith("_") or key.startswith("_"):
+                continue
+            arr = np.asarray(value) if isinstance(value, (np.ndarray, np.generic, int, float, bool, list, tuple)) else None
+            if arr is None or arr.dtype.kind not in "biufUS":
+                raise TypeError(f"{self.label}: save() keeps fitted attributes that are numbers or arrays; {key} is a "
+                                f"{type(value).__name__} (override save() and load())")
+            state[key] = arr
+        save_arrays(self, path, state)
 
     @classmethod
     def load(cls, path: Path) -> "Router":
-        """Rebuild a router written by `save`."""
-        raise NotImplementedError(f"{cls.__name__}: load() is not implemented")
+        """Rebuild a router written by `save` (the default: parameters from router.json, fitted attributes from
+        state.safetensors, scalars back as Python numbers)."""
+        meta, arrays = load_arrays(path)
+        router = router_from_meta(meta, cls)
+        restore_common(router, meta)
+        for key, arr in arrays.items():
+            if not key.endswith("_") or key.startswith("_"):
+                require(False, meta, f"state holds {key!r}, not a fitted attribute (names ending in '_')")
+            setattr(router, key, arr.item() if arr.ndim == 0 else arr)
+        return router
 
     # -------------------------------------------------------------------- shared behaviour
     @property
@@ -93,11 +118,11 @@ class Router:
     def fitted(self) -> bool:
         return self.n_models is not None
 
-    def route(self, split: Split) -> np.ndarray:
+    def route(self, split: Requests) -> np.ndarray:
         """(n,) int64 model indices: argmax of `predict_scores` (the first maximum on ties), validated."""
         self._check_inputs(split)
         scores = np.asarray(self.predict_scores(split))
-        n, k = len(split), len(split.models) if split.models else split.Y.shape[1]
+        n, k = len(split), self.n_models
         if scores.shape != (n, k):
             raise ValueError(f"{self.label}: predict_scores returned {scores.shape}; expected ({n}, {k})")
         if np.isnan(scores).any():
@@ -117,10 +142,13 @@ class Router:
         self.models = list(split.models)
         self.n_models = split.Y.shape[1]
 
-    def _check_inputs(self, split: Split) -> None:
+    def _check_inputs(self, split: Requests) -> None:
         if not self.fitted:
             raise RuntimeError(f"{self.label}: call fit() before predict_scores()/route()")
-        k = split.Y.shape[1]
+        k = len(split.models) if split.models else split.Y.shape[1]
+        if "labels" in self.inputs and not isinstance(split, Split):
+            raise ValueError(f"{self.label} reads the answers' correctness: it routes the rows of a benchmark split, "
+                             "not new requests")
         if k != self.n_models or (self.models and split.models and list(split.models) != self.models):
             raise ValueError(f"{self.label}: fitted on {self.n_models} models {self.models[:3]}..., "
                              f"asked to route among {k} {list(split.models)[:3]}...")
@@ -307,56 +335,3 @@ def read_router(path: Path, *, trust_code: bool = False) -> Router:
         return cls.load(Path(path))
     finally:
         _TRUST_CODE.reset(token)
-
-
-# ------------------------------------------------------------------------------------------ registry
-_REGISTRY: dict[str, type[Router]] = {}
-R = TypeVar("R", bound=type[Router])
-
-
-def register_router(name: str) -> Callable[[R], R]:
-    """Class decorator: make a router available as `create_router(name)` and `router=<name>`."""
-
-    def wrap(cls: R) -> R:
-        if not (isinstance(cls, type) and issubclass(cls, Router)):
-            raise TypeError(f"@register_router({name!r}) must decorate a Router subclass")
-        prev = _REGISTRY.get(name)
-        if prev is not None and prev.__qualname__ != cls.__qualname__:  # same class re-imported is fine
-            raise ValueError(f"router name {name!r} is already registered by {prev.__module__}.{prev.__qualname__}")
-        unknown = set(cls.inputs) - set(INPUT_KINDS)
-        if unknown:
-            raise ValueError(f"router {name!r} declares unknown inputs {sorted(unknown)}; known: {INPUT_KINDS}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def list_routers(pattern: str | None = None, *, inputs: str | None = None,
-                 trainable: bool | None = None) -> list[str]:
-    """Registered names, sorted; filter by glob pattern, by an input kind, or by trainability."""
-    names = sorted(_REGISTRY)
-    if pattern:
-        names = fnmatch.filter(names, pattern)
-    if inputs is not None:
-        names = [n for n in names if inputs in _REGISTRY[n].inputs]
-    if trainable is not None:
-        names = [n for n in names if _REGISTRY[n].trainable == trainable]
-    return names
-
-
-def get_router_class(name: str) -> type[Router]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown router {name!r}; registered: {', '.join(sorted(_REGISTRY)) or '(none)'}") from None
-
-
-def create_router(name: str, **kwargs: Any) -> Router:
-    """Instantiate a registered router; unknown parameters are a clear error, not silently ignored."""
-    cls = get_router_class(name)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise TypeError(f"router {name!r}: {e}") from e

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, register_router
+from vlrb.data.benchmark import Requests, Split
+from vlrb.routers.base import Router
 from vlrb.routing.metrics import _group_means
 from vlrb.routing.soft_labels import hard_labels, one_hot
 
@@ -46,43 +46,44 @@ class Baseline(Router):
         pass
 
 
-@register_router("oracle")
 class Oracle(Baseline):
     """The cheapest correct model of each sample (argmin C among Y=1; argmin C when none is correct).
 
     Reads the routed split's own labels: an upper bound, not a deployable router.
     """
 
+    name = "oracle"
     inputs = ("labels",)
     fits_data = False
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         return one_hot(hard_labels(split.Y, split.C), split.Y.shape[1])
 
 
-@register_router("strongest")
 class StrongestGlobal(Baseline):
     """One fixed model: the most accurate on the fit split (ties → lowest index, as np.argmax upstream)."""
+
+    name = "strongest"
 
     def _fit(self, train: Split) -> None:
         self.model_accuracy_ = np.asarray(train.Y, dtype=np.float64).mean(0)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         return np.broadcast_to(self.model_accuracy_, (len(split), self.n_models))
 
 
-@register_router("cheapest")
 class CheapestGlobal(Baseline):
     """One fixed model: the lowest mean cost on the fit split."""
+
+    name = "cheapest"
 
     def _fit(self, train: Split) -> None:
         self.model_cost_ = np.asarray(train.C, dtype=np.float64).mean(0)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         return np.broadcast_to(-self.model_cost_, (len(split), self.n_models))
 
 
-@register_router("per_dataset")
 class StrongestPerDataset(Baseline):
     """Per dataset, the most accurate model on the fit split.
 
@@ -90,12 +91,14 @@ class StrongestPerDataset(Baseline):
     mapping"; with fit_on=test no dataset is ever unseen, so the upstream numbers are unchanged).
     """
 
+    name = "per_dataset"
+
     def _fit(self, train: Split) -> None:
         Y = np.asarray(train.Y, dtype=np.float64)
         self.datasets_, _, self.dataset_accuracy_ = _group_means(np.asarray(train.datasets), Y)
         self.model_accuracy_ = Y.mean(0)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         ds = np.asarray(split.datasets).astype(str)
         pos = np.searchsorted(self.datasets_, ds)
         pos_c = np.minimum(pos, len(self.datasets_) - 1)
@@ -103,16 +106,16 @@ class StrongestPerDataset(Baseline):
         return np.where(seen[:, None], self.dataset_accuracy_[pos_c], self.model_accuracy_[None, :])
 
 
-@register_router("random")
 class RandomRouter(Baseline):
     """A uniformly random model per sample: `np.random.RandomState(seed).randint(0, K, N)` as upstream."""
 
+    name = "random"
     fits_data = False
 
     def __init__(self, fit_on: str = "train", seed: int = 42) -> None:
         super().__init__(fit_on)
         self.seed = int(seed)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         k = self.n_models
         return one_hot(np.random.RandomState(self.seed).randint(0, k, len(split)), k)

@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from vlrb.data.benchmark import Split, compute_cost_bounds
-from vlrb.routers.base import (Router, load_arrays, meta_k, register_router, require, restore_common,
+from vlrb.data.benchmark import Requests, Split, compute_cost_bounds
+from vlrb.routers.base import (Router, load_arrays, meta_k, require, restore_common,
                                router_from_meta, save_arrays)
-from vlrb.routing.metrics import _group_means, paired_bootstrap, route_metrics
+from vlrb.routing.metrics import (_group_means, best_single_model, expected_calibration_error, paired_bootstrap,
+                                  route_metrics)
 from vlrb.routing.soft_labels import parse_lambda
 
 INTERACT_COMPONENTS = 16  # leading components that get per-group (or per-dataset) weights with `interact`
@@ -192,24 +193,15 @@ def fit_platt(z: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return res.x[:K], res.x[K:]
 
 
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE over every (sample, model) pair: Σ_b (n_b/N)·|mean y − mean p| in `bins` equal-width bins of p."""
-    p, y = np.asarray(p, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    b = np.minimum((p * bins).astype(np.int64), bins - 1)
-    n = np.bincount(b, minlength=bins)
-    gap = np.abs(np.bincount(b, weights=y, minlength=bins) - np.bincount(b, weights=p, minlength=bins))
-    return float(gap.sum() / max(len(p), 1)) if n.sum() else float("nan")
-
-
 def _folds(n: int, k: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(n) % k
 
 
 # ------------------------------------------------------------------------------------------ the router
-@register_router("vlrb_cal")
 class CalibratedRouter(Router):
     """vlrb's calibrated, cost-aware router with empirical-Bayes priors and a best-single-model fallback."""
 
+    name = "vlrb_cal"
     inputs = ("features",)
     uses_lambda = True
 
@@ -295,8 +287,6 @@ class CalibratedRouter(Router):
     # ------------------------------------------------------------ fit / predict
     def fit(self, train: Split, dev: Split | None = None) -> "CalibratedRouter":
         """Learn from `train` only (internal cross-validation stands in for a dev split; `dev` is not read)."""
-        from vlrb.selection import best_single_model
-
         t0 = time.perf_counter()
         self._remember_models(train)
         X = self._features(train).astype(np.float64)
@@ -368,7 +358,7 @@ class CalibratedRouter(Router):
         z = off + self._design(self._project(X), np.asarray(keys).astype(str)) @ self.coef_ + self.intercept_
         return _sigmoid(self.platt_a_ * z + self.platt_c_)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         self._check_inputs(split)
         if self.fallback_:
             scores = np.zeros((len(split), self.n_models))

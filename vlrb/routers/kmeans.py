@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vlrb.data.benchmark import Split
-from vlrb.routers.base import Router, load_arrays, meta_k, register_router, restore_common, router_from_meta, save_arrays
+from vlrb.data.benchmark import Requests, Split
+from vlrb.routers.base import Router, load_arrays, meta_k, restore_common, router_from_meta, save_arrays
 from vlrb.routing.vectors import l2_normalize
 
 
-@register_router("kmeans")
 class KMeansRouter(Router):
     """argmax_k cosine(x, prototype_k); scores are the cosines."""
 
+    name = "kmeans"
     inputs = ("features",)
 
     def __init__(self, normalize: bool = True) -> None:
@@ -45,7 +45,7 @@ class KMeansRouter(Router):
                          "fit_seconds": time.perf_counter() - t0}
         return self
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         self._check_inputs(split)
         X = self._features(split)
         # cosine = (x·p)/‖x‖ for unit prototypes: scale the (n, K) product, not the (n, D) features

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlrb.data.benchmark import Split
-from vlrb.routers.base import (Router, load_arrays, meta_k, register_router, require, restore_common,
+from vlrb.data.benchmark import Requests, Split
+from vlrb.routers.base import (Router, load_arrays, meta_k, require, restore_common,
                                router_from_meta, save_arrays)
 from vlrb.routing.soft_labels import hard_labels
 from vlrb.routing.vectors import l2_normalize
@@ -100,10 +100,10 @@ def _check_scaler_fit(v: str) -> str:
     return v
 
 
-@register_router("knn")
 class KNNRouter(Router):
     """Distance-weighted k-NN vote on the cheapest correct model; scores = class probabilities (K columns)."""
 
+    name = "knn"
     inputs = ("features",)
 
     def __init__(self, k: int = 5, weights: str = "distance", metric: str = "cosine", scaler_fit: str = "all") -> None:
@@ -125,7 +125,7 @@ class KNNRouter(Router):
         # fewer training rows than k (tiny benchmarks): use them all rather than fail at predict time
         self.index_ = neighbour_index(X, self.k, self.metric, normalised)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         """KNeighborsClassifier.predict_proba over K columns (a model never the cheapest correct one gets 0)."""
         self._check_inputs(split)
         dist, idx = self.index_.kneighbors(self._features(split))
@@ -180,10 +180,10 @@ def copeland_scores(weights: np.ndarray, Y_nb: np.ndarray, C_nb: np.ndarray) -> 
     return np.einsum("nk,nkm->nm", np.asarray(weights, dtype=np.float64), wins.astype(np.float64))
 
 
-@register_router("prknn")
 class PRkNNRouter(Router):
     """Copeland vote of the k nearest training samples' correctness rows, cheaper model winning ties."""
 
+    name = "prknn"
     inputs = ("features",)
 
     def __init__(self, k: int = 7, weights: str = "distance", metric: str = "cosine", scaler_fit: str = "all") -> None:
@@ -207,7 +207,7 @@ class PRkNNRouter(Router):
         self.wins_ = copeland_wins(self.Y_, self.C_)
         self.index_ = neighbour_index(X, self.k, self.metric, normalised)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         self._check_inputs(split)
         dist, idx = self.index_.kneighbors(self._features(split))
         w = 1.0 / (_PRKNN_EPS + dist) if self.weights == "distance" else np.ones_like(dist)

@@ -8,9 +8,11 @@ plus whatever the module's forward reads ("x" for features; "pixel_values", "inp
 """
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from vlrb.devices import device_precision
 from vlrb.process import import_lightning
 from vlrb.routers.losses import soft_cross_entropy
 from vlrb.routing.metrics import rank_score
@@ -29,15 +32,18 @@ L = import_lightning()
 class FitContext:
     """What a run hands a trainable router's `fit` besides the data (train.py builds it from config).
 
-    trainer:     Lightning Trainer keyword arguments, with `_target_` (conf/trainer/); instantiated per fit
-    callbacks:   {name: config} (conf/callbacks/); `model_checkpoint` and `early_stopping` are completed per
-                 fit (a temporary checkpoint folder, the router's patience), the others instantiated as they are
+    trainer:     a Lightning Trainer factory: conf/trainer/<preset>.yaml instantiated as it is (a partial of
+                 lightning.pytorch.Trainer with the preset's accelerator, devices, precision, ...); a plain dict of
+                 Trainer keyword arguments is taken as such a partial (library use)
+    callbacks:   {name: factory} from conf/callbacks/ (partials); `model_checkpoint(dirpath=)` and
+                 `early_stopping(patience=)` are called per fit with a temporary folder and the router's patience,
+                 the others with no argument. Default: `checkpoint_on_dev` and `early_stopping_on_dev`
     loggers:     Lightning loggers, already built (conf/logger/)
     num_workers: DataLoader worker processes for routers that decode images (auto: see
                  `vlrb.backbones.data.decode_workers`)
     """
 
-    trainer: dict = field(default_factory=lambda: {"accelerator": "cpu", "devices": 1, "max_epochs": 10})
+    trainer: Any = field(default_factory=lambda: {"accelerator": "cpu", "devices": 1, "max_epochs": 10})
     callbacks: dict = field(default_factory=dict)
     loggers: list = field(default_factory=list)
     cost_bounds: dict | None = None
@@ -47,53 +53,57 @@ class FitContext:
     seed: int = 42
     progress: bool = False
 
-    def make_trainer(self, callbacks: list, **overrides):
-        """A Lightning Trainer from the trainer config (its `_target_`), the given callbacks and the run's loggers."""
-        from hydra.utils import instantiate
+    def __post_init__(self) -> None:
+        if isinstance(self.trainer, dict):  # keyword arguments given by hand: the factory they describe
+            kw = {k: v for k, v in self.trainer.items() if not str(k).startswith("_")}
+            if str(kw.get("precision", "auto")).lower() == "auto":
+                kw["precision"] = device_precision(str(kw.get("accelerator", "auto")))
+            self.trainer = functools.partial(L.Trainer, **kw)
+        elif isinstance(self.trainer, functools.partial):  # a plain partial (Hydra's may be a subclass)
+            self.trainer = functools.partial(self.trainer.func, *self.trainer.args, **self.trainer.keywords)
 
-        kw = {k: v for k, v in resolve_precision(dict(self.trainer)).items() if v is not None}
-        kw.setdefault("_target_", "lightning.pytorch.Trainer")
-        kw.update(overrides)
-        kw.setdefault("enable_progress_bar", self.progress)
-        kw.setdefault("enable_model_summary", False)
-        return instantiate(kw, callbacks=callbacks, logger=self.loggers or False)
+    def with_trainer(self, **settings: Any) -> "FitContext":
+        """This context with some Trainer settings replaced (e.g. a router's own precision)."""
+        t = self.trainer
+        return dataclasses.replace(self, trainer=functools.partial(t.func, *t.args, **{**t.keywords, **settings}))
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """A Trainer setting of the preset (None/missing: `default`)."""
+        value = getattr(self.trainer, "keywords", {}).get(key)
+        return default if value is None else value
+
+    def make_trainer(self, callbacks: list, **overrides):
+        """A Lightning Trainer from the preset's factory, the given callbacks and the run's loggers; `overrides`
+        (a fit's own settings) win over the preset's."""
+        kw = {"enable_progress_bar": self.progress, "enable_model_summary": False, **overrides}
+        return self.trainer(callbacks=callbacks, logger=self.loggers or False, **kw)
 
     def selection_callbacks(self, ckpt_dir: str, patience: int) -> tuple[list, object]:
         """[checkpoint, early stopping, extra callbacks] on val/rank_score, and the checkpoint callback."""
-        from hydra.utils import instantiate
-
-        cfg = {k: dict(v) for k, v in dict(self.callbacks).items() if v is not None}
-        ckpt_cfg = {**DEFAULT_CHECKPOINT, **cfg.pop("model_checkpoint", {}), "dirpath": ckpt_dir}
-        stop_cfg = {**DEFAULT_EARLY_STOPPING, **cfg.pop("early_stopping", {}), "patience": patience}
-        for c in (ckpt_cfg, stop_cfg):  # dev selects, test reports: nothing else may steer the choice
-            if not str(c.get("monitor", "")).startswith("val/"):
-                raise ValueError(f"callbacks: {c['_target_']} must monitor a val/* metric, not {c.get('monitor')!r}")
-        ckpt = instantiate(ckpt_cfg)
-        return [ckpt, instantiate(stop_cfg), *(instantiate(c) for c in cfg.values())], ckpt
+        factories = {k: v for k, v in dict(self.callbacks).items() if v is not None}
+        ckpt = factories.pop("model_checkpoint", checkpoint_on_dev)(dirpath=ckpt_dir)
+        stop = factories.pop("early_stopping", early_stopping_on_dev)(patience=patience)
+        for c in (ckpt, stop):  # dev selects, test reports: nothing else may steer the choice
+            if not str(c.monitor).startswith("val/"):
+                raise ValueError(f"callbacks: {type(c).__name__} must monitor a val/* metric, not {c.monitor!r}")
+        return [ckpt, stop, *(f() for f in factories.values())], ckpt
 
 
-def uses_gpu(trainer: dict) -> bool:
-    """Whether a Trainer with these settings runs on a CUDA GPU (`accelerator` gpu / cuda, or auto with one present)."""
-    acc = str(trainer.get("accelerator", "auto")).lower()
-    return acc in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+def checkpoint_on_dev(dirpath: str, monitor: str = "val/rank_score", mode: str = "max", filename: str = "best",
+                      save_top_k: int = 1, save_weights_only: bool = True, **kw: Any):
+    """The best epoch on dev, kept (weights only) in a folder of the fit's own (conf/callbacks/default.yaml)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=dirpath, monitor=monitor, mode=mode, filename=filename, save_top_k=save_top_k,
+                           save_weights_only=save_weights_only, enable_version_counter=False, **kw)
 
 
-def resolve_precision(trainer: dict) -> dict:
-    """`precision: auto` -> bf16-mixed on a GPU with bf16 (16-mixed on an older GPU), 32-true on a CPU."""
-    if str(trainer.get("precision")).lower() != "auto":
-        return trainer
-    if uses_gpu(trainer):
-        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    else:
-        precision = "32-true"
-    return {**trainer, "precision": precision}
+def early_stopping_on_dev(patience: int, monitor: str = "val/rank_score", mode: str = "max", min_delta: float = 1e-4,
+                          **kw: Any):
+    """Stop when dev's rank score has not improved for `patience` epochs (the router's own patience)."""
+    from lightning.pytorch.callbacks import EarlyStopping
 
-
-DEFAULT_CHECKPOINT = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "monitor": "val/rank_score",
-                      "mode": "max", "filename": "best", "save_top_k": 1, "save_weights_only": True,
-                      "enable_version_counter": False}
-DEFAULT_EARLY_STOPPING = {"_target_": "lightning.pytorch.callbacks.EarlyStopping", "monitor": "val/rank_score",
-                          "mode": "max", "min_delta": 1e-4}
+    return EarlyStopping(patience=patience, monitor=monitor, mode=mode, min_delta=min_delta, **kw)
 
 
 class RoutingModule(L.LightningModule):
@@ -246,9 +256,9 @@ def fit_module(module: RoutingModule, train_loader, val_loader, ctx: FitContext,
         module.cmin, module.cmax = float(ctx.cost_bounds["cmin"]), float(ctx.cost_bounds["cmax"])
     module.beta = ctx.beta
     kw: dict[str, Any] = {"num_sanity_val_steps": 0}
-    if ctx.trainer.get("max_epochs") is None:  # the trainer preset (e.g. debug=fast) wins over the router's own
+    if ctx.setting("max_epochs") is None:  # the trainer preset (e.g. debug=fast) wins over the router's own
         kw["max_epochs"] = max_epochs if max_epochs is not None else 10
-    if module.grad_clip and ctx.trainer.get("gradient_clip_val") is None:
+    if module.grad_clip and ctx.setting("gradient_clip_val") is None:
         kw["gradient_clip_val"] = module.grad_clip
     with tempfile.TemporaryDirectory(prefix="vlrb-ckpt-") as tmp:
         callbacks, ckpt = ctx.selection_callbacks(tmp, ctx.patience if patience is None else patience)
@@ -274,9 +284,9 @@ def fit_without_dev(module: RoutingModule, train_loader, ctx: FitContext, max_ep
     """No dev split: nothing to select on, so train the full epoch budget and keep the last weights."""
 
     kw: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
-    if ctx.trainer.get("max_epochs") is None:
+    if ctx.setting("max_epochs") is None:
         kw["max_epochs"] = max_epochs
-    if module.grad_clip and ctx.trainer.get("gradient_clip_val") is None:
+    if module.grad_clip and ctx.setting("gradient_clip_val") is None:
         kw["gradient_clip_val"] = module.grad_clip
     with tempfile.TemporaryDirectory(prefix="vlrb-fit-") as tmp:
         trainer = ctx.make_trainer([], default_root_dir=tmp, **kw)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
-from vlrb.data.benchmark import Split, compute_cost_bounds
-from vlrb.routers.base import (WEIGHTS_FILE, Router, read_router_meta, register_router, require, restore_common,
+from vlrb.data.benchmark import Requests, Split, compute_cost_bounds
+from vlrb.routers.base import (WEIGHTS_FILE, Router, read_router_meta, require, restore_common,
                                router_from_meta, weights_file, write_router_meta)
 from vlrb.routing.soft_labels import SCHEMES, label_diagnostics, parse_lambda, soft_labels
 
@@ -161,7 +161,7 @@ class NetRouter(Router):
         train_ds = DictDataset(x=X, targets=t)
         bs = len(train_ds) if self.batch_size is None else min(self.batch_size, len(train_ds))
         # features are tensors in memory: worker processes would only copy them (num_workers is for decoding)
-        loader_kw = dict(seed=self.seed, num_workers=0, distributed=is_distributed(ctx.trainer))
+        loader_kw = dict(seed=self.seed, num_workers=0, distributed=is_distributed(ctx.trainer.keywords))
         train_loader = make_loader(train_ds, bs, shuffle=True, **loader_kw)
         val_loader = None
         if dev is not None and len(dev):
@@ -169,7 +169,7 @@ class NetRouter(Router):
             val_ds = DictDataset(x=self._features(dev), Y=np.asarray(dev.Y), C=np.asarray(dev.C))
             val_loader = make_loader(val_ds, VAL_BATCH, shuffle=False, **loader_kw)
         # trainer.max_epochs (e.g. debug=fast) overrides the router's own budget; null keeps it
-        max_epochs = ctx.trainer.get("max_epochs") or self.max_epochs
+        max_epochs = ctx.setting("max_epochs") or self.max_epochs
         patience = self.patience if self.patience is not None else ctx.patience
         info = train_module(module, train_loader, val_loader, ctx, max_epochs=max_epochs, patience=patience)
         self._set_module(module)
@@ -202,7 +202,7 @@ class NetRouter(Router):
                 x.relu_()
         return x
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         """(n, K) float32 logits, computed on CPU in large chunks with no autograd bookkeeping."""
         import torch
 
@@ -259,10 +259,10 @@ def is_distributed(trainer: dict) -> bool:
     return "ddp" in str(trainer.get("strategy") or "") or int(trainer.get("num_nodes") or 1) > 1 or many
 
 
-@register_router("linear")
 class LinearRouter(NetRouter):
     """Multinomial logistic regression on soft labels (cost scale 1.0, full-batch Adam, explicit L2)."""
 
+    name = "linear"
     module_name = "LinearModule"
 
     def __init__(self, lam: float | str = 1000.0, cost_scale: float = 1.0, scheme: str = "exp", lr: float = 0.01,
@@ -277,10 +277,10 @@ class LinearRouter(NetRouter):
         return {"lr": self.lr, "weight_decay": 0.0, "l2_C": self.l2_C}
 
 
-@register_router("mlp")
 class MLPRouter(NetRouter):
     """D → 2048 → 1024 → K ReLU network on soft labels (cost scale 100, Adam + weight decay, batch 1024)."""
 
+    name = "mlp"
     module_name = "MLPModule"
 
     def __init__(self, lam: float | str = 1000.0, cost_scale: float = 100.0, scheme: str = "exp",

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from vlrb.data.benchmark import Split
-from vlrb.routers.base import (STATE_FILE, Router, load_arrays, meta_k, register_router, require, restore_common,
+from vlrb.data.benchmark import Requests, Split
+from vlrb.routers.base import (STATE_FILE, Router, load_arrays, meta_k, require, restore_common,
                                router_from_meta, save_arrays)
 
 
-@register_router("ovr")
 class OVRRouter(Router):
     """K independent `LogisticRegression(max_iter=1000, class_weight='balanced')` on Y[:, k].
 
     A model that is never correct on train scores 0 (as upstream); one that is always correct scores 1.
     """
 
+    name = "ovr"
     inputs = ("features",)
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, class_weight: str | None = "balanced") -> None:
@@ -68,7 +68,7 @@ class OVRRouter(Router):
         self.coef_, self.intercept_, self.constant_ = W, b, const
         self._fixed = np.isfinite(const)
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Requests) -> np.ndarray:
         self._check_inputs(split)
         z = self._features(split) @ self.coef_.T + self.intercept_
         p = 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow warnings

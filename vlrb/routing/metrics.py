@@ -57,6 +57,15 @@ def _best_column(Y, C, cost_bounds: Mapping[str, Any], beta: float) -> int:
     return int(np.argmax(rank_score(acc, cost, cost_bounds["cmin"], cost_bounds["cmax"], beta)))
 
 
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE over every (sample, model) pair: Σ_b (n_b/N)·|mean y − mean p| in `bins` equal-width bins of p."""
+    p, y = np.asarray(p, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    gap = np.abs(np.bincount(b, weights=y, minlength=bins) - np.bincount(b, weights=p, minlength=bins))
+    return float(gap.sum() / max(len(p), 1)) if n.sum() else float("nan")
+
+
 def _bounds(cost_bounds: Mapping[str, Any]) -> tuple[float, float]:
     try:
         return float(cost_bounds["cmin"]), float(cost_bounds["cmax"])

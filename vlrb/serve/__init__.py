@@ -5,6 +5,9 @@
 Modules, one concept each: `settings` (the validated server config), `decide` (the budget rule and cost
 estimates), `batching` (concurrent requests share one router forward), `schema` (chat requests in the
 OpenAI format), `security` (limits, image checks, auth), `upstream` (forwarding with fallback, streaming),
-`metrics` (Prometheus), `errors` (OpenAI-style JSON errors), `app` (the FastAPI routes), `calibrate` (finding μ
-for a target $/request). Importing this package does not import FastAPI; `vlrb.serve.app.create_app` does.
+`metrics` (Prometheus, counted by route), `errors` (OpenAI-style JSON errors), `service` (the router, batcher,
+costs and upstreams one app serves), `dependencies` (how endpoints reach the service, and auth), `routes` (the
+endpoints), `app` (`create_app`: the routes, error handlers and metrics put together; how to add an endpoint),
+`calibrate` (finding μ for a target $/request). Importing this package does not import FastAPI;
+`vlrb.serve.app.create_app` does.
 """

@@ -1,6 +1,11 @@
 """Prometheus metrics (GET /metrics, text exposition format): requests and errors by endpoint and status,
 request latency, router batch sizes and forward time, routed-model counts, upstream attempts by outcome.
-Each app has its own registry, so several servers (tests) in one process do not share counts."""
+Each app has its own registry, so several servers (tests) in one process do not share counts.
+
+A request's `endpoint` label is the path template of the route it matched (`scope["route"].path`, set by the
+routing once it matched: `/v1/route`, or `/v1/items/{id}` for a route with a parameter), or "other" for a path
+that no route serves; so every route, a user's included, is counted under its own name with no list to keep,
+and the label's values stay bounded whatever paths clients send."""
 from __future__ import annotations
 
 import time
@@ -8,6 +13,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 CLIENT_CLOSED = 499  # the status of a request whose client disconnected first
+OTHER = "other"  # the endpoint label of a request that matched no route
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -15,8 +21,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, endpoints: set[str]):
-        self.endpoints = endpoints  # paths counted by name; any other path is "other" (bounded label values)
+    def __init__(self):
         r = self.registry = CollectorRegistry()
         self.requests = Counter("vlrb_requests", "HTTP requests by endpoint and status code",
                                 ["endpoint", "code"], registry=r)
@@ -44,47 +49,57 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def middleware(self, app):
-        """An ASGI middleware that counts every HTTP request, its status and its latency (streams: to their end)."""
-        metrics = self
 
-        async def counted(scope, receive, send):
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
-            endpoint = scope["path"] if scope["path"] in metrics.endpoints else "other"
-            status = [500]  # what a request that raised ends as
-            state = {"gone": False, "ended": False}
+def endpoint_of(scope) -> str:
+    """The path template of the route the request matched (a 405 matched its path too), or "other"."""
+    return getattr(scope.get("route"), "path", None) or OTHER
 
-            async def receive_():
-                message = await receive()
-                if message["type"] == "http.disconnect" and not state["ended"]:
-                    state["gone"] = True  # the client left before its response ended
-                return message
 
-            async def send_(message):
-                if state["gone"]:  # nobody reads it: the request still counts as abandoned by its client
-                    return await send(message)
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                try:
-                    await send(message)
-                except OSError:  # the connection is gone (uvicorn raises on a send to a closed socket)
-                    state["gone"] = True
-                    raise
-                if message["type"] == "http.response.body" and not message.get("more_body", False):
-                    state["ended"] = True
+class RequestCounter:
+    """ASGI middleware counting every HTTP request, its status and its latency (streams: to their end) under the
+    path template of its route; `app.add_middleware(RequestCounter, metrics=...)`. It reads the route after the
+    request ran: the routing sets `scope["route"]` in the scope it was handed, which is this one."""
 
-            t0 = time.perf_counter()
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        metrics = self.metrics
+        status = [500]  # what a request that raised ends as
+        state = {"gone": False, "ended": False}
+
+        async def receive_():
+            message = await receive()
+            if message["type"] == "http.disconnect" and not state["ended"]:
+                state["gone"] = True  # the client left before its response ended
+            return message
+
+        async def send_(message):
+            if state["gone"]:  # nobody reads it: the request still counts as abandoned by its client
+                return await send(message)
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
             try:
-                await app(scope, receive_, send_)
-            finally:
-                if (state["gone"] and not state["ended"]) or status[0] == CLIENT_CLOSED:
-                    status[0] = CLIENT_CLOSED  # nginx's code: not a server error, counted apart
-                    metrics.disconnects.labels(endpoint).inc()
-                code = str(status[0])
-                metrics.requests.labels(endpoint, code).inc()
-                if 400 <= status[0] and status[0] != CLIENT_CLOSED:
-                    metrics.errors.labels(endpoint, code).inc()
-                metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+                await send(message)
+            except OSError:  # the connection is gone (uvicorn raises on a send to a closed socket)
+                state["gone"] = True
+                raise
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["ended"] = True
 
-        return counted
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive_, send_)
+        finally:
+            endpoint = endpoint_of(scope)
+            if (state["gone"] and not state["ended"]) or status[0] == CLIENT_CLOSED:
+                status[0] = CLIENT_CLOSED  # nginx's code: not a server error, counted apart
+                metrics.disconnects.labels(endpoint).inc()
+            code = str(status[0])
+            metrics.requests.labels(endpoint, code).inc()
+            if 400 <= status[0] and status[0] != CLIENT_CLOSED:
+                metrics.errors.labels(endpoint, code).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)

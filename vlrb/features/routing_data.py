@@ -17,7 +17,7 @@ from vlrb.data.benchmark import SPLIT_NAMES, Benchmark, Split
 class RoutingData:
     bench: Benchmark
     splits: dict[str, Split]
-    recipe: Any = None  # vlrb.features.recipe.FeatureRecipe when the router reads features
+    recipe: Any = None  # a vlrb.features.recipe.FeatureRecipe when the router reads features
     num_workers: int | str = "auto"
 
     @classmethod

@@ -1,0 +1,105 @@
+"""The HTTP API's endpoints, plain module-level functions on two routers that `vlrb.serve.app.create_app` includes:
+
+    public   GET  /health                 liveness, the router and its models (never needs a key)
+    api      GET  /metrics                Prometheus text format
+             GET  /v1/models              the one model this server offers: the router (its name goes in "model")
+             POST /v1/chat/completions    routed, then forwarded (route_only: answered with the chosen model's id)
+             POST /v1/route               the decision only: chosen model, every model's score and cost, latency
+
+Every route of `api` needs the `authorized` dependency (bearer auth when keys are configured). Every response to
+a routed request carries the headers `x-vlrb-model` (the model that answered, or would) and
+`x-vlrb-estimated-cost` ($, from the cost estimate of `vlrb.serve.decide`).
+
+These routers are shared by every app in the process: add endpoints on a router of your own, passed to
+`create_app(..., extra_routers=[...])`, never here from outside (see `vlrb.serve.app`).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from vlrb.serve.decide import Decision
+from vlrb.serve.dependencies import ChatInput, Service, authorized, chat_input, route_input
+from vlrb.serve.schema import ChatRequest
+from vlrb.serve.upstream import relay
+
+public = APIRouter()
+api = APIRouter(dependencies=[Depends(authorized)])
+
+
+@public.get("/health")
+async def health(svc: Service):
+    s = svc.settings
+    return {"status": "ok", "model": s.model_name, "router": getattr(svc.router, "name", "router"),
+            "models": svc.models, "route_only": s.route_only, "mu": s.mu}
+
+
+@api.get("/metrics")
+async def metrics(svc: Service):
+    return Response(svc.metrics.exposition(), media_type=svc.metrics.content_type)
+
+
+@api.get("/v1/models")
+async def models(svc: Service):
+    return {"object": "list", "data": [{"id": svc.settings.model_name, "object": "model", "created": 0,
+                                        "owned_by": "vlrb", "vlrb_models": svc.models}]}
+
+
+@api.post("/v1/route")
+async def route(svc: Service, chat: ChatInput = Depends(route_input)):
+    d, latency = await svc.route(chat.req, chat.image)
+    return JSONResponse({"object": "vlrb.route", "model": d.model, "order": d.order, "mu": d.mu,
+                         "scores": d.scores, "estimated_cost": d.cost, "estimated_costs": d.costs,
+                         "router_latency_ms": latency * 1000}, headers=routed_headers(d.model, d.cost))
+
+
+@api.post("/v1/chat/completions")
+async def chat_completions(svc: Service, chat: ChatInput = Depends(chat_input)):
+    req = chat.req
+    d, latency = await svc.route(req, chat.image)
+    info = {"model": d.model, "estimated_cost": d.cost, "mu": d.mu, "router_latency_ms": latency * 1000}
+    if svc.settings.route_only:
+        return _route_only(req, d, info)
+    fwd = await svc.upstreams.complete(req.body, d.order, stream=req.stream)
+    info.update(model=fwd.model, estimated_cost=d.costs[fwd.model], attempts=[m for m, _ in fwd.attempts])
+    headers = routed_headers(fwd.model, d.costs[fwd.model])
+    if fwd.stream is not None:
+        return StreamingResponse(relay(fwd.stream), headers=headers,
+                                 media_type=fwd.stream.headers.get("content-type", "text/event-stream"))
+    data = fwd.data
+    if fwd.status == 200:
+        data["model"] = fwd.model
+        data["vlrb"] = info
+    return JSONResponse(data, status_code=fwd.status, headers=headers)
+
+
+def routed_headers(model: str, cost: float) -> dict[str, str]:
+    return {"x-vlrb-model": model, "x-vlrb-estimated-cost": f"{cost:.6g}"}
+
+
+def _route_only(req: ChatRequest, d: Decision, info: dict) -> Response:
+    """route_only: the completion's content is the chosen model's id (dry runs, tests)."""
+    cid, created = f"chatcmpl-vlrb-{uuid.uuid4().hex[:24]}", int(time.time())
+    headers = routed_headers(d.model, d.cost)
+    if not req.stream:
+        return JSONResponse({
+            "id": cid, "object": "chat.completion", "created": created, "model": d.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": d.model}, "finish_reason": "stop",
+                         "logprobs": None}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "vlrb": info}, headers=headers)
+
+    def chunk(delta: dict, finish: str | None) -> bytes:
+        c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": d.model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(c)}\n\n".encode()
+
+    async def events():
+        yield chunk({"role": "assistant", "content": d.model}, None)
+        yield chunk({}, "stop")
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
