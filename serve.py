@@ -5,6 +5,8 @@
                                                api_key_env: OPENAI_API_KEY}}' budget.mu=0.5
 
 Settings: conf/serve.yaml. Endpoints: /v1/chat/completions, /v1/route, /v1/models, /health, /metrics.
+A cascade router (cascade_validity, cascade_chain, ...) calls its models one at a time and needs upstreams
+(README: Serving a cascade).
 """
 from vlrb.jobs.entry import launch
 

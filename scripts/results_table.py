@@ -12,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's vlrb
 
 from vlrb.data.benchmark import Benchmark  # noqa: E402
-from vlrb.eval.results import ood_markdown, ood_table, results_markdown, results_table  # noqa: E402
+from vlrb.eval.results import (cascades_markdown, ood_markdown, ood_table, results_markdown,  # noqa: E402
+                               results_table)
 
 
 def main() -> None:
@@ -30,6 +31,10 @@ def main() -> None:
         df = results_table(a.runs, Benchmark.load(a.bench) if a.bench else None, n_bootstrap=a.bootstrap)
         print(f"test samples: {df.attrs['n_test']}; best seed router (by CV score): {df.attrs['best_seed']}\n")
         print(results_markdown(df))
+        cascades = cascades_markdown(df)
+        if cascades:
+            print(f"cascades (best one-shot router by CV score: {df.attrs['best_one_shot']}):\n")
+            print(cascades)
     if a.csv:
         df.to_csv(a.csv, index=False)
 

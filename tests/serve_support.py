@@ -76,11 +76,13 @@ def build_tiny_router(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ fake upstream
 class FakeUpstream:
-    """An OpenAI-compatible /v1/chat/completions; `behaviour[upstream model] = ok | 500 | slow | 400` and
+    """An OpenAI-compatible /v1/chat/completions; `behaviour[upstream model] = ok | 500 | slow | 400`, `replies[upstream
+    model]` its reply text (a string, or a function of the request body; default "answer from <model>") and
     `calls` records what arrived (upstream model, body, Authorization header)."""
 
     def __init__(self, slow_s: float = 3.0):
         self.behaviour: dict[str, str] = {}
+        self.replies: dict = {}
         self.calls: list[dict] = []
         self.slow_s = slow_s
         self.app = self._app()
@@ -116,7 +118,8 @@ class FakeUpstream:
                 return JSONResponse({"error": {"message": "upstream says no", "type": "invalid_request_error"}}, 400)
             if mode == "slow":
                 await asyncio.sleep(self.slow_s)
-            text = f"answer from {name}"
+            reply = self.replies.get(name, f"answer from {name}")
+            text = reply(body) if callable(reply) else reply
             if body.get("stream"):
                 async def events():
                     for piece in (text[:7], text[7:]):

@@ -184,52 +184,7 @@ def test_a_hostile_router_folder_is_refused_and_nothing_runs(case, good_router, 
     assert _rss_mb() - rss < 200  # refused before anything big was allocated
 
 
-def test_code_outside_vlrb_loads_only_when_trusted(tmp_path):
-    """A router of one's own: one .py + one YAML, trained by train.py; load_router refuses it unless trust_code."""
-    (tmp_path / "my_routers.py").write_text(
-        "import numpy as np\n"
-        "from vlrb.routers.base import Router, load_arrays, restore_common, router_from_meta, save_arrays\n"
-        "class CheapestAccurate(Router):\n"
-        "    name = 'cheapest_accurate'\n"
-        "    def __init__(self, slack: float = 0.05):\n"
-        "        super().__init__()\n"
-        "        self.slack = slack\n"
-        "    def fit(self, train, dev=None):\n"
-        "        self._remember_models(train)\n"
-        "        acc, cost = train.Y.mean(0), train.C.mean(0)\n"
-        "        ok = acc >= acc.max() - self.slack\n"
-        "        self.choice_ = int(np.flatnonzero(ok)[cost[ok].argmin()])\n"
-        "        return self\n"
-        "    def predict_scores(self, split):\n"
-        "        s = np.zeros((len(split), self.n_models)); s[:, self.choice_] = 1.0\n"
-        "        return s\n"
-        "    def save(self, path):\n"
-        "        save_arrays(self, path, {'choice': np.array([self.choice_])})\n"
-        "    @classmethod\n"
-        "    def load(cls, path):\n"
-        "        meta, a = load_arrays(path)\n"
-        "        r = router_from_meta(meta, cls); restore_common(r, meta); r.choice_ = int(a['choice'][0])\n"
-        "        return r\n")
-    (tmp_path / "conf" / "router").mkdir(parents=True)
-    (tmp_path / "conf" / "router" / "cheapest_accurate.yaml").write_text("_target_: my_routers.CheapestAccurate\nslack: 0.05\n")
-    from vlrb.routing.synthetic import synthetic_benchmark
-    from test_evaluate import save_benchmark
-
-    save_benchmark(synthetic_benchmark(120, n_models=3, n_datasets=2, seed=3), tmp_path / "bench")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    p = subprocess.run([sys.executable, "train.py", "--config-dir", str(tmp_path / "conf"), "router=cheapest_accurate",
-                        f"data.root={tmp_path / 'bench'}", "logger=none", "scoring.throughput=null",
-                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    code = ("import sys, vlrb\n"
-            "try:\n    vlrb.load_router(sys.argv[1])\nexcept Exception as e:\n    print('refused:', e)\n"
-            "print(vlrb.load_router(sys.argv[1], trust_code=True).route_raw(['q'], [None]))\n")
-    q = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run" / "router")], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert q.returncode == 0, q.stderr[-3000:]
-    assert "refused: " in q.stdout and "my_routers.CheapestAccurate" in q.stdout and "trust_code=True" in q.stdout
-    assert q.stdout.strip().splitlines()[-1].startswith("['")
+# a router defined outside vlrb loads only with trust_code=True: tests/test_newcomer.py
 
 
 @pytest.mark.parametrize("name", ["knn", "prknn", "ovr", "kmeans", "linear", "mlp", "vlrb_cal"])
@@ -241,7 +196,13 @@ def test_router_folders_saved_by_earlier_versions_still_load_and_route_the_same(
     expected = json.loads((LEGACY / "expected_scores.json").read_text())
     tr = vlrb.load_router(LEGACY / name)
     images = [LEGACY / i if i else None for i in expected["images"]]
-    np.testing.assert_allclose(tr.score_raw(expected["prompts"], images), expected["scores"][name], rtol=1e-5, atol=1e-6)
+    got, want = tr.score_raw(expected["prompts"], images), np.asarray(expected["scores"][name])
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))  # the same routing decisions
+    # (PR)kNN's distance weights are 1/d: an input a hair from a training point scores ~1e6, and those digits move
+    # with the BLAS build (d ~ 1e-6 is float32 rounding of a zero distance); every other score is the same
+    steep = want > 1e5
+    np.testing.assert_allclose(got[~steep], want[~steep], rtol=1e-5, atol=1e-6)
+    assert (got[steep] > 1e5).all()
 
 
 def test_an_end_to_end_router_folder_of_an_earlier_version_rebuilds():

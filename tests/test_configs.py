@@ -31,8 +31,8 @@ def test_every_router_config_composes_and_builds(router):
     params = r.get_params()
     if r.uses_lambda:  # the YAML states what the router receives: lam: ${lambda}, seed: ${seed}
         assert params["lam"] == float("inf") and params["seed"] == 7
-    elif params.get("mu") == "auto":  # vlrb_cal takes λ, and uses it only with mu=lambda
-        assert params["lam"] == float("inf")
+    elif params.get("mu") == "auto" or params.get("objective") == "auto":  # vlrb_cal, cascades: λ only with
+        assert params["lam"] == float("inf")                                 # mu=lambda / objective=lambda
     else:
         assert "lam" not in params
 

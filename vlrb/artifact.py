@@ -90,6 +90,9 @@ class TrainedRouter:
         r = self.router
         if "labels" in r.inputs:
             raise ValueError(f"{r.label} reads the answers' correctness, so it cannot route new inputs")
+        if "answers" in r.inputs:
+            raise ValueError(f"{r.label} is a cascade: it decides on the answers of the models it calls, so it routes "
+                             "new inputs by calling them (serve.py), or replays a benchmark's logged answers")
         with one_blas_thread():
             if "raw" in r.inputs:
                 scores = np.asarray(r.predict_raw(prompts, ImageList(images)))
@@ -103,6 +106,30 @@ class TrainedRouter:
             raise ValueError(f"{r.label}: NaN or infinite scores for {int((~np.isfinite(scores)).any(1).sum())} of "
                              f"{len(prompts)} inputs (the router's state is broken)")
         return scores
+
+    def requests_raw(self, prompts: Sequence[str], images: Sequence[Any] | None = None,
+                     formats: Sequence[tuple[str, int] | None] | None = None) -> Requests:
+        """The rows a cascade's policy reads (`first`, `next_call`) for raw prompts and images: the features of the
+        recorded recipe where the router reads them (encoded once: every step of a request reuses them), and each
+        request's answer format and options (`formats`: (format, n_options) per request, None: inferred from the
+        prompt by vlrb.data.answers.infer_format)."""
+        from vlrb.data.answers import infer_format
+        from vlrb.devices import one_blas_thread
+
+        prompts = ["" if p is None else str(p) for p in prompts]
+        images = list(images) if images is not None else [None] * len(prompts)
+        formats = list(formats) if formats is not None else [None] * len(prompts)
+        if not len(images) == len(formats) == len(prompts):
+            raise ValueError(f"{len(prompts)} prompts, {len(images)} images and {len(formats)} formats (use None)")
+        X = None
+        if "features" in self.router.inputs:
+            with one_blas_thread():
+                X = self.recipe.encode(prompts, images)
+        fmts = [f if f is not None else infer_format(p) for f, p in zip(formats, prompts)]
+        rows = Requests.new(len(prompts), self.models, X=X)
+        rows.answer_format = np.asarray([str(f) for f, _ in fmts], dtype=object)
+        rows.n_options = np.asarray([int(k) for _, k in fmts], dtype=np.int64)
+        return rows
 
     def input_limits(self) -> tuple[int | None, Any]:
         """(the most prompt characters that can change this router's input, the resize step its image encoder starts

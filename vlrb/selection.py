@@ -34,6 +34,7 @@ import numpy as np
 
 from vlrb.data.benchmark import Split
 from vlrb.errors import ConfigError
+from vlrb.routing.calls import Calls, as_calls
 from vlrb.routing.metrics import (best_single_model, bootstrap_ci, bootstrap_indices, bootstrap_weights,
                                   paired_bootstrap, route_metrics, take_rows)
 
@@ -88,9 +89,10 @@ def _fit(router, train: Split, dev: Split | None, ctx) -> None:
 
 
 def cross_validate(make: Callable[[dict], Any], candidates: list[dict], data, ctx, *, folds: int = 5, seed: int = 42,
-                   beta: float = 0.1) -> tuple[list[dict], np.ndarray, np.ndarray]:
+                   beta: float = 0.1) -> tuple[list[dict], np.ndarray, list]:
     """(one row per candidate with its out-of-fold scores, the fold of each train+dev row, the out-of-fold choices
-    of each candidate (n_candidates, n_rows)). `make(values)` builds a fresh router for a candidate's values."""
+    of each candidate (one per candidate: (n_rows,) model indices, or a cascade's Calls)). `make(values)` builds a
+    fresh router for a candidate's values."""
     probe = make(candidates[0])
     if getattr(probe, "fit_on", "train") != "train":
         raise ConfigError(f"selection=cv fits {probe.label} on folds of train+dev; router.fit_on=test is for "
@@ -101,11 +103,12 @@ def cross_validate(make: Callable[[dict], Any], candidates: list[dict], data, ct
     quiet = dataclasses.replace(ctx, loggers=[], progress=False) if ctx is not None else None
     log.info("selection=cv: %d candidate(s) x %d folds on %d train+dev samples (test untouched)",
              len(candidates), int(folds), len(pool))
-    rows, oof_all = [], np.empty((len(candidates), len(pool)), np.int64)
+    rows, oof_all = [], []
     with _quiet_lightning():
-        for c, values in enumerate(candidates):
-            rows.append(_cross_validate_one(values, make, pool, from_dev, fold, quiet, data.bench.cost_bounds, beta,
-                                            oof_all[c]))
+        for values in candidates:
+            row, oof = _cross_validate_one(values, make, pool, from_dev, fold, quiet, data.bench.cost_bounds, beta)
+            rows.append(row)
+            oof_all.append(oof)
     return rows, fold, oof_all
 
 
@@ -121,11 +124,12 @@ def _quiet_lightning():
         lg.setLevel(level)
 
 
-def _cross_validate_one(values, make, pool, from_dev, fold, quiet, bounds, beta, oof) -> dict:
-    """Out-of-fold choices of one candidate, written into `oof`; returns its row of the table."""
+def _cross_validate_one(values, make, pool, from_dev, fold, quiet, bounds, beta) -> tuple[dict, Calls]:
+    """(its row of the table, the out-of-fold calls of one candidate: one call per row for one-shot routers)."""
     k = int(fold.max()) + 1
     t0 = time.perf_counter()
     fold_scores = []
+    order, cascade = np.full((len(pool), 1), -1, np.int64), False
     for f in range(k):
         held = fold == f
         r = make(values)
@@ -134,15 +138,21 @@ def _cross_validate_one(values, make, pool, from_dev, fold, quiet, bounds, beta,
         else:
             _fit(r, take_rows(pool, ~held), None, quiet)
         part = take_rows(pool, held)
-        oof[held] = r.route(part)
-        fold_scores.append(route_metrics(part, oof[held], bounds, prefix="", beta=beta, breakdown=False)["rank_score"])
+        routed = r.route(part)
+        cascade |= isinstance(routed, Calls)
+        calls = as_calls(routed)
+        if calls.order.shape[1] > order.shape[1]:
+            order = np.pad(order, ((0, 0), (0, calls.order.shape[1] - order.shape[1])), constant_values=-1)
+        order[held, :calls.order.shape[1]] = calls.order
+        fold_scores.append(route_metrics(part, calls, bounds, prefix="", beta=beta, breakdown=False)["rank_score"])
+    oof = Calls(order) if cascade else order[:, 0]
     m = route_metrics(pool, oof, bounds, prefix="", beta=beta, breakdown=False)
     log.info("  cv %-40s rank score %.2f (folds %.2f ± %.2f)  acc %.2f%%  cost %.3f $/10K", label(values),
              m["rank_score"] * 100, np.mean(fold_scores) * 100, np.std(fold_scores) * 100, m["accuracy"] * 100,
              m["avg_cost"] * 1e4)
     return {**values, "rank_score": m["rank_score"], "accuracy": m["accuracy"], "avg_cost": m["avg_cost"],
             "fold_rank_score_mean": float(np.mean(fold_scores)), "fold_rank_score_sd": float(np.std(fold_scores)),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0}, oof
 
 
 def select_and_refit(make: Callable[[dict], Any], candidates: list[dict], data, ctx, *, folds: int = 5,

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from vlrb.data.answers import ANSWER_FORMATS, FAMILY_FORMATS, is_valid
 from vlrb.data.datasets import DEFAULT_OUTPUT_TOKEN_ESTIMATE, IMAGE_TOKENS, OUTPUT_TOKEN_ESTIMATES, DatasetSpec
 from vlrb.data.inputs import BuildError, Inputs
 from vlrb.data.pool import model_pool
@@ -72,6 +73,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     failed = fill(rec["failed"].to_numpy(bool), bool, False)
     cost_given = fill(rec["cost"].to_numpy(np.float64), np.float64, np.nan) if "cost" in rec else None
     in_given = fill(rec["input_tokens"].to_numpy(np.int64), np.int64, 0) if "input_tokens" in rec else None
+    answers = fill(rec["answer"].fillna("").astype(str).to_numpy(object), object, "") if "answer" in rec else None
 
     # samples some model lacks are dropped (upstream crashes here), and reported per dataset and model
     ds_of = smp.drop_duplicates("sample_id").set_index("sample_id")["dataset"].reindex(sids).to_numpy()
@@ -92,6 +94,7 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     sids, S, out_tok, has_pred, failed, ds_of = sids[keep], S[keep], out_tok[keep], has_pred[keep], failed[keep], ds_of[keep]
     cost_given = cost_given[keep] if cost_given is not None else None
     in_given = in_given[keep] if in_given is not None else None
+    answers = answers[keep] if answers is not None else None
     if len(sids) == 0:
         raise BuildError(f"no sample has a record for every model ({K} models); dropped: {json.dumps(dropped)[:600]}")
     unknown = np.isnan(S)
@@ -141,6 +144,9 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
     meta = pd.DataFrame({"sample_id": sids.astype(str), "dataset": ds_of.astype(str),
                          "split": [assign[s] for s in sids], "task": task.astype(str), "group": group.astype(str),
                          "input_tokens": in_tok, "text_tokens": text_tok, "num_images": n_img})
+    fmt, nopt = _answer_formats(smp, ds_of, specs)
+    if answers is not None or "answer_format" in smp.columns:
+        meta["answer_format"], meta["n_options"] = fmt, nopt
     smp["input_tokens"] = in_tok
     report = dict(inp.report)
     report.update({
@@ -153,5 +159,34 @@ def assemble(inp: Inputs, data_cfg, prices: PriceTable | None, specs: dict[str, 
         "estimated_output_tokens": {m: int((~has_pred[:, j]).sum()) for j, m in enumerate(models) if (~has_pred[:, j]).any()},
         "tokenizer": tokenizer_name(),
     })
+    if answers is not None:
+        report["answers"] = {"well_formed_share": _valid_share(answers, fmt, nopt, models)}
     return Built(Y, S.astype(np.float32), C, models, meta, smp, out_tok, has_pred, failed, report, p_in, p_out,
-                 np.ascontiguousarray(in_tok_mk))
+                 np.ascontiguousarray(in_tok_mk), answers)
+
+
+def _answer_formats(smp: pd.DataFrame, ds_of: np.ndarray, specs: dict[str, DatasetSpec]):
+    """(answer_format, n_options) per sample: the reader's where it gave them, else by the dataset's family."""
+    by_family = np.asarray([FAMILY_FORMATS.get(specs[d].family, "text") if d in specs else "text" for d in ds_of],
+                           dtype=object)
+    fmt = smp["answer_format"].fillna("").astype(str).to_numpy(object) if "answer_format" in smp else by_family
+    fmt = np.where(np.isin(fmt, ANSWER_FORMATS), fmt, by_family)
+    nopt = smp["n_options"].fillna(0).to_numpy(np.int64) if "n_options" in smp else np.zeros(len(smp), np.int64)
+    return fmt.astype(str), nopt
+
+
+def _valid_share(answers: np.ndarray, fmt: np.ndarray, nopt: np.ndarray, models: list[str]) -> dict[str, float]:
+    """Per model: the share of its answers that are well-formed (the integrity report). Each distinct (answer,
+    format, n_options) is checked once: answers repeat a lot (letters, yes/no, small numbers, "")."""
+    N, K = answers.shape
+    ca, ua = pd.factorize(answers.reshape(-1))
+    cs, us = pd.factorize(pd.Series(np.asarray(fmt, str)) + "/" + pd.Series(np.asarray(nopt, np.int64)).astype(str))
+    uniq, inv = np.unique(ca.astype(np.int64) * len(us) + np.repeat(cs, K), return_inverse=True)
+    ok_u = np.fromiter((is_valid(ua[u // len(us)], *_split_format(us[u % len(us)])) for u in uniq), bool, len(uniq))
+    ok = ok_u[inv].reshape(N, K)
+    return {m: round(float(ok[:, j].mean()), 4) for j, m in enumerate(models)}
+
+
+def _split_format(key: str) -> tuple[str, int]:
+    fmt, n = key.split("/")
+    return fmt, int(n)

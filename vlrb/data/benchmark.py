@@ -33,6 +33,8 @@ class Requests:
     datasets: np.ndarray | None = None
     groups: np.ndarray | None = None
     input_tokens: np.ndarray | None = None  # (n,) tokens the routed request carries (prompt + 256 per image)
+    answer_format: np.ndarray | None = None  # (n,) choice | number | yesno | text (vlrb.data.answers)
+    n_options: np.ndarray | None = None  # (n,) options of a choice item (0: unknown)
     source: "Benchmark | None" = field(default=None, repr=False, compare=False)  # prompts/images of rows `idx`
     name: str = "requests"
 
@@ -45,6 +47,10 @@ class Requests:
                 setattr(self, key, np.full(n, "", dtype=object))
         if self.input_tokens is None:
             self.input_tokens = np.zeros(n, np.int64)
+        if self.answer_format is None:
+            self.answer_format = np.full(n, "text", dtype=object)
+        if self.n_options is None:
+            self.n_options = np.zeros(n, np.int64)
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -67,11 +73,12 @@ class Split(Requests):
     Y: np.ndarray  # (n, K) int8 correctness
     C: np.ndarray  # (n, K) float32, $ per sample
     scores: np.ndarray  # (n, K) float32 raw (possibly fractional) correctness
+    answers: np.ndarray | None = None  # (n, K) str: each model's final answer ("" none); None: not in the benchmark
 
 
 class Benchmark:
     def __init__(self, Y, C, models, meta: pd.DataFrame, *, scores=None, cost_bounds: dict | None = None,
-                 samples: pd.DataFrame | None = None, root: Path | None = None):
+                 samples: pd.DataFrame | None = None, root: Path | None = None, answers=None):
         Y = np.asarray(Y)
         C = np.asarray(C, dtype=np.float32)
         if Y.ndim != 2 or Y.shape != C.shape:
@@ -87,6 +94,9 @@ class Benchmark:
         self.meta = meta.reset_index(drop=True)
         self.root = root
         self._samples = samples
+        if answers is not None and np.shape(answers) != self.Y.shape:
+            raise ValueError(f"answers must be an N×K table like Y {self.Y.shape}; got {np.shape(answers)}")
+        self._answers = None if answers is None else np.asarray(answers, dtype=object)
         self.cost_bounds = cost_bounds or compute_cost_bounds(self.C, self.models)
 
     # ------------------------------------------------------------------ construction
@@ -116,8 +126,10 @@ class Benchmark:
     def from_arrays(cls, Y, C, models: Sequence[str] | None = None, *, datasets: Sequence[str] | None = None,
                     sample_ids: Sequence[str] | None = None, splits: Sequence[str] | None = None,
                     prompts: Sequence[str] | None = None, input_tokens: Sequence[int] | None = None,
-                    seed: int = 42, scores=None) -> "Benchmark":
-        """An in-memory benchmark (tests, notebooks). Splits default to the 70/10/20 rule."""
+                    seed: int = 42, scores=None, answers=None, answer_format: Sequence[str] | str | None = None,
+                    n_options: Sequence[int] | int | None = None) -> "Benchmark":
+        """An in-memory benchmark (tests, notebooks). Splits default to the 70/10/20 rule. `answers` (N×K) are the
+        models' final answers, for cascades; `answer_format`/`n_options` per sample (or one for all)."""
         from vlrb.data.splits import random_split
 
         Y = np.asarray(Y)
@@ -134,11 +146,14 @@ class Benchmark:
             "group": [DATASETS[d].group if d in DATASETS else "Other" for d in datasets],
             "input_tokens": np.asarray(input_tokens if input_tokens is not None else np.full(n, 100), np.int64),
         })
+        if answer_format is not None or n_options is not None:
+            meta["answer_format"] = np.broadcast_to(np.asarray(answer_format or "text", dtype=object), n)
+            meta["n_options"] = np.broadcast_to(np.asarray(n_options or 0, dtype=np.int64), n)
         samples = None
         if prompts is not None:
             samples = pd.DataFrame({"sample_id": sample_ids, "prompt": list(prompts), "image_kind": "none",
                                     "image_ref": "", "tsv_file": ""})
-        return cls(Y, C, models, meta, scores=scores, samples=samples)
+        return cls(Y, C, models, meta, scores=scores, samples=samples, answers=answers)
 
     # ------------------------------------------------------------------ views
     @property
@@ -180,10 +195,29 @@ class Benchmark:
         m = self.meta
         groups = m["group"] if "group" in m else m["dataset"].map(lambda d: DATASETS[d].group if d in DATASETS else "Other")
         tokens = m["input_tokens"] if "input_tokens" in m else pd.Series(np.full(len(m), 100))
+        fmt = m["answer_format"].to_numpy(dtype=object) if "answer_format" in m else np.full(len(m), "text", object)
+        nopt = m["n_options"].to_numpy(np.int64) if "n_options" in m else np.zeros(len(m), np.int64)
+        answers = self.answers
         return Split(name=name, idx=idx, Y=self.Y[idx], C=self.C[idx], scores=self.scores[idx],
                      sample_ids=m["sample_id"].to_numpy()[idx], datasets=m["dataset"].to_numpy()[idx],
                      groups=np.asarray(groups)[idx], input_tokens=np.asarray(tokens, np.int64)[idx],
-                     models=self.models, source=self)
+                     answer_format=fmt[idx], n_options=nopt[idx],
+                     answers=None if answers is None else answers[idx], models=self.models, source=self)
+
+    @property
+    def answers(self) -> np.ndarray | None:
+        """(N, K) each model's final answer ("" where none was found), from data/matrices/answers.parquet; None for
+        a benchmark built without answers (before vlrb 0.5, or by the original tools)."""
+        if self._answers is None and self.root is not None:
+            f = Path(self.root) / "data" / "matrices" / "answers.parquet"
+            if f.exists():
+                table = pd.read_parquet(f)
+                missing = [m for m in self.models if m not in table.columns]
+                if missing or len(table) != self.n_samples:
+                    raise ValueError(f"{f}: expected {self.n_samples} rows and one column per model; "
+                                     f"{len(table)} rows, models missing: {missing[:5]}")
+                self._answers = table[self.models].fillna("").to_numpy(dtype=object)
+        return self._answers
 
     @cached_property
     def samples(self) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from vlrb.io import (check_target_dir, file_digest, folder_lock, new_temp_dir, r
                      stat_fingerprint, swap_dir, write_json)
 from vlrb.pricing import PriceTable
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: answers.parquet and meta's answer_format / n_options (docs/method.md#answers)
 FORMAT_MARKER = "vlrb-benchmark"  # manifest.json["format"]: how a folder is recognised as a vlrb build
 PRESERVED = ("EMBEDDINGS", "reports/features")  # derived later from the benchmark; kept across rebuilds
 

@@ -23,11 +23,14 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from vlrb.data.correctness import (CorrectnessError, _score_anls, _score_hit, _score_mathvision, _score_mathvista,
-                                   _score_ocrbench, _score_vqa, _unit_scores, failed_mask)
+from vlrb.data.answers import extract_answer, free_form_format
+from vlrb.data.correctness import (CorrectnessError, _is_missing, _options, _score_anls, _score_hit, _score_mathvision,
+                                   _score_mathvista, _score_ocrbench, _score_vqa, _unit_scores, can_infer, failed_mask)
 from vlrb.data.inputs import BuildError
 
 Scorer = Callable[[pd.DataFrame, list, str], np.ndarray]  # (file, chosen columns, dataset) -> scores
+# (file) -> (answer, answer_format, n_options) per row: each model's final answer as the family's rule reads it
+AnswerReader = Callable[[pd.DataFrame], tuple[list, list, list]]
 
 
 @dataclass(frozen=True)
@@ -42,16 +45,137 @@ class Family:
     # a judge's cache that stands in for a missing evaluation file (same naming rule)
     judge_cache: re.Pattern[str] | None = None
     declared_in: str | None = None  # a user's rule: the config key that declared it; None: vlrb's own
+    # each row's final answer as this rule reads it (docs/method.md#answers); None: the prediction's text
+    answers: AnswerReader | None = None
 
 
 _JUDGE_FILE = re.compile(r"_[^_]+\.xlsx")  # the judge's file "_<judge>.xlsx" (e.g. _gpt-4o-mini.xlsx) with `res`
+
+# ----------------------------------------------------------------------------- answers (docs/method.md#answers)
+
+def _column(df: pd.DataFrame, name: str) -> list:
+    return df[name].tolist() if name in df.columns else [None] * len(df)
+
+
+def _text(value) -> str:
+    """A cell as text; a whole number that the xlsx stored as a float (3.0) as that number ("3")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if _is_missing(value) else str(value).strip()
+
+
+def _answers_text(df: pd.DataFrame) -> tuple[list, list, list]:
+    """vqa, anls, ocrbench and a user's rule: the answer text of the prediction."""
+    answers = [extract_answer(p, "text") for p in _column(df, "prediction")]
+    return answers, ["text"] * len(df), [0] * len(df)
+
+
+def _letter_of(read, options: dict) -> str:
+    """can_infer's letter when it is one of the item's options ("" for False, or for its refusal mark Z)."""
+    return read if isinstance(read, str) and read in options else ""
+
+
+def mcq_answer(prediction, options: dict) -> str:
+    """The option letter VLMEvalKit's can_infer reads in a prediction ("" where it reads none of `options`)."""
+    return _letter_of(can_infer(_text(prediction), options), options) if options else extract_answer(prediction, "choice")
+
+
+def _answers_mcq(df: pd.DataFrame) -> tuple[list, list, list]:
+    """The option letter that can_infer reads in the prediction, among the row's non-empty option columns A, B, ...
+    (their number is the item's n_options)."""
+    letters = []
+    for c in (chr(ord("A") + i) for i in range(26)):
+        if c not in df.columns:
+            break
+        letters.append(c)
+    answers, nopt = [], []
+    for pred, *cells in zip(_column(df, "prediction"), *(df[c].tolist() for c in letters)):
+        options = {c: _text(v) for c, v in zip(letters, cells) if _text(v)}
+        answers.append(mcq_answer(pred, options))
+        nopt.append(len(options))
+    return answers, ["choice"] * len(df), nopt
+
+
+def _answers_yorn(df: pd.DataFrame) -> tuple[list, list, list]:
+    """Yes or no: the `extracted` column of the auxmatch file (VLMEvalKit's YOrN_Extraction; Unknown is none),
+    else read from the prediction."""
+    if "extracted" in df.columns:
+        answers = [a if a in ("yes", "no") else "" for a in (_text(v).lower() for v in df["extracted"])]
+    else:
+        answers = [extract_answer(p, "yesno") for p in _column(df, "prediction")]
+    return answers, ["yesno"] * len(df), [0] * len(df)
+
+
+def judged_answer(res, choices, gold) -> tuple[str, str, int]:
+    """(answer, format, n_options) of a math judge's extraction `res` (inside \\boxed{} when boxed, as the rules
+    read it): the letter can_infer reads in it where the item has `choices`, else the extraction itself."""
+    res = _text(res)
+    boxed = re.search(r"\\boxed\{([^}]*)\}", res)
+    res = boxed.group(1).strip() if boxed else res
+    options = _options(choices) if not isinstance(choices, dict) else choices
+    if options:
+        return _letter_of(can_infer(res, options), options), "choice", len(options)
+    return res, free_form_format(gold), 0
+
+
+def _answers_mathvista(df: pd.DataFrame) -> tuple[list, list, list]:
+    """The judge's `res`: an option letter on multi_choice items, else the number (answer types integer and float;
+    text and list items are text)."""
+    out = []
+    for res, qtype, atype, choices in zip(_column(df, "res"), _column(df, "question_type"),
+                                          _column(df, "answer_type"), _column(df, "choices")):
+        if qtype == "multi_choice":
+            out.append(judged_answer(res, choices, None))
+        else:
+            out.append((_text(res), "number" if atype in ("integer", "float") else "text", 0))
+    return tuple(map(list, zip(*out))) if out else ([], [], [])
+
+
+def _answers_mathvision(df: pd.DataFrame) -> tuple[list, list, list]:
+    """The judge's `res`: a letter where the item has choices, else the number (text where the gold is none)."""
+    out = [judged_answer(*row) for row in zip(_column(df, "res"), _column(df, "choices"), _column(df, "answer"))]
+    return tuple(map(list, zip(*out))) if out else ([], [], [])
+
+
+_CHOICE_LINE = re.compile(r"(?m)^\s*\(?([A-Z])\)?\s*[:.)]\s*(\S.*)$")
+
+
+def mathverse_answer(text, gold, question, judged: bool = True) -> tuple[str, str, int]:
+    """(answer, format, n_options) of MathVerse's judge extraction (`judged`; else a prediction to read): a letter
+    where the gold is one (options listed after "Choices:" in the question, when it still shows them), else the
+    number (text where the gold is none)."""
+    text, gold, question = _text(text), _text(gold), _text(question)
+    options = dict(_CHOICE_LINE.findall(question.split("Choices:", 1)[1])) if "Choices:" in question else {}
+    if re.fullmatch(r"[A-Z]", gold):
+        return (mcq_answer(text, options) if options else extract_answer(text, "choice")), "choice", len(options)
+    fmt = free_form_format(gold)
+    return (text if judged else extract_answer(text, fmt)), fmt, 0
+
+
+def _answers_mathverse(df: pd.DataFrame) -> tuple[list, list, list]:
+    """The judge's `extract` (else read from the prediction)."""
+    judged = "extract" in df.columns
+    out = [mathverse_answer(t, g, q, judged) for t, g, q in
+           zip(_column(df, "extract" if judged else "prediction"), _column(df, "answer"), _column(df, "question"))]
+    return tuple(map(list, zip(*out))) if out else ([], [], [])
+
+
+def read_answers(fam: Family, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(answer, answer_format, n_options) per row of an evaluation file; a failed call has no answer ("")."""
+    answers, fmt, nopt = (fam.answers or _answers_text)(df)
+    answers = np.asarray(answers, dtype=object)
+    if "prediction" in df.columns:
+        answers[failed_mask(df["prediction"])] = ""
+    return answers, np.asarray(fmt, dtype=object), np.asarray(nopt, dtype=np.int64)
+
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         Family("mcq", columns=(("hit",),), eval_file=re.compile(r"_.+_result\.xlsx"), scorer=_score_hit,
-               judge_cache=re.compile(r"_.+_result\.pkl")),  # {index: {hit, log}}
-        Family("yorn", columns=(("score",),), eval_file=re.compile(r"_auxmatch\.xlsx"), scorer=_score_hit),
+               judge_cache=re.compile(r"_.+_result\.pkl"), answers=_answers_mcq),  # cache: {index: {hit, log}}
+        Family("yorn", columns=(("score",),), eval_file=re.compile(r"_auxmatch\.xlsx"), scorer=_score_hit,
+               answers=_answers_yorn),
         Family("vqa", columns=(("eval_match", "eval_score"),), eval_file=re.compile(r"_results\.xlsx"),
                scorer=_score_vqa),
         # eval_score is a mean *distance* for ANLS datasets, so there is no fallback (the ANLS trap)
@@ -59,11 +183,13 @@ FAMILIES: dict[str, Family] = {
         Family("ocrbench", columns=(("prediction",), ("answer",), ("category",)), eval_file=None,
                scorer=_score_ocrbench),
         Family("mathvista", columns=(("res",), ("answer",), ("question_type",), ("answer_type",), ("choices",),
-                                     ("answer_option",)), eval_file=_JUDGE_FILE, scorer=_score_mathvista),
+                                     ("answer_option",)), eval_file=_JUDGE_FILE, scorer=_score_mathvista,
+               answers=_answers_mathvista),
         Family("mathvision", columns=(("res",), ("answer",), ("choices",)), eval_file=_JUDGE_FILE,
-               scorer=_score_mathvision),
+               scorer=_score_mathvision, answers=_answers_mathvision),
         # the judge's stage-2 file "_<judge>_score.xlsx" with `score`
-        Family("mathverse", columns=(("score",),), eval_file=re.compile(r"_[^_]+_score\.xlsx"), scorer=_score_hit),
+        Family("mathverse", columns=(("score",),), eval_file=re.compile(r"_[^_]+_score\.xlsx"), scorer=_score_hit,
+               answers=_answers_mathverse),
     ]
 }
 

@@ -15,18 +15,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlrb.data.answers import ANSWER_FORMATS, FAMILY_FORMATS, extract_many, infer_format
+from vlrb.data.datasets import DATASETS
 from vlrb.data.inputs import BuildError, Inputs
 from vlrb.data.tokens import count_many
 from vlrb.pricing import PriceTable, missing_price_message
 
 REQUIRED = ("sample_id", "dataset", "model_id")
 # read as text, so a CSV id 0000001 stays 0000001 (a number type would make it 1)
-TEXT_COLUMNS = ("sample_id", "dataset", "group", "model_id", "prompt", "prediction", "image")
+TEXT_COLUMNS = ("sample_id", "dataset", "group", "model_id", "prompt", "prediction", "image", "answer", "response",
+                "answer_format")
 # one value per sample, given on each of its rows: the rows must agree (blank cells aside)
-SAMPLE_COLUMNS = ("dataset", "group", "prompt", "image")
+SAMPLE_COLUMNS = ("dataset", "group", "prompt", "image", "answer_format", "n_options")
+# the model's final answer (or its whole response, to read the answer from) and the item's answer format
+# (docs/method.md#answers)
+ANSWER_COLUMNS = ("answer", "response", "answer_format", "n_options")
 # every column a records table may hold (README "Records tables"); anything else is reported as not read
 KNOWN_COLUMNS = (*REQUIRED, "correct", "score", "prompt", "image", "group", "input_tokens", "output_tokens",
-                 "prediction", "cost")
+                 "prediction", "cost", *ANSWER_COLUMNS)
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}
 
 
@@ -70,6 +76,7 @@ def records_inputs(df: pd.DataFrame, data_cfg, prices: PriceTable | None, path: 
     tok_hint = "give a count on every row, or drop the column to count tokens from {}"
     out_given = _numbers(df, "output_tokens", path, integer=True, hint=tok_hint.format("`prediction`"))
     in_given = _numbers(df, "input_tokens", path, integer=True, hint=tok_hint.format("`prompt` (+256 per image)"))
+    df = _check_formats(df, path)
     first = _per_sample(df, path)
 
     pred = df["prediction"] if "prediction" in df.columns else pd.Series(None, index=df.index, dtype=object)
@@ -95,6 +102,10 @@ def records_inputs(df: pd.DataFrame, data_cfg, prices: PriceTable | None, path: 
                             "tsv_row": -1, "num_images": 0})
     if "group" in first.columns:  # the sample's task group (else the dataset's, see vlrb.data.datasets)
         samples["group"] = first["group"].to_numpy()
+    if {"answer", "response", "answer_format"} & set(df.columns):
+        samples["answer_format"], samples["n_options"] = _sample_formats(first, prompt)
+        if {"answer", "response"} & set(df.columns):
+            records["answer"] = _answers(df, samples, records["failed"].to_numpy())
     n_missing, missing = 0, []
     if "image" in first.columns:
         n_missing, missing = _images(samples, first["image"], data_cfg, path, base, f"the {reader} folder")
@@ -205,6 +216,60 @@ def _apply_pool(df: pd.DataFrame, data_cfg, prices: PriceTable | None, path: Pat
         if unpriced:
             raise BuildError(missing_price_message(unpriced[0], prices.source))
     return df, (sorted(set(wanted)) or None), report
+
+
+# ----------------------------------------------------------------------------- answers (docs/method.md#answers)
+
+def _check_formats(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """`answer_format` must be one of ANSWER_FORMATS and `n_options` a whole number >= 0 where given (blank: not
+    given); n_options comes back as numbers."""
+    if "answer_format" in df.columns:
+        given = ~_blank(df["answer_format"])
+        fmt = df["answer_format"].where(~given, df["answer_format"].astype(str).str.strip())
+        bad = given & ~fmt.isin(ANSWER_FORMATS).to_numpy()
+        if bad.any():
+            raise BuildError(f"{path}: column 'answer_format' must be one of {', '.join(ANSWER_FORMATS)} (or empty); "
+                             f"got {df['answer_format'][bad].head(3).tolist()} on {_rows(df, bad)}")
+        df = df.assign(answer_format=fmt.where(given, None))
+    if "n_options" in df.columns:
+        given = ~_blank(df["n_options"])
+        vals = pd.to_numeric(df["n_options"].where(given), errors="coerce").to_numpy(np.float64)
+        bad = given & (np.isnan(vals) | (vals < 0) | (vals != np.floor(vals)) | (vals > 26))
+        if bad.any():
+            raise BuildError(f"{path}: column 'n_options' must be a whole number of options from 0 to 26 (0: not "
+                             f"known; or empty); got {df['n_options'][bad].head(3).tolist()} on {_rows(df, bad)}")
+        df = df.assign(n_options=vals)
+    return df
+
+
+def _sample_formats(first: pd.DataFrame, prompt: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's (answer_format, n_options): the table's where given, else its dataset's family (one of the
+    14 datasets), else read from its prompt (lettered options: choice; "yes or no": yesno; else text)."""
+    given = first["answer_format"] if "answer_format" in first.columns else pd.Series(None, index=first.index)
+    n_given = first["n_options"] if "n_options" in first.columns else pd.Series(np.nan, index=first.index)
+    fmt, nopt = [], []
+    for g, n, ds, text in zip(given.tolist(), n_given.tolist(), first["dataset"].tolist(), prompt.tolist()):
+        read_f, read_n = infer_format(text)
+        f = g if isinstance(g, str) else (FAMILY_FORMATS.get(DATASETS[ds].family) if ds in DATASETS else None) or read_f
+        fmt.append(f)
+        nopt.append(int(n) if pd.notna(n) else (read_n if f == read_f == "choice" else 0))
+    return np.asarray(fmt, dtype=object), np.asarray(nopt, dtype=np.int64)
+
+
+def _answers(df: pd.DataFrame, samples: pd.DataFrame, failed: np.ndarray) -> np.ndarray:
+    """The `answer` column as given (empty: none found), else read from `response` by the sample's format; a failed
+    call has none."""
+    from vlrb.data.correctness import failed_mask
+
+    if "answer" in df.columns:
+        answers = df["answer"].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+    else:
+        per = samples.set_index("sample_id").reindex(df["sample_id"].to_numpy())
+        answers = np.asarray(extract_many(df["response"].tolist(), per["answer_format"].tolist(),
+                                          per["n_options"].tolist()), dtype=object)
+        failed = failed | failed_mask(df["response"].fillna("").astype(str))
+    answers[failed] = ""
+    return answers
 
 
 # ----------------------------------------------------------------------------- values

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vlrb.data.answers import extract_many, free_form_format
 from vlrb.data.inputs import BuildError, Inputs
 from vlrb.data.datasets import IMAGE_TOKENS
 from vlrb.data.tokens import count_many
 from vlrb.pricing import PriceTable
 
+OPTION_TEXTS = "_option_texts"  # a working column of the items: each option's text, lower-cased
 ITEM_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 PER_ROW = ("input_tokens", "output_tokens", "cost")  # optional result-file fields, used where present
 
@@ -53,6 +55,9 @@ def read_results(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
     table = pd.concat(frames, ignore_index=True)
     item = items.loc[table["item"].to_numpy()].reset_index(drop=True)
     table = pd.concat([table.drop(columns="item"), item], axis=1)
+    if {"answer", "prediction"} & set(table.columns):
+        table["answer"] = _answers(table)
+    table = table.drop(columns=[OPTION_TEXTS], errors="ignore")
     if "input_tokens" not in table.columns or table["input_tokens"].isna().any():
         counted = _input_tokens(table, items, text_only)
         table["input_tokens"] = table["input_tokens"].fillna(pd.Series(counted)) if "input_tokens" in table else counted
@@ -66,7 +71,7 @@ def read_results(data_cfg, prices: PriceTable | None, progress: bool = True) -> 
 def fields(data_cfg) -> dict:
     """data.fields with its defaults (MATH-V's names)."""
     f = {"id": "id", "prompt": "question", "options": "options", "image": "image", "dataset": None, "group": None,
-         "correct": "correct", "response": "response"}
+         "correct": "correct", "response": "response", "answer": "model_answer", "gold": "answer"}
     f.update({k: v for k, v in dict(data_cfg.get("fields") or {}).items()})
     for k in ("id", "prompt", "correct"):
         if not f.get(k):
@@ -112,8 +117,10 @@ def read_items(root: Path, data_cfg, f: dict) -> pd.DataFrame:
     if f.get("options") and f["options"] in df.columns:
         prompt = prompt + df[f["options"]].map(format_options)
     out = pd.DataFrame({"sample_id": (prefix + "/" + ids).to_numpy(), "dataset": dataset.to_numpy(),
-                        "prompt": prompt.to_numpy()},
+                        "prompt": prompt.to_numpy(), **_item_formats(df, f)},
                        index=pd.Index(ids.to_numpy(), name="id"))
+    if f.get("options") and f["options"] in df.columns:  # to read an answer that names an option by its text
+        out[OPTION_TEXTS] = df[f["options"]].map(_option_texts).to_numpy()
     if f.get("image"):
         out["image"] = df[f["image"]].where(df[f["image"]].notna(), None).to_numpy()
     if f.get("group"):
@@ -137,6 +144,59 @@ def format_options(options) -> str:
     if not opts:
         return ""
     return "\nOptions: " + " ".join(f"({chr(ord('A') + i)}) {o}" for i, o in enumerate(opts))
+
+
+def _n_options(options) -> int:
+    """How many options an item lists: a list (or its JSON text); other text: some, number unknown (-1)."""
+    if options is None or (isinstance(options, float) and np.isnan(options)):
+        return 0
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError:
+            return -1 if options.strip() else 0
+    return len(options) if isinstance(options, (list, tuple, np.ndarray)) else -1
+
+
+def _item_formats(df: pd.DataFrame, f: dict) -> dict:
+    """Each item's answer format (docs/method.md#answers): choice among its options where it lists some, else a
+    number (text where the gold answer, data.fields.gold, is no number)."""
+    n = (df[f["options"]].map(_n_options).to_numpy(np.int64)
+         if f.get("options") and f["options"] in df.columns else np.zeros(len(df), np.int64))
+    gold = df[f["gold"]].tolist() if f.get("gold") and f["gold"] in df.columns else ["0"] * len(df)
+    fmt = np.where(n != 0, "choice", [free_form_format(g) for g in gold]).astype(object)
+    return {"answer_format": fmt, "n_options": np.maximum(n, 0)}
+
+
+def _answers(table: pd.DataFrame) -> np.ndarray:
+    """The result's own extraction (data.fields.answer) where it has one, else read from the response."""
+    given = table["answer"] if "answer" in table.columns else pd.Series(None, index=table.index, dtype=object)
+    response = table["prediction"] if "prediction" in table.columns else pd.Series(None, index=table.index)
+    missing = given.isna().to_numpy()
+    out = given.where(~missing, "").astype(str).str.strip().to_numpy(dtype=object)
+    if missing.any():
+        rows = table[missing]
+        out[missing] = extract_many(response[missing].tolist(), rows["answer_format"].tolist(),
+                                    rows["n_options"].tolist())
+    if OPTION_TEXTS in table.columns:  # "<image2>" on an item whose options are ["<image2>", ...] is option A
+        for i in np.flatnonzero(table["answer_format"].to_numpy() == "choice"):
+            texts = table[OPTION_TEXTS].iat[i]
+            key = str(out[i]).strip().lower()
+            if texts and key in texts and len(key) > 1:
+                out[i] = chr(ord("A") + texts.index(key))
+    return out
+
+
+def _option_texts(options) -> list[str]:
+    """An item's options, lower-cased, as a list ([] for a free-form item)."""
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError:
+            return []
+    if not isinstance(options, (list, tuple, np.ndarray)):
+        return []
+    return [str(o).strip().lower() for o in options]
 
 
 # ----------------------------------------------------------------------------- per-model result files
@@ -182,6 +242,8 @@ def read_result_file(path: Path, model: str, f: dict, items: pd.DataFrame) -> pd
     out = pd.DataFrame({"item": ids.to_numpy(), "model_id": model, "correct": df[f["correct"]].to_numpy()})
     if f.get("response") and f["response"] in df.columns:
         out["prediction"] = df[f["response"]].where(df[f["response"]].notna(), None).astype(object).to_numpy()
+    if f.get("answer") and f["answer"] in df.columns:  # the result's own extraction (MATH-V's model_answer)
+        out["answer"] = df[f["answer"]].where(df[f["answer"]].notna(), None).astype(object).to_numpy()
     for k in PER_ROW:
         if k in df.columns:
             out[k] = df[k].to_numpy()

@@ -20,7 +20,7 @@ import pandas as pd
 from vlrb.errors import VlrbError
 from vlrb.data import correctness
 from vlrb.data.datasets import DatasetSpec
-from vlrb.data.families import Family, get_family, score_frame_undetermined
+from vlrb.data.families import Family, get_family, read_answers, score_frame_undetermined
 from vlrb.data.tokens import count_many
 
 RUN_DIR = re.compile(r"^T(\d{8})_G([0-9a-fA-F]*)$")
@@ -257,8 +257,11 @@ def read_task(task: Task) -> dict:
     pcol = next((c for c in PROMPT_COLUMNS if c in df.columns), None)
     prompts = df[pcol].astype(object).where(df[pcol].notna(), "").astype(str).to_numpy() if pcol else np.full(len(df), "", object)
     scores = np.where(undetermined, np.nan, scores)  # NaN: counted as undetermined (and wrong) by the build
+    answers, fmt, nopt = read_answers(task.family, df)  # the final answer as the rule reads it
+    answers[failed] = ""
     r = pd.DataFrame({"raw_id": ids, "score": scores, "failed": failed,
-                      "output_tokens": out_tokens, "has_prediction": has_pred, "prompt": prompts})[valid]
+                      "output_tokens": out_tokens, "has_prediction": has_pred, "prompt": prompts,
+                      "answer": answers, "answer_format": fmt, "n_options": nopt})[valid]
     r = r.drop_duplicates("raw_id", keep="first")  # upstream keeps the first row of a duplicated index
     return {"model": task.model, "dataset": task.dataset, "file": str(path), "run": task.run,
             "records": r, "duplicates": n_dup, "no_id": int((~valid).sum()), "notes": notes,

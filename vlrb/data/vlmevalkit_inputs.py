@@ -44,7 +44,7 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BuildError(errors[0] + more)
 
-    frames, prompts, file_notes = [], {}, []
+    frames, items, file_notes = [], {}, []
     for r in results:
         rec = r["records"]
         raw = rec["raw_id"]
@@ -52,22 +52,29 @@ def read_vlmevalkit(data_cfg, prices: PriceTable, progress: bool = True, discove
         frames.append(pd.DataFrame({"sample_id": sid, "dataset": r["dataset"], "model_id": r["model"],
                                     "raw_id": rec["raw_id"].to_numpy(), "score": rec["score"].to_numpy(),
                                     "failed": rec["failed"].to_numpy(), "output_tokens": rec["output_tokens"].to_numpy(),
-                                    "has_prediction": rec["has_prediction"].to_numpy()}))
-        if r["dataset"] not in prompts or len(rec) > len(prompts[r["dataset"]]):
-            prompts[r["dataset"]] = pd.Series(rec["prompt"].to_numpy(), index=sid)
+                                    "has_prediction": rec["has_prediction"].to_numpy(),
+                                    "answer": rec["answer"].to_numpy()}))
+        if r["dataset"] not in items or len(rec) > len(items[r["dataset"]]):  # the fullest file of the dataset
+            items[r["dataset"]] = pd.DataFrame({"prompt": rec["prompt"].to_numpy(),
+                                                "answer_format": rec["answer_format"].to_numpy(),
+                                                "n_options": rec["n_options"].to_numpy()}, index=sid)
         file_notes.append({k: r[k] for k in ("model", "dataset", "file", "run", "duplicates", "no_id", "nan_scores", "notes")})
     if not frames:
         raise BuildError(f"no evaluation files for the configured datasets and models under {data_cfg['raw_dir']}")
     records = pd.concat(frames, ignore_index=True)
 
-    # samples: prompt from the evaluation files, image from the LMUData TSV
+    # samples: prompt and answer format from the evaluation files, image from the LMUData TSV
     sample_rows, image_report, tsv_files = [], {}, []
     for ds, grp in records.groupby("dataset", sort=True):
         keys = grp.drop_duplicates("sample_id")[["sample_id", "raw_id"]]
         tsv = find_tsv(data_cfg.get("tsv_dir"), ds)
+        per_sample = items[ds].reindex(keys["sample_id"])
         s = pd.DataFrame({"sample_id": keys["sample_id"].to_numpy(), "dataset": ds,
-                          "prompt": prompts[ds].reindex(keys["sample_id"]).fillna("").to_numpy(),
-                          "image_kind": "none", "image_ref": "", "tsv_file": "", "tsv_row": -1, "num_images": 0})
+                          "prompt": per_sample["prompt"].fillna("").to_numpy(),
+                          "image_kind": "none", "image_ref": "", "tsv_file": "", "tsv_row": -1, "num_images": 0,
+                          # each item's answer format (docs/method.md#answers): its options make it a choice item
+                          "answer_format": per_sample["answer_format"].fillna("").to_numpy(),
+                          "n_options": per_sample["n_options"].fillna(0).to_numpy(np.int64)})
         rep = {"tsv": str(tsv) if tsv else None, "samples": len(s), "with_image": 0, "undecodable": [], "not_in_tsv": 0}
         if tsv is not None:
             tsv_files.append(str(tsv))

@@ -32,6 +32,7 @@ class Built:
     price_in: np.ndarray | None = None  # (K,) $ per 1M tokens; None when the records carried their own cost
     price_out: np.ndarray | None = None
     tokens_in: np.ndarray | None = None  # (N, K) input tokens per (sample, model)
+    answers: np.ndarray | None = None  # (N, K) str: each model's final answer ("" none); None: the reader had none
 
 
 _PLAIN_STEM = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -74,6 +75,9 @@ def write_benchmark(b: Built, out: Path, specs: dict[str, DatasetSpec]) -> None:
     rdir.mkdir(parents=True)
     np.savez_compressed(mdir / "Y.npz", Y=b.Y, scores=b.scores)
     np.save(mdir / "C.npy", b.C)
+    if b.answers is not None:  # one string column per model, rows in meta order (docs/layout.md#built-benchmark)
+        pd.DataFrame({m: b.answers[:, j].astype(str) for j, m in enumerate(b.models)}).to_parquet(
+            mdir / "answers.parquet", index=False)
     from vlrb.data.benchmark import compute_cost_bounds
 
     write_json(mdir / "cost_bounds.json", compute_cost_bounds(b.C, b.models))

@@ -13,8 +13,8 @@ from typing import Callable
 
 from vlrb.demo.plan import (plan_anls, plan_mathverse, plan_mathvision, plan_mathvista, plan_mcq, plan_ocrbench,
                             plan_vqa, plan_yorn)
-from vlrb.demo.render import (render_anls, render_mathverse, render_mathvision, render_mathvista, render_mcq,
-                              render_ocrbench, render_vqa, render_yorn)
+from vlrb.demo.render import render_anls, render_mcq, render_ocrbench, render_vqa, render_yorn
+from vlrb.demo.render_math import render_mathverse, render_mathvision, render_mathvista
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def plan_dataset(key: str, n: int, seed: int, api_failure_rate: float = API_FAIL
     d = dataset_number(key)
     family = _family(key)
     plan = family.plan(key, n, random.Random(seed * 1_000_003 + d * 7919 + 1))
+    plan.seed = seed
     rng = np.random.default_rng([seed, d, 2])
     plan.correct = rng.random((len(plan.samples), len(DEMO_MODELS))) < p_correct(plan, family.group)
     failed = np.zeros_like(plan.correct)
@@ -70,6 +71,14 @@ def plan_demo(*, samples_per_dataset: int | None = 100, full: bool = False, seed
 
 
 TRUTH_FILE = "demo_truth.parquet"
+VERSION_FILE = "demo_version.txt"
+GENERATOR_VERSION = 2  # 2: realistic wrong and malformed answers (docs/method.md#answers); Y and C as version 1
+
+
+def is_current_demo(path: Path) -> bool:
+    """A demo folder written by this version of the generator (an older one is generated again)."""
+    f = Path(path) / VERSION_FILE
+    return is_demo_dir(path) and f.is_file() and f.read_text().strip() == str(GENERATOR_VERSION)
 
 
 def is_demo_dir(path: Path) -> bool:
@@ -97,7 +106,7 @@ def generate_demo(out_dir: Path, *, samples_per_dataset: int | None = 100, full:
                      key="the demo folder", create_parents=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(out_dir):
-        if if_missing and is_demo_dir(out_dir):  # another process generated it while we waited
+        if if_missing and is_current_demo(out_dir):  # another process generated it while we waited
             return _demo_paths(out_dir, plans)
         remove_stale_temp_dirs(out_dir)
         tmp = new_temp_dir(out_dir)  # unique per process: concurrent generations never share files
@@ -106,6 +115,7 @@ def generate_demo(out_dir: Path, *, samples_per_dataset: int | None = 100, full:
             (tmp / "vlmeval").mkdir()
             results = _run_tasks(plans, tmp, seed, image_size, workers, progress)
             _truth_frame(plans, results).to_parquet(tmp / TRUTH_FILE, index=False)
+            (tmp / VERSION_FILE).write_text(f"{GENERATOR_VERSION}\n")
             swap_dir(tmp, out_dir)
         finally:
             if tmp.exists():
@@ -136,6 +146,9 @@ def _run_tasks(plans: dict[str, DatasetPlan], root: Path, seed: int, image_size:
         bar.close()
 
     if workers and workers > 1:
+        from vlrb.data.tokens import _encoder
+
+        _encoder()  # the mistake streams count tokens (vlrb.demo.mistakes): load the BPE ranks once, before forking
         # fork shares the plan without pickling; spawn where fork does not exist
         ctx = get_context("fork" if "fork" in _start_methods() else "spawn")
         with ctx.Pool(workers, _init_worker, (plans, root, seed, image_size)) as pool:

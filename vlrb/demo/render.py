@@ -3,8 +3,9 @@
 A renderer `(plan, model, ok, fail, rng) -> Rendered` turns one model's latent correctness on one
 dataset into prediction strings in the model's style (vlrb.demo.answers) and the family's evaluation
 columns; the demo's table of families (`vlrb.demo.families.DEMO_FAMILIES`) names the renderer of each
-correctness family. The scores are computed from the rendered cells with VLMEvalKit's rules
-(vlrb.demo.vlmeval_rules), so they are what a correct reader must recover.
+correctness family (the math families' in vlrb.demo.render_math). The scores are computed from the rendered cells
+with VLMEvalKit's rules (vlrb.demo.vlmeval_rules), so they are what a correct reader must recover. What a wrong
+model answers comes from the mistake streams of vlrb.demo.mistakes, which never change a score or a token count.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from vlrb.data.answers import extract_answer
+from vlrb.data.families import mcq_answer
 from vlrb.demo.answers import predictions, rng_word, wrong_choice
+from vlrb.demo.mistakes import item_lures, mistakes_of, reads_as, revise, style_of
 from vlrb.demo.samples import DatasetPlan
 from vlrb.demo.vlmeval_rules import anls_distance, ocrbench_hit, relaxed_correctness
 from vlrb.demo.vocab import ANSWER_WORDS, OCR_CATEGORIES
-from vlrb.demo.world import FAIL_MSG, HANDWRITTEN_MATH, JUDGE, PROFILES
+from vlrb.demo.world import FAIL_MSG, HANDWRITTEN_MATH, PROFILES
 
 
 @dataclass
@@ -32,16 +36,25 @@ class Rendered:
     lower_case_columns: bool = False
 
 
+# ----------------------------------------------------------------------------- renderers
+
 def render_mcq(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
                rng: np.random.Generator) -> Rendered:
     letter_only = PROFILES[model].letter_only
-    finals, hits = [], []
+    finals, letters, hits = [], [], []
     for s, c in zip(plan.samples, ok):
         opts = s.gold["options"]
         letter = s.gold["answer"] if c else wrong_choice(rng, list(opts), s.gold["answer"])
+        letters.append(letter)
         finals.append(letter if letter_only else f"{letter}. {opts[letter]}")
         hits.append(int(c))
     preds = predictions(finals, model, "mcq", rng, fail)
+    opts = [s.gold["options"] for s in plan.samples]
+    _, _, preds = revise(
+        mistakes_of(plan, model), lambda i: "choice", style_of(model, "mcq"), letters, finals, preds, ~ok & ~fail,
+        lambda i: [c for c in opts[i] if c != plan.samples[i].gold["answer"]],
+        lambda i, c: c if letter_only else f"{c}. {opts[i][c]}",
+        lambda i, v, p, bad: reads_as((mcq_answer(p, opts[i]), "choice", len(opts[i])), v, bad))
     logs = [f"Match Log: {p}. " if not f else "Failed to predict, thus randomly generate one. "
             for p, f in zip(preds, fail)]
     hits = [0 if f else h for h, f in zip(hits, fail)]
@@ -95,6 +108,10 @@ def _render_textvqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
         else:
             finals.append(rng_word(rng, 2))
     preds = predictions(finals, model, "short", rng, fail)
+    golds = [s.gold["golds"] for s in plan.samples]
+    own = ~ok & ~fail & np.array([f not in s.gold["alts"] for f, s in zip(finals, plan.samples)])
+    _, finals, preds = _revise_text(plan, model, finals, preds, own, lambda i: item_lures(
+        plan, i, lambda r: rng_word(r, 2)), lambda i, v, p: v.lower() not in golds[i])
     eval_pred = ["failed to obtain answer via api" if f else a.lower() for a, f in zip(finals, fail)]
     matches = []
     for s, p in zip(plan.samples, eval_pred):
@@ -126,6 +143,9 @@ def _render_chartqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
         else:
             finals.append(f"{value * rng.choice([0.5, 0.7, 1.3, 1.8]):g}")
     preds = predictions(finals, model, "short", rng, fail)
+    gold = [s.gold["golds"][0] for s in plan.samples]
+    _, finals, preds = _revise_text(plan, model, finals, preds, ~ok & ~fail, lambda i: _chart_lures(gold[i]),
+                                    lambda i, v, p: not relaxed_correctness(gold[i], v))
     eval_pred = [FAIL_MSG if f else a.strip() for a, f in zip(finals, fail)]
     matches = [[relaxed_correctness(g, p) for g in s.gold["golds"]] for s, p in zip(plan.samples, eval_pred)]
     score = [float(max(m)) for m in matches]
@@ -134,6 +154,21 @@ def _render_chartqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
     out = Rendered(preds, np.array(score), [("_results.xlsx", cols)])
     out.csv_files.append(("_acc.csv", [["Overall"], [100.0 * float(np.mean(score))]]))
     return out
+
+
+def _chart_lures(gold: str) -> list[str]:
+    try:
+        return [f"{float(gold) * m:g}" for m in (0.5, 0.7, 1.3, 1.8)]
+    except ValueError:
+        return [w for w in ANSWER_WORDS["chart"] if w != gold]
+
+
+def _revise_text(plan: DatasetPlan, model: str, finals: list[str], preds: list[str], rows: np.ndarray,
+                 candidates, still_wrong) -> tuple:
+    """Free-text answers: a model repeats its base family's wrong answer (no malformed text: any text reads)."""
+    return revise(mistakes_of(plan, model), lambda i: "text", style_of(model, "short"), finals, finals, preds, rows,
+                  candidates, lambda i, v: v,
+                  lambda i, v, p, bad: still_wrong(i, v, p) and extract_answer(p, "text") == v, base_only=True)
 
 
 def render_vqa(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
@@ -155,7 +190,7 @@ def _near_miss(text: str, rng: np.random.Generator) -> str:
 
 def render_anls(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
                 rng: np.random.Generator) -> Rendered:
-    finals, distances = [], []
+    finals = []
     for s, c, f in zip(plan.samples, ok, fail):
         golds = s.gold["golds"]
         if f:
@@ -170,10 +205,15 @@ def render_anls(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
                     answer = f"{int(rng.integers(100, 99999))}"
                 if 1 - min(anls_distance(g, answer) for g in golds) < 0.5:
                     break
-        d = [anls_distance(g, answer) for g in golds]
         finals.append(answer)
-        distances.append(d)
     preds = predictions(finals, model, "short", rng, fail)
+    golds = [s.gold["golds"] for s in plan.samples]
+    _, finals, preds = _revise_text(
+        plan, model, finals, preds, ~ok & ~fail,
+        lambda i: item_lures(plan, i, lambda r: rng_word(r, 3) if any(ch.isdigit() for ch in golds[i][0][:3])
+                              else f"{int(r.integers(100, 99999))}"),
+        lambda i, v, p: 1 - min(anls_distance(g, v) for g in golds[i]) < 0.5)
+    distances = [[anls_distance(g, a) for g in gs] for a, gs in zip(finals, golds)]
     best = [1.0 - min(d) for d in distances]
     score = [b if b >= 0.5 else 0.0 for b in best]
     cols = {"eval_gt": [repr(s.gold["golds"]) for s in plan.samples], "eval_pred": finals,
@@ -195,6 +235,13 @@ def render_ocrbench(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
         else:
             finals.append(gold if c else f"{rng_word(rng, 2).upper()}{int(rng.integers(10, 99))}")
     preds = predictions(finals, model, "short", rng, fail)
+    smp = plan.samples
+    _, finals, preds = _revise_text(
+        plan, model, finals, preds, ~ok & ~fail,
+        lambda i: ([smp[i].gold["golds"][0].replace("=", "-") + k for k in "1234"]
+                   if smp[i].row["category"] == HANDWRITTEN_MATH
+                   else item_lures(plan, i, lambda r: f"{rng_word(r, 2).upper()}{int(r.integers(10, 99))}")),
+        lambda i, v, p: not ocrbench_hit(p, smp[i].gold["golds"], smp[i].row["category"]))
     hits = [ocrbench_hit(p, s.gold["golds"], s.row["category"]) for p, s in zip(preds, plan.samples)]
     counts = {c: 0 for c in OCR_CATEGORIES}
     for h, s in zip(hits, plan.samples):
@@ -209,95 +256,3 @@ def render_ocrbench(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndar
     out = Rendered(preds, np.array(hits, dtype=float))
     out.json_files.append(("_score.json", summary))
     return out
-
-
-def _math_final(letter_or_value: str, is_mc: bool, model: str) -> str:
-    return f"({letter_or_value})" if is_mc and not PROFILES[model].letter_only else letter_or_value
-
-
-def _math_logs(model: str, fail: np.ndarray) -> list[str]:
-    """'Prefetch succeed' when VLMEvalKit's rules could read the bare answer, else the judge ran."""
-    plain = PROFILES[model].style["math"][0] == "plain"
-    failed = f"Try 0: output is {FAIL_MSG}, failed to parse.\nAll 5 retries failed.\n"
-    return [failed if f else ("Prefetch succeed" if plain else "Succeed") for f in fail]
-
-
-def render_mathvista(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
-                     rng: np.random.Generator) -> Rendered:
-    res = []
-    for s, c in zip(plan.samples, ok):
-        g = s.gold
-        if g["question_type"] == "multi_choice":
-            right = g["answer_option"]
-            res.append(right if c else wrong_choice(rng, list("ABCD"), right))
-        elif g["answer_type"] == "integer":
-            res.append(g["answer"] if c else str(int(g["answer"]) + int(rng.choice([-3, -1, 1, 5]))))
-        else:  # a float off by a visible margin, at the item's precision
-            wrong = float(g["answer"]) + float(rng.choice([-1.5, 0.7, 2.2]))
-            res.append(g["answer"] if c else f"{wrong:.{int(g['precision'])}f}")
-    is_mc = [s.gold["question_type"] == "multi_choice" for s in plan.samples]
-    finals = [_math_final(r, mc, model) for r, mc in zip(res, is_mc)]
-    preds = predictions(finals, model, "math", rng, fail)
-    res = ["" if f else r for r, f in zip(res, fail)]
-    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
-    out = Rendered(preds, np.array(score, dtype=float),
-                   [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
-    summary = _math_score_rows("Task&Skill", plan, "task", np.array(score))
-    out.csv_files.append((f"_{JUDGE}_score.csv", summary))
-    return out
-
-
-def render_mathvision(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
-                      rng: np.random.Generator) -> Rendered:
-    res = []
-    for s, c in zip(plan.samples, ok):
-        answer, choices = s.gold["answer"], s.gold["choices"]
-        if c:
-            res.append(answer)
-        elif choices:
-            res.append(wrong_choice(rng, list("ABCDE"), answer))
-        else:
-            res.append(str(int(answer) + int(rng.choice([-4, -1, 1, 3, 10]))))
-    finals = [_math_final(r, bool(s.gold["choices"]), model) for r, s in zip(res, plan.samples)]
-    preds = predictions(finals, model, "math", rng, fail)
-    res = ["" if f else r for r, f in zip(res, fail)]
-    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
-    out = Rendered(preds, np.array(score, dtype=float),
-                   [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
-    summary = _math_score_rows("Subject", plan, "category", np.array(score))
-    out.csv_files.append((f"_{JUDGE}_score.csv", summary))
-    return out
-
-
-def _math_score_rows(first: str, plan: DatasetPlan, by: str, hits: np.ndarray) -> list[list[Any]]:
-    """The judge summary: name, tot, prefetch, hit, prefetch_rate, acc (percent)."""
-    rows: list[list[Any]] = [[first, "tot", "prefetch", "hit", "prefetch_rate", "acc"]]
-    groups = [str(s.row[by]) for s in plan.samples]
-    for name in ["Overall", *sorted(set(groups))]:
-        mask = np.ones(len(groups), bool) if name == "Overall" else np.array([g == name for g in groups])
-        tot, hit = int(mask.sum()), int(hits[mask].sum())
-        rows.append([name, tot, 0, hit, 0.0, 100.0 * hit / max(tot, 1)])
-    return rows
-
-
-def render_mathverse(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
-                     rng: np.random.Generator) -> Rendered:
-    extract = []
-    for s, c in zip(plan.samples, ok):
-        answer = s.gold["answer"]
-        if c:
-            extract.append(answer)
-        elif s.gold["mc"]:
-            extract.append(wrong_choice(rng, list("ABCD"), answer))
-        else:
-            extract.append(str(int(answer) + int(rng.choice([-5, -2, 1, 4]))))
-    finals = [_math_final(e, s.gold["mc"], model) for e, s in zip(extract, plan.samples)]
-    preds = predictions(finals, model, "math", rng, fail)
-    extract = ["" if f else e for e, f in zip(extract, fail)]
-    log_extract = _math_logs(model, fail)
-    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
-    log_score = ["Prefetch succeed" if e else "Succeed" for e in extract]
-    stage1 = {"extract": extract, "log_extract": log_extract}
-    stage2 = {**stage1, "score": score, "log_score": log_score}
-    return Rendered(preds, np.array(score, dtype=float),
-                    [(f"_{JUDGE}_extract.xlsx", stage1), (f"_{JUDGE}_score.xlsx", stage2)])

@@ -30,6 +30,7 @@ class DatasetPlan:
     samples: list[Sample]
     correct: np.ndarray | None = None  # (N, M) latent correctness
     failed: np.ndarray | None = None  # (N, M) failed API calls
+    seed: int = 0  # the generation's seed (the mistake streams of vlrb.demo.mistakes are seeded with it)
 
     @property
     def kind_idx(self) -> np.ndarray:

@@ -35,6 +35,9 @@ def leaderboard_row(router: str, metrics: Mapping[str, Any], ci: Mapping[str, fl
     row["throughput_ktok_s"] = (throughput or {}).get("ktok_s", float("nan"))
     for m in ("oracle_gap", "selection_entropy", "top_model_share", "n"):
         row[m] = metrics.get(f"{prefix}{m}", float("nan"))
+    for m in ("calls_mean", "escalated_share"):  # cascades only: calls per request, share that escalated
+        if f"{prefix}{m}" in metrics:
+            row[m] = metrics[f"{prefix}{m}"]
     row.update(vs_best_single=extra.pop("vs_best_single", None), selected=bool(selected), kind=kind, source=source)
     row.update(extra)
     return row
@@ -83,19 +86,24 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None 
 def _rows_md(df: pd.DataFrame) -> str:
     header = ["Router", "λ", "Acc. (%)", "95% CI", "Cost ($/10K)", "95% CI", "Rank Score", "95% CI",
               "Throughput (K tok/s)", "Oracle gap (pts)", "Sel. entropy", "vs best single: Δ rank score"]
+    cascades = "calls_mean" in df and bool(np.isfinite(df["calls_mean"].astype(float)).any())
+    if cascades:  # calls per request (one-shot routers: 1), beside the cost they add up to
+        header.insert(6, "Calls/req")
     rows = []
     for d in df.to_dict(orient="records"):  # not itertuples: it renames the `lambda` column
+        calls = d.get("calls_mean", float("nan"))
+        extra = [f"{calls:.2f}" if np.isfinite(calls) else "1"] if cascades else []
         rows.append([
             str(d["router"]), fmt_lambda(d["lambda"]),
             _pct(d["accuracy"]), _ci(d["accuracy_lo"], d["accuracy_hi"], _pct),
-            _cost(d["avg_cost"]), _ci(d["avg_cost_lo"], d["avg_cost_hi"], _cost),
+            _cost(d["avg_cost"]), _ci(d["avg_cost_lo"], d["avg_cost_hi"], _cost), *extra,
             _pct(d["rank_score"]), _ci(d["rank_score_lo"], d["rank_score_hi"], _pct),
             "–" if not np.isfinite(d["throughput_ktok_s"]) else f"{d['throughput_ktok_s']:,.1f}",
             _pct(d["oracle_gap"]),
             "–" if not np.isfinite(d["selection_entropy"]) else f"{d['selection_entropy']:.2f}",
             d["vs_best_single"] if isinstance(d.get("vs_best_single"), str) else "–",
         ])
-    return _md_table(header, rows, ["l", "r"] + ["r"] * 9 + ["l"])
+    return _md_table(header, rows, ["l", "r"] + ["r"] * (len(header) - 3) + ["l"])
 
 
 def leaderboard_markdown(df: pd.DataFrame, title: str = "Leaderboard (test split)") -> str:

@@ -77,6 +77,11 @@ def pareto_plot(leaderboard: pd.DataFrame, single_models: pd.DataFrame | None, p
         d = leaderboard[leaderboard["router"] == name].sort_values("avg_cost")
         x, y = d["avg_cost"].to_numpy() * PER_10K, d["accuracy"].to_numpy() * 100
         color = router_colour(name)
+        calls = d["calls_mean"].astype(float).to_numpy() if "calls_mean" in d else np.full(len(d), np.nan)
+        if np.isfinite(calls).any():  # a cascade: dashed, triangles, its calls per request in the legend
+            ax.plot(x, y, "--^", c=color, ms=7, lw=1.2, mec="black", mew=0.5, zorder=4,
+                    label=f"{name} (cascade, {np.nanmean(calls):.2f} calls/req)")
+            continue
         if len(d) > 1:  # a λ sweep: a curve, the dev-selected λ ringed, each point labelled with its λ
             ax.plot(x, y, "-o", c=color, ms=4, lw=1.5, label=name, zorder=3)
             lams = [fmt_lambda(lam) for lam in d["lambda"]]

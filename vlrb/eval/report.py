@@ -20,6 +20,7 @@ from vlrb.eval.pareto import pareto_plot
 from vlrb.eval.runs import RunScan, rescore_choices, scan_runs, select_runs
 from vlrb.io import write_json, write_with
 from vlrb.routers import Router
+from vlrb.routing.calls import as_calls
 from vlrb.routing.metrics import (DEFAULT_BETA, bootstrap_ci, bootstrap_indices, bootstrap_weights,
                                   paired_bootstrap, per_dataset_metrics, rank_score, reference_model, route_metrics,
                                   router_throughput)
@@ -188,11 +189,17 @@ def evaluate_benchmark(bench: Benchmark, out_dir: str | Path, *, baselines: Sequ
 
 
 def _predictions(test: Split, scored: list[Scored]) -> pd.DataFrame:
-    """predictions.parquet of this run: every scored router's test choices, rescored from Y and C."""
+    """predictions.parquet of this run: every scored router's test choices, rescored from Y and C (a cascade's
+    returned model, what its calls cost, and every model it called)."""
     rows = np.arange(len(test))
     models = np.asarray(test.models, dtype=object)
-    return pd.concat([pd.DataFrame({
-        "sample_id": test.sample_ids, "split": test.name, "router": s.label,
-        "lambda": np.nan if s.lam is None else s.lam, "model_id": models[s.choices],
-        "correct": test.Y[rows, s.choices].astype(np.int8), "cost": test.C[rows, s.choices]}) for s in scored],
-        ignore_index=True)
+    frames = []
+    for s in scored:
+        calls = as_calls(s.choices)
+        final = calls.final
+        frames.append(pd.DataFrame({
+            "sample_id": test.sample_ids, "split": test.name, "router": s.label,
+            "lambda": np.nan if s.lam is None else s.lam, "model_id": models[final],
+            "correct": test.Y[rows, final].astype(np.int8), "cost": calls.cost(test.C),
+            "models_called": calls.labels(models)}))
+    return pd.concat(frames, ignore_index=True)

@@ -26,6 +26,7 @@ from vlrb.routing.metrics import (bootstrap_ci, bootstrap_indices, bootstrap_wei
 
 OURS = "vlrb_cal"
 BASELINES = ("oracle", "strongest", "cheapest", "per_dataset", "random")
+CASCADE_PREFIX = "cascade_"  # conf/router/cascade_*.yaml: routers that call models one at a time
 
 
 def _chosen(metrics: dict) -> str:
@@ -64,11 +65,15 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
     entries = [("best single: " + bench.models[single], np.full(len(test), single), {}, "reference")]
     for name, run in sorted(chosen.items(), key=lambda kv: (kv[0] != "oracle", kv[0] == OURS, kv[0])):
         choices, _ = rescore_choices(run, bench, "test")
-        kind = "oracle" if name == "oracle" else "ours" if name == OURS else "baseline" if name in BASELINES else "seed"
+        kind = ("oracle" if name == "oracle" else "ours" if name == OURS else "baseline" if name in BASELINES
+                else "cascade" if name.startswith(CASCADE_PREFIX) else "seed")
         entries.insert(0 if kind == "oracle" else len(entries), (name, choices, run.metrics, kind))
     # the best seed router by its cross-validated score (runs selected on one dev split do not compete here)
     seeds = [e for e in entries if e[3] == "seed" and e[2].get("cv/rank_score") is not None]
     best_seed = max(seeds, key=lambda e: e[2]["cv/rank_score"]) if seeds else None
+    # the best one-shot router (seed routers and vlrb_cal, by CV score): what cascades are compared with
+    one_shot = [e for e in entries if e[3] in ("seed", "ours") and e[2].get("cv/rank_score") is not None]
+    best_one_shot = max(one_shot, key=lambda e: e[2]["cv/rank_score"]) if one_shot else None
     reference = next(e for e in entries if e[3] == "reference")
     for name, choices, metrics, kind in entries:
         m = route_metrics(test, choices, bounds, prefix="", beta=beta, breakdown=False)
@@ -76,15 +81,21 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
         row = {"router": name, "kind": kind, "chosen": _chosen(metrics) if metrics else "–",
                "cv_rank_score": metrics.get("cv/rank_score", math.nan) if metrics else math.nan,
                **{k: m[k] for k in ("accuracy", "avg_cost", "rank_score")}, **ci}
-        for ref_name, ref in (("best_single", reference), ("best_seed", best_seed)):
+        row.update({k: m[k] for k in ("calls_mean", "escalated_share") if k in m})
+        for ref_name, ref in (("best_single", reference), ("best_seed", best_seed), ("best_one_shot", best_one_shot)):
             if ref is None or ref[0] == name or kind == "oracle":
                 continue
             pb = paired_bootstrap(test, choices, ref[1], bounds, beta=beta, indices=W)
             row.update({f"vs_{ref_name}": pb["outcome"], f"vs_{ref_name}_delta": pb["delta_rank_score"],
                         f"vs_{ref_name}_lo": pb["delta_rank_score_lo"], f"vs_{ref_name}_hi": pb["delta_rank_score_hi"]})
+            if ref_name == "best_single":  # a cascade's claim: the same accuracy for less money
+                row.update({f"vs_{ref_name}_{k}": pb[k] for k in ("delta_accuracy", "delta_accuracy_lo",
+                                                                   "delta_accuracy_hi", "cost_ratio", "cost_ratio_lo",
+                                                                   "cost_ratio_hi")})
         rows.append(row)
     df = pd.DataFrame(rows)
-    df.attrs.update(best_seed=best_seed[0] if best_seed else None, n_test=len(test))
+    df.attrs.update(best_seed=best_seed[0] if best_seed else None, n_test=len(test),
+                    best_one_shot=best_one_shot[0] if best_one_shot else None)
     return df
 
 
@@ -100,6 +111,8 @@ def results_markdown(df: pd.DataFrame) -> str:
               "Rank score [95% CI]", "vs best single: Δ rank score", f"vs best seed ({df.attrs.get('best_seed')})"]
     out = []
     for r in df.to_dict(orient="records"):
+        if r["kind"] == "cascade":  # cascades have their own table (cascades_markdown)
+            continue
         out.append([f"**{r['router']}**" if r["kind"] == "ours" else r["router"], r["chosen"],
                     _pct(r["cv_rank_score"]),
                     f"{_pct(r['accuracy'])} [{_pct(r['accuracy_lo'])}, {_pct(r['accuracy_hi'])}]",
@@ -108,6 +121,34 @@ def results_markdown(df: pd.DataFrame) -> str:
                     _delta(r, "best_single") if r["kind"] != "reference" else "(reference)",
                     _delta(r, "best_seed") if r["router"] != df.attrs.get("best_seed") else "(reference)"])
     return _md_table(header, out, ["l", "l"] + ["r"] * 4 + ["l", "l"]) + "\n"
+
+
+def cascades_markdown(df: pd.DataFrame) -> str:
+    """The cascades beside the best single model and the best one-shot router: calls per request, the share that
+    escalated, and paired bootstraps against both (accuracy difference and cost ratio against the best single)."""
+    best = df.attrs.get("best_one_shot")
+    keep = df[(df["kind"].isin(["cascade", "reference"])) | (df["router"] == best)]
+    if not (keep["kind"] == "cascade").any():
+        return ""
+    header = ["Router", "chosen (CV)", "CV rank score", "Calls/req", "Escalated", "Acc. (%) [95% CI]",
+              "Cost ($/10K) [95% CI]", "Rank score [95% CI]", "vs best single: Δ acc. (pts), cost ×",
+              "vs best single: Δ rank score", f"vs best one-shot ({best}): Δ rank score"]
+    out = []
+    for r in keep.to_dict(orient="records"):
+        calls, esc = r.get("calls_mean", math.nan), r.get("escalated_share", math.nan)
+        acc_cost = "(reference)" if r["kind"] == "reference" else (
+            f"{r['vs_best_single_delta_accuracy'] * 100:+.2f} [{r['vs_best_single_delta_accuracy_lo'] * 100:+.2f}, "
+            f"{r['vs_best_single_delta_accuracy_hi'] * 100:+.2f}], {r['vs_best_single_cost_ratio']:.2f}x "
+            f"[{r['vs_best_single_cost_ratio_lo']:.2f}, {r['vs_best_single_cost_ratio_hi']:.2f}]")
+        out.append([r["router"], r["chosen"], _pct(r["cv_rank_score"]),
+                    f"{calls:.2f}" if isinstance(calls, float) and math.isfinite(calls) else "1",
+                    f"{esc * 100:.0f}%" if isinstance(esc, float) and math.isfinite(esc) else "–",
+                    f"{_pct(r['accuracy'])} [{_pct(r['accuracy_lo'])}, {_pct(r['accuracy_hi'])}]",
+                    f"{_cost(r['avg_cost'])} [{_cost(r['avg_cost_lo'])}, {_cost(r['avg_cost_hi'])}]",
+                    f"{_pct(r['rank_score'])} [{_pct(r['rank_score_lo'])}, {_pct(r['rank_score_hi'])}]",
+                    acc_cost, _delta(r, "best_single") if r["kind"] != "reference" else "(reference)",
+                    _delta(r, "best_one_shot") if r["router"] != best else "(reference)"])
+    return _md_table(header, out, ["l", "l"] + ["r"] * 6 + ["l"] * 3) + "\n"
 
 
 def ood_table(runs_dir: str | Path) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from vlrb.data.benchmark import Benchmark
+from vlrb.routing.calls import Calls
 from vlrb.routing.soft_labels import parse_lambda
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ def select_runs(runs: list[RunRecord]) -> tuple[list[RunRecord], dict[str, RunRe
     return list(per_lambda.values()), chosen
 
 
-def rescore_choices(run: RunRecord, bench: Benchmark, split: str = "test") -> tuple[np.ndarray, dict[str, int]]:
-    """The run's chosen model index for every sample of `split`, in split order, from predictions.parquet.
+def rescore_choices(run: RunRecord, bench: Benchmark, split: str = "test") -> tuple[np.ndarray | Calls, dict[str, int]]:
+    """The run's chosen model index for every sample of `split`, in split order, from predictions.parquet (a
+    cascade's run: its `Calls`, from the `models_called` column).
 
     Errors when a split sample was not predicted, a sample is predicted twice, or a model is unknown.
     Reports (does not fail on) disagreements between the stored `correct` and the benchmark's Y.
@@ -147,6 +149,15 @@ def rescore_choices(run: RunRecord, bench: Benchmark, split: str = "test") -> tu
         raise ValueError(f"{run.path}: {int(choices.isna().sum())} of {len(sp)} {split} samples have no prediction "
                          f"(was the run made on another benchmark? e.g. {choices.index[choices.isna()][0]})")
     choices = choices.to_numpy().astype(np.int64)
+    calls = None
+    if "models_called" in preds.columns:
+        chains = pd.Series(preds["models_called"].astype(str).to_numpy(), index=preds["sample_id"].astype(str))
+        try:
+            calls = Calls.from_labels(chains.reindex(pd.Index(sp.sample_ids).astype(str)).tolist(), bench.models)
+        except KeyError as e:
+            raise ValueError(f"{run.path}/predictions.parquet: {e.args[0]}") from None
+        if (calls.final != choices).any():
+            raise ValueError(f"{run.path}/predictions.parquet: model_id is not the last of models_called")
     info = {"n_predictions": int(len(preds)), "n_correct_mismatch": 0}
     if "correct" in preds.columns:
         stored = pd.Series(preds["correct"].to_numpy(), index=preds["sample_id"].astype(str)).reindex(sp.sample_ids.astype(str))
@@ -155,4 +166,4 @@ def rescore_choices(run: RunRecord, bench: Benchmark, split: str = "test") -> tu
         if info["n_correct_mismatch"]:
             log.warning("%s: %d stored `correct` values disagree with the benchmark (rescored from Y)",
                         run.path, info["n_correct_mismatch"])
-    return choices, info
+    return (calls if calls is not None else choices), info

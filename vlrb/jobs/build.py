@@ -31,10 +31,12 @@ def generate_demo_if_missing(data_cfg, progress: bool = True) -> None:
         return
     raw = Path(data_cfg.raw_dir)
     out = raw.parent
-    from vlrb.demo import generate_demo, is_demo_dir
+    from vlrb.demo import generate_demo, is_current_demo, is_demo_dir
 
-    if is_demo_dir(out) and raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
+    if is_current_demo(out) and raw.is_dir() and Path(data_cfg.tsv_dir).is_dir():
         return
+    if is_demo_dir(out):
+        _say(f"the demo work dir in {out} was written by an older generator: generating it again")
 
     n = gen.get("samples_per_dataset")
     _say(f"generating the demo work dir in {out} ({'full scale' if n is None else f'{n} samples per dataset'}) ...")

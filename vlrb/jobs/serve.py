@@ -18,6 +18,8 @@ def main(cfg: DictConfig) -> None:
 
 def load(cfg: DictConfig):
     """(trained router, ServeSettings) from the serve config; every config error is raised here, before serving."""
+    from vlrb.serve.cascade import check_settings
+    from vlrb.serve.service import warm_up
     from vlrb.serve.settings import ServeSettings
 
     path = cfg.get("router_dir")
@@ -26,8 +28,9 @@ def load(cfg: DictConfig):
         plain["upstreams"] = read_upstreams(plain["upstreams"])
     router = load_router_dir(cfg)
     settings = ServeSettings.from_config(plain, router.models, router_label=router.name)
+    check_settings(router, settings)  # a cascade needs upstreams (README: Serving a cascade)
     try:  # one request's worth now: the encoders load, and a router that cannot serve says so in one line
-        router.score_raw(["warm-up"], [None])
+        warm_up(router)
     except (ValueError, RuntimeError, OSError) as e:
         raise ConfigError(f"router_dir={path}: this router cannot score new requests ({e})") from None
     if str(cfg.host) not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:

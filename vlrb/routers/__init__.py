@@ -7,5 +7,6 @@ from vlrb.routers import baselines  # noqa: F401  (oracle, strongest, cheapest, 
 from vlrb.routers import kmeans, knn, mlp, ovr  # noqa: F401  (feature routers: kmeans, knn, prknn, linear, mlp, ovr)
 from vlrb.routers import calibrated  # noqa: F401  (vlrb_cal: vlrb's own calibrated, cost-aware router)
 from vlrb.routers import e2e  # noqa: F401  (end-to-end routers: routerdc, cosinecls, zooter, vlc)
+from vlrb.routers import cascade, cascade_learned  # noqa: F401  (cascades: validity, agreement, chain, verify)
 
 __all__ = ["Router", "read_router"]

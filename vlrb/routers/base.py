@@ -34,7 +34,8 @@ from vlrb.routing.metrics import validate_choices
 #   "labels"   - the routed split's own Y and C (only the Oracle: an upper bound, not a deployable router)
 #   "features" - split.X, fused frozen embeddings (feature-level routers)
 #   "raw"      - prompts and images through the Benchmark (end-to-end routers)
-INPUT_KINDS = ("labels", "features", "raw")
+#   "answers"  - the answers of the models it calls (cascades: replayed from the benchmark, or live when served)
+INPUT_KINDS = ("labels", "features", "raw", "answers")
 
 
 class Router:
@@ -154,6 +155,10 @@ class Router:
                              f"asked to route among {k} {list(split.models)[:3]}...")
         if "features" in self.inputs and split.X is None:
             raise ValueError(f"{self.label} needs features: attach them with split.with_features(X)")
+        if "answers" in self.inputs and getattr(split, "answers", None) is None:
+            raise ValueError(f"{self.label} replays the models' answers, and these rows have none: a benchmark built "
+                             "before answers were kept needs `python build_data.py` again; new requests are routed by "
+                             "serving the cascade (serve.py), which sees the answers as the models give them")
 
     def _training_rows(self, train: Split, drop_no_correct: bool = True) -> np.ndarray:
         """Rows a router learns from: upstream drops samples no model answers (dev and test never are)."""

@@ -315,6 +315,7 @@ class CalibratedRouter(Router):
         self.alpha_, oof_ll, z_oof = best
         self.platt_a_, self.platt_c_ = fit_platt(z_oof, Y)
         p_oof = _sigmoid(self.platt_a_ * z_oof + self.platt_c_)
+        self.oof_correctness = p_oof  # (n, K) out of fold on the training rows, for the cascades (not saved)
 
         # the final predictors on every training row
         self.priors_ = Priors().fit(Y, groups, datasets)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from vlrb.data.benchmark import Split
+from vlrb.routing.calls import Calls
 
 DEFAULT_BETA = 0.1
 _EPS = 1e-12  # the upstream guards in both denominators (routers/utils/rank_score.py)
@@ -92,15 +93,20 @@ def validate_choices(choices, n: int, k: int, what: str = "router") -> np.ndarra
 
 
 def _outcomes(split: Split, choices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(choices, correct (n,), cost (n,)) of a routing decision, after every sanity check."""
+    """(returned model (n,), correct (n,), cost (n,)) of a routing decision, after every sanity check: one-shot
+    choices (n,), or a cascade's `Calls` (the last call's answer, every call paid)."""
     Y, C = np.asarray(split.Y), np.asarray(split.C)
     if Y.ndim != 2 or Y.shape != C.shape:
         raise ValueError(f"split {split.name!r}: Y {Y.shape} and C {C.shape} must be N×K matrices of one shape")
     n, k = Y.shape
     if n == 0:
         raise ValueError(f"split {split.name!r} is empty: no samples to score")
-    ch = validate_choices(choices, n, k)
     rows = np.arange(n)
+    if isinstance(choices, Calls):
+        calls = choices.validate(n, k)
+        ch = calls.final
+        return ch, Y[rows, ch].astype(np.float64), calls.cost(C)
+    ch = validate_choices(choices, n, k)
     return ch, Y[rows, ch].astype(np.float64), C[rows, ch].astype(np.float64)
 
 
@@ -166,9 +172,12 @@ def route_metrics(split: Split, choices, cost_bounds: Mapping[str, Any], prefix:
         f"{prefix}num_correct": int(correct.sum()),
     }
     out.update({f"{prefix}{k}": v for k, v in selection_stats(ch, split.Y.shape[1]).items()})
+    if isinstance(choices, Calls):  # a cascade: how many calls a request made, how many went past the first
+        out.update({f"{prefix}calls_mean": float(choices.n_calls.mean()),
+                    f"{prefix}escalated_share": float((choices.n_calls > 1).mean())})
     if breakdown:
         for by, tag in (("dataset", ""), ("group", "group/")):
-            table = per_dataset_metrics(split, ch, cost_bounds, by=by, beta=beta)
+            table = per_dataset_metrics(split, choices, cost_bounds, by=by, beta=beta)
             for row in table.itertuples(index=False):  # one iteration per dataset, not per sample
                 key = f"{prefix}{tag}{getattr(row, by)}/"
                 out.update({key + "accuracy": float(row.accuracy), key + "avg_cost": float(row.avg_cost),
@@ -249,6 +258,9 @@ def paired_bootstrap(split: Split, choices_a, choices_b, cost_bounds: Mapping[st
         d = a[name] - b[name]
         lo, hi = np.quantile(d, q)
         out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = float(d.mean()), float(lo), float(hi)
+    ratio = a["avg_cost"] / np.maximum(b["avg_cost"], _EPS)  # what A pays per $ that B pays
+    lo, hi = np.quantile(ratio, q)
+    out["cost_ratio"], out["cost_ratio_lo"], out["cost_ratio_hi"] = float(np.mean(ratio)), float(lo), float(hi)
     d = a["rank_score"] - b["rank_score"]
     out["p_a_better"] = float((d > 0).mean())
     lo, hi = out["delta_rank_score_lo"], out["delta_rank_score_hi"]

@@ -6,7 +6,8 @@ Modules, one concept each: `settings` (the validated server config), `decide` (t
 estimates), `batching` (concurrent requests share one router forward), `schema` (chat requests in the
 OpenAI format), `security` (limits, image checks, auth), `upstream` (forwarding with fallback, streaming),
 `metrics` (Prometheus, counted by route), `errors` (OpenAI-style JSON errors), `service` (the router, batcher,
-costs and upstreams one app serves), `dependencies` (how endpoints reach the service, and auth), `routes` (the
+costs and upstreams one app serves), `cascade` (serving a cascade router: its calls one at a time, each answer read
+as the benchmark reads one), `dependencies` (how endpoints reach the service, and auth), `routes` (the
 endpoints), `app` (`create_app`: the routes, error handlers and metrics put together; how to add an endpoint),
 `calibrate` (finding μ for a target $/request). Importing this package does not import FastAPI;
 `vlrb.serve.app.create_app` does.

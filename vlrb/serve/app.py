@@ -67,8 +67,9 @@ async def lifespan(app: FastAPI):
     svc: RouterService = app.state.service
     s = svc.settings
     await svc.start()
-    log.info("serving %s: %d models, %s, mu=%g, batches of <= %d", s.model_name, len(svc.models),
-             "route_only" if s.route_only else f"{len(s.upstreams)} upstreams", s.mu, s.max_batch)
+    log.info("serving %s: %d models, %s, mu=%g, batches of <= %d%s", s.model_name, len(svc.models),
+             "route_only" if s.route_only else f"{len(s.upstreams)} upstreams", s.mu, s.max_batch,
+             f"; a cascade of up to {svc.policy.max_calls} calls" if svc.policy is not None else "")
     try:
         yield
     finally:

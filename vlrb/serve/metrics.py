@@ -1,5 +1,6 @@
 """Prometheus metrics (GET /metrics, text exposition format): requests and errors by endpoint and status,
-request latency, router batch sizes and forward time, routed-model counts, upstream attempts by outcome.
+request latency, router batch sizes and forward time, routed-model counts, upstream attempts by outcome, and for a
+cascade the calls per request, its escalations (from one model to the next) and the cascades an upstream cut short.
 Each app has its own registry, so several servers (tests) in one process do not share counts.
 
 A request's `endpoint` label is the path template of the route it matched (`scope["route"].path`, set by the
@@ -16,6 +17,7 @@ CLIENT_CLOSED = 499  # the status of a request whose client disconnected first
 OTHER = "other"  # the endpoint label of a request that matched no route
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CALL_BUCKETS = (1, 2, 3, 4, 5, 6, 8)
 
 
 class Metrics:
@@ -36,6 +38,12 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.upstream = Counter("vlrb_upstream_attempts", "Upstream calls by model and outcome", ["model", "outcome"],
                                 registry=r)
+        self.cascade_calls = Histogram("vlrb_cascade_calls", "Models called per cascade request (answers received)",
+                                       buckets=CALL_BUCKETS, registry=r)
+        self.escalations = Counter("vlrb_cascade_escalations", "Cascade escalations: after an answer of `from_model`, "
+                                   "a call to `to_model`", ["from_model", "to_model"], registry=r)
+        self.cascade_cut = Counter("vlrb_cascade_incomplete", "Cascades an upstream failure stopped early (the last "
+                                   "answer received was returned)", ["model"], registry=r)
         self.disconnects = Counter("vlrb_client_disconnects", "Requests whose client went away before the response "
                                    "ended (status 499, not server errors)", ["endpoint"], registry=r)
 

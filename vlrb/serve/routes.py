@@ -8,7 +8,8 @@
 
 Every route of `api` needs the `authorized` dependency (bearer auth when keys are configured). Every response to
 a routed request carries the headers `x-vlrb-model` (the model that answered, or would) and
-`x-vlrb-estimated-cost` ($, from the cost estimate of `vlrb.serve.decide`).
+`x-vlrb-estimated-cost` ($, from the cost estimate of `vlrb.serve.decide`). A cascade (vlrb.serve.cascade) adds
+`x-vlrb-models-called` ("m1>m2") and its cost is that of every call; /v1/route names its first model only.
 
 These routers are shared by every app in the process: add endpoints on a router of your own, passed to
 `create_app(..., extra_routers=[...])`, never here from outside (see `vlrb.serve.app`).
@@ -22,6 +23,7 @@ import uuid
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from vlrb.serve import cascade
 from vlrb.serve.decide import Decision
 from vlrb.serve.dependencies import ChatInput, Service, authorized, chat_input, route_input
 from vlrb.serve.schema import ChatRequest
@@ -35,7 +37,7 @@ api = APIRouter(dependencies=[Depends(authorized)])
 async def health(svc: Service):
     s = svc.settings
     return {"status": "ok", "model": s.model_name, "router": getattr(svc.router, "name", "router"),
-            "models": svc.models, "route_only": s.route_only, "mu": s.mu}
+            "models": svc.models, "route_only": s.route_only, "mu": s.mu, "cascade": svc.policy is not None}
 
 
 @api.get("/metrics")
@@ -51,6 +53,10 @@ async def models(svc: Service):
 
 @api.post("/v1/route")
 async def route(svc: Service, chat: ChatInput = Depends(route_input)):
+    if svc.policy is not None:
+        start = await svc.start_cascade(chat.req, chat.image)
+        info = cascade.route_info(svc, start)
+        return JSONResponse(info, headers=routed_headers(info["model"], info["estimated_cost"]))
     d, latency = await svc.route(chat.req, chat.image)
     return JSONResponse({"object": "vlrb.route", "model": d.model, "order": d.order, "mu": d.mu,
                          "scores": d.scores, "estimated_cost": d.cost, "estimated_costs": d.costs,
@@ -60,6 +66,8 @@ async def route(svc: Service, chat: ChatInput = Depends(route_input)):
 @api.post("/v1/chat/completions")
 async def chat_completions(svc: Service, chat: ChatInput = Depends(chat_input)):
     req = chat.req
+    if svc.policy is not None:
+        return await _cascade(svc, chat)
     d, latency = await svc.route(req, chat.image)
     info = {"model": d.model, "estimated_cost": d.cost, "mu": d.mu, "router_latency_ms": latency * 1000}
     if svc.settings.route_only:
@@ -79,6 +87,23 @@ async def chat_completions(svc: Service, chat: ChatInput = Depends(chat_input)):
 
 def routed_headers(model: str, cost: float) -> dict[str, str]:
     return {"x-vlrb-model": model, "x-vlrb-estimated-cost": f"{cost:.6g}"}
+
+
+async def _cascade(svc, chat: ChatInput) -> Response:
+    """A cascade's calls, then the last answer received (streamed once it is known with `stream: true`)."""
+    start = await svc.start_cascade(chat.req, chat.image)
+    res = await cascade.run(svc, start, chat.req.body)
+    if not res.order:  # the first model's upstream refused the request (its 4xx): as it came
+        fwd = res.reply
+        headers = routed_headers(fwd.model, float(start.costs[start.first]))
+        return JSONResponse(fwd.data, status_code=fwd.status, headers=headers)
+    info, headers = cascade.summary(svc, start, res)
+    data = res.reply
+    data["model"] = info["model"]
+    if chat.req.stream:
+        return StreamingResponse(cascade.events(data, info), media_type="text/event-stream", headers=headers)
+    data["vlrb"] = info
+    return JSONResponse(data, headers=headers)
 
 
 def _route_only(req: ChatRequest, d: Decision, info: dict) -> Response:

@@ -8,7 +8,9 @@ URL as a plain string). What the router reads: the text of the last user message
 latest user message that has one (the question being asked now, and the picture it is about).
 
 `vlrb` is vlrb's own field (the OpenAI client sends it with `extra_body={"vlrb": {...}}`); it is removed before
-a request is forwarded. Keys: `mu` (a number: this request's budget knob, instead of the server's budget.mu).
+a request is forwarded. Keys: `mu` (a number: this request's budget knob, instead of the server's budget.mu), and
+for a cascade (vlrb.serve.cascade) `answer_format` (choice | number | yesno | text: how its models' answers are read)
+and `n_options` (the options of a choice item; 0: any letter); without them both are inferred from the prompt.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlrb.data.answers import ANSWER_FORMATS
 from vlrb.serve.errors import ApiError, bad_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-VLRB_KEYS = {"mu"}
+VLRB_KEYS = {"mu", "answer_format", "n_options"}
+MAX_OPTIONS = 26  # option letters A..Z
 MU_LIMIT = 1e7  # |μ| beyond this changes no decision (vlrb.serve.calibrate.MU_LIMIT) and overflows nothing
 MAX_TOKENS_LIMIT = 10_000_000  # a larger max_tokens is no request any model serves
 
@@ -36,6 +40,8 @@ class ChatRequest:
     stream: bool = False
     mu: float | None = None
     max_tokens: int | None = None
+    answer_format: str | None = None  # a cascade's reading of the answers (None: inferred from the prompt)
+    n_options: int | None = None
 
 
 def parse_json(raw: bytes) -> Any:
@@ -89,7 +95,7 @@ def parse_chat(raw: bytes, served_model: str, *, model_required: bool = True) ->
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TOKENS_LIMIT:
                 raise bad_request(f"'{key}' must be a whole number from 1 to {MAX_TOKENS_LIMIT}, got {v!r}", key)
             req.max_tokens = v
-    req.mu = _vlrb_field(body.get("vlrb"))
+    req.mu, req.answer_format, req.n_options = _vlrb_field(body.get("vlrb"))
     return req
 
 
@@ -137,17 +143,24 @@ def _flag(v: Any, key: str) -> bool:
     return v
 
 
-def _vlrb_field(v: Any) -> float | None:
+def _vlrb_field(v: Any) -> tuple[float | None, str | None, int | None]:
+    """(mu, answer_format, n_options) of the `vlrb` field, each None when not given."""
     if v is None:
-        return None
+        return None, None, None
     if not isinstance(v, dict):
         raise bad_request("'vlrb' must be an object, e.g. {\"mu\": 0.5}", "vlrb")
     unknown = set(v) - VLRB_KEYS
     if unknown:
         raise bad_request(f"'vlrb' has unknown keys {sorted(unknown)} (known: {sorted(VLRB_KEYS)})", "vlrb")
-    mu = v.get("mu")
-    if mu is None:
-        return None
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or abs(mu) > MU_LIMIT:
+    mu, fmt, n_options = v.get("mu"), v.get("answer_format"), v.get("n_options")
+    if mu is not None and (isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu)
+                           or abs(mu) > MU_LIMIT):
         raise bad_request(f"'vlrb.mu' must be a number from {-MU_LIMIT:g} to {MU_LIMIT:g}, got {mu!r}", "vlrb.mu")
-    return float(mu)
+    if fmt is not None and fmt not in ANSWER_FORMATS:
+        raise bad_request(f"'vlrb.answer_format' must be one of {list(ANSWER_FORMATS)}, got {fmt!r}",
+                          "vlrb.answer_format")
+    if n_options is not None and (isinstance(n_options, bool) or not isinstance(n_options, int)
+                                  or not 0 <= n_options <= MAX_OPTIONS):
+        raise bad_request(f"'vlrb.n_options' must be a whole number from 0 to {MAX_OPTIONS} (0: any letter), got "
+                          f"{n_options!r}", "vlrb.n_options")
+    return None if mu is None else float(mu), fmt, n_options

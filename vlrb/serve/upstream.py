@@ -6,6 +6,7 @@ endpoint cannot be reached, times out, or answers 408, 429 or 5xx (a problem on 
 is the request's own problem and goes back to the client as it is. Every attempt is logged.
 With `stream: true` the upstream's server-sent events are passed through unchanged once it has answered
 200 (a failure after that ends the stream with an error event: its first bytes are already sent).
+A cascade's call (`call_one`) is one attempt at the model its policy chose, never followed by another model.
 """
 from __future__ import annotations
 
@@ -68,6 +69,22 @@ class UpstreamPool:
         summary = "; ".join(f"{m}: {o}" for m, o in tried) or "no model with an upstream"
         status = 504 if tried and all(o == "timeout" for _, o in tried) else 502
         raise ApiError(status, f"no upstream answered after {len(tried)} attempt(s) ({summary})", code="upstream_failed")
+
+    async def call_one(self, body: dict, model: str) -> tuple[str, Forwarded | None]:
+        """One non-streamed call to `model` (a cascade's step, vlrb.serve.cascade): (outcome, its answer), the answer
+        None when the call failed (no upstream, unreachable, a timeout, 408/429/5xx); logged and counted."""
+        up = self.upstreams.get(model)
+        if up is None:
+            return "no upstream configured", None
+        t0 = time.perf_counter()
+        outcome, result = await self._attempt(up, dict(body, model=up.model), False)
+        if self.on_attempt is not None:
+            self.on_attempt(model, "ok" if result is not None else _label(outcome))
+        log.log(logging.INFO if result is not None else logging.WARNING, "cascade call: %s -> %s (%.0f ms)", model,
+                outcome, (time.perf_counter() - t0) * 1000)
+        if result is not None:
+            result.model, result.attempts = model, [(model, outcome)]
+        return outcome, result
 
     async def _attempt(self, up: Upstream, payload: dict, stream: bool) -> tuple[str, Forwarded | None]:
         headers = {"Accept": "text/event-stream" if stream else "application/json"}
