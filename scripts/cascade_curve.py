@@ -3,10 +3,11 @@
     python scripts/cascade_curve.py data=mathv data.dir=/path/to/MATH-V --out docs/img/cascades_mathv.png
 
 Fits once on train+dev (as selection=cv refits a training-free choice; the learned parts read the training rows
-only): vlrb_cal (one-shot; its decision p̂ − μ·ĉ swept over μ), cascade_chain and cascade_verify (the stop rule's
-per-request μ: stop when P(right) + μ·ĉ_next/ĉ_max ≥ τ), cascade_validity and cascade_agreement (points), and
-every single model. Test is read only to draw the points. Hydra overrides (data=..., encoder=...) pick the
-benchmark and the features as for train.py; --table FILE also writes the points as CSV.
+only): vlrb_cal (one-shot; its decision p̂ − μ·ĉ swept over μ, without its fallback to the best single model),
+cascade_chain and cascade_verify (the stop rule's per-request μ: stop when P(right) + μ·ĉ_next/ĉ_max ≥ τ),
+cascade_validity (objectives auto and match) and cascade_agreement (points), and every single model. Test is read
+only to draw the points. Hydra overrides (data=..., encoder=...) pick the benchmark and the features as for
+train.py; --table FILE also writes the points as CSV.
 """
 import argparse
 import sys
@@ -18,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 ONE_SHOT_MU = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # × 1/(median model cost): vlrb_cal's μ grid, wider
-CASCADE_MU = (-0.6, -0.4, -0.2, -0.1, 0.0, 0.1, 0.2, 0.4, 0.6, 1.0)
+CASCADE_MU = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 def main() -> None:
@@ -54,14 +55,15 @@ def main() -> None:
     p, c = cal.predict_correctness(test), cal._costs(np.asarray(test.datasets).astype(str))
     typical = float(np.median(cal.cost_overall_)) or 1.0
     for t in ONE_SHOT_MU:
-        add("vlrb_cal", "one-shot", t, cal._decide(p, c, t / typical).argmax(1))
+        add("vlrb_cal (no fallback)", "one-shot", t, cal._decide(p, c, t / typical).argmax(1))
     for name in ("cascade_chain", "cascade_verify"):
         r = make_router(name, a.overrides).fit(fit)
         for mu in CASCADE_MU:
             add(name, "cascade", mu, r.route(test, mu=mu))
-    for name in ("cascade_validity", "cascade_agreement"):
-        r = make_router(name, a.overrides).fit(fit)
-        add(name, "cascade", 0.0, r.route(test))
+    for name, objective in (("cascade_validity", "auto"), ("cascade_validity", "match"),
+                            ("cascade_agreement", "auto")):
+        r = make_router(name, a.overrides, objective=objective).fit(fit)
+        add(name + (" (match)" if objective == "match" else ""), "cascade", 0.0, r.route(test))
     df = pd.DataFrame(points)
     if a.table:
         df.to_csv(a.table, index=False)

@@ -72,3 +72,20 @@ def test_a_cascade_trains_with_cv_is_evaluated_and_reloads(bench):
     assert row["accuracy"] == pytest.approx(metrics["test/accuracy"])
     assert row["calls_mean"] == pytest.approx(metrics["test/calls_mean"])
     assert "Calls/req" in ev.stdout
+    # the Results tables: a variant of a cascade (another objective) is a row of its own in the cascades table
+    import shutil
+
+    from vlrb.data.benchmark import Benchmark
+    from vlrb.eval.results import cascades_markdown, results_markdown, results_table
+
+    variant = bench / "runs" / "match"
+    shutil.copytree(run_dir, variant)
+    shutil.copytree(run_dir, bench / "runs" / "auto")
+    m = json.loads((variant / "metrics.json").read_text())
+    m["label"] = "cascade_chain (match)"
+    (variant / "metrics.json").write_text(json.dumps(m))
+    df = results_table(bench / "runs", Benchmark.load(bench / "bench"), n_bootstrap=50)
+    assert set(df.loc[df["kind"] == "cascade", "router"]) == {"cascade_chain", "cascade_chain (match)"}
+    table = cascades_markdown(df)
+    assert "cascade_chain (match)" in table and "Calls/req" in table and "x [" in table
+    assert "cascade_chain" not in results_markdown(df)  # the one-shot table leaves cascades out

@@ -144,6 +144,15 @@ TIERS: dict[str, tuple[str, str, list[str]]] = {
         ("slow", "8 end-to-end fits: tiny backbone, a few batches", ["backbone=tiny_offline", "trainer.max_epochs=1",
                                                                     "+trainer.limit_train_batches=2",
                                                                     "+trainer.limit_val_batches=1"]),
+    "python train.py -m router=cascade_validity,cascade_agreement,cascade_chain,cascade_verify selection=cv "
+    "logger=none hydra.sweep.dir=logs/results/multiruns/<time>/cascades": ("slow", "4 cross-validated cascades",
+                                                                           TINY_CV[:1]),
+    "python train.py -m router=cascade_validity,cascade_chain,cascade_verify ++router.objective=match selection=cv "
+    "logger=none hydra.sweep.dir=logs/results/multiruns/<time>/match": ("slow", "3 cross-validated cascades",
+                                                                        TINY_CV[:1]),
+    "python scripts/cascade_curve.py --out docs/img/cascades_demo.png": ("slow", "7 fits on the demo", []),
+    "python scripts/cascade_curve.py data=mathv data.dir=/path/to/MATH-V pricing=mathv --out "
+    "docs/img/cascades_mathv.png": ("shared", "7 fits on MATH-Vision items", []),
     "python build_data.py data=demo_full stage=all": ("slow", "the paper's scale and its features",
                                                       [TINY_DEMO_FULL]),
     "python train.py experiment=results data=demo_full logger=none selection.folds=3 "

@@ -65,7 +65,8 @@ def results_table(runs_dir: str | Path, bench: Benchmark | None = None, *, n_boo
     entries = [("best single: " + bench.models[single], np.full(len(test), single), {}, "reference")]
     for name, run in sorted(chosen.items(), key=lambda kv: (kv[0] != "oracle", kv[0] == OURS, kv[0])):
         choices, _ = rescore_choices(run, bench, "test")
-        kind = ("oracle" if name == "oracle" else "ours" if name == OURS else "baseline" if name in BASELINES
+        base = name.split(" (")[0]  # "strongest (fit on test)", "cascade_chain (match)": variants of a router
+        kind = ("oracle" if name == "oracle" else "ours" if name == OURS else "baseline" if base in BASELINES
                 else "cascade" if name.startswith(CASCADE_PREFIX) else "seed")
         entries.insert(0 if kind == "oracle" else len(entries), (name, choices, run.metrics, kind))
     # the best seed router by its cross-validated score (runs selected on one dev split do not compete here)

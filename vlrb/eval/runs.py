@@ -50,6 +50,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
     router = metrics.get("router")
     if not router:  # e.g. an evaluate.py run dir: it writes metrics.json too, for many routers
         raise ValueError(f"{run_dir}: not a train run (its metrics.json names no router)")
+    label = str(metrics.get("label") or "")
+    if label.startswith(f"{router} ("):  # a variant reported apart: "strongest (fit on test)", "cascade_chain (match)"
+        router = label
     lam = metrics.get("lambda")  # train.py records null for routers that ignore λ (KNN, OVR, baselines, ...)
     return RunRecord(run_dir, str(router), None if lam is None else parse_lambda(lam), metrics)
 

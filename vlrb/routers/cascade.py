@@ -14,8 +14,8 @@ stand in for the calls, so no model is called. Served (serve.py), the same two d
 Which chain: every chain of distinct models up to `max_calls` long, replayed on the training rows, the best by
 `objective`: `auto`, the rank score (β) of the replay (λ unused: a λ sweep fits it once); `lambda`, accuracy −
 λ·cost_scale·cost ($ per request), the exchange rate of vlrb_cal's μ; or `match`, the least cost at the accuracy of
-the best single model (the best rank score on the same rows): the same answers' quality, for less. The learned cascades (stop scores from the
-features and the answers) are in vlrb/routers/cascade_learned.py.
+the best single model (the best rank score on the same rows): the same answers' quality, for less. The learned
+cascades (stop scores from the features and the answers) are in vlrb/routers/cascade_learned.py.
 """
 from __future__ import annotations
 
@@ -73,6 +73,11 @@ class Cascade(Router):
         self.mu = parse_lambda(lam) * float(cost_scale)  # $ per request -> accuracy points
         self.uses_lambda = objective == "lambda"  # auto: λ unused, so sweeps and selection=cv fit it once
         self.max_calls, self.beta, self.seed = int(max_calls), float(beta), int(seed)
+
+    @property
+    def label(self) -> str:
+        """`cascade_chain (match)`: a cascade chosen by another objective is reported apart."""
+        return self.name if self.objective == "auto" else f"{self.name} ({self.objective})"
 
     # -------------------------------------------------------------------- the policy
     def first(self, rows: Requests) -> np.ndarray:

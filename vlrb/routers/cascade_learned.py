@@ -5,8 +5,9 @@ agreement with the answers before it.
     cascade_chain    FrugalGPT-style (Chen et al., 2023): a fixed chain m1 > m2 [> m3]; after call t a calibrator
                      (logistic regression on [logit p̂_m(x), well-formed, agrees with an earlier answer]) gives
                      P(this answer is right); stop when it reaches the step's threshold τ_t.
-    cascade_verify   router-then-verify: vlrb_cal picks the first model per request; escalate to one fallback model
-                     when P(the first answer is right | p̂, well-formed) is below τ.
+    cascade_verify   router-then-verify: vlrb_cal picks the first model per request; escalate when P(the first
+                     answer is right | p̂, well-formed) is below τ, to one fallback model or to vlrb_cal's second
+                     choice for the request (whichever replays best on train).
 
 Fitting reads the training rows only: p̂ out of fold (vlrb_cal's internal cross-validation), the calibrators on
 those, then every chain (every fallback) and every threshold replayed exactly (a threshold between two sorted
@@ -23,6 +24,7 @@ from vlrb.routers.calibrated import CalibratedRouter
 from vlrb.routers.cascade import STOP, Cascade, _fit_info, answer_tables
 
 CORRECTNESS_DIR = "correctness"  # the inner vlrb_cal's folder inside a saved cascade
+SECOND_CHOICE = -1  # cascade_verify's fallback: the router's next-ranked model for each request
 NEVER, ALWAYS = 2.0, -1.0  # thresholds beyond every stop score (a probability): finite, so they save as numbers
 
 
@@ -185,18 +187,31 @@ class VerifyCascade(_Learned):
         bounds = self._bounds(train)
         score = lambda acc, cost: self._score(acc, cost, bounds)  # noqa: E731
         y_first, c_first = Y[rows, first], C[rows, first]
+        second = self._second_choice(P, train, first)
         best = (-np.inf,)
-        for g in range(k):
-            may = first != g  # a request whose pick is the fallback itself stops
-            cut = _best_cut(s[may], y_first[may], Y[may, g], C[may, g], y_first[~may].sum(), c_first.sum(), n, score)
+        for g in range(-1, k):  # one fixed fallback model, or (-1) the router's second choice per request
+            go_to = second if g == SECOND_CHOICE else np.full(n, g)
+            may = first != go_to  # a request whose pick is the fallback itself stops
+            cut = _best_cut(s[may], y_first[may], Y[rows, go_to][may], C[rows, go_to][may], y_first[~may].sum(),
+                            c_first.sum(), n, score)
             if cut[0] > best[0]:
                 best = (*cut, g)
         obj, tau, acc, cost, g = best
         self.fallback_model_, self.thresholds_ = int(g), np.asarray([tau], np.float64)
         self.fit_info = {**_fit_info([-1, g], acc, cost, obj, n), "threshold": float(tau),
-                         "first_models": {self.models[j] if self.models else str(j): int((first == j).sum())
-                                          for j in np.unique(first)}}
+                         "fallback": "second choice" if g == SECOND_CHOICE else self._model_name(g),
+                         "first_models": {self._model_name(j): int((first == j).sum()) for j in np.unique(first)}}
         return self
+
+    def _model_name(self, j: int) -> str:
+        return self.models[j] if self.models else str(j)
+
+    def _second_choice(self, P: np.ndarray, rows: Requests, first: np.ndarray) -> np.ndarray:
+        """(n,) the model the router ranks next after each request's first pick (its own decision rule)."""
+        inner = self.correctness
+        scores = inner._decide(P, inner._costs(np.asarray(rows.datasets).astype(str))).astype(np.float64)
+        scores[np.arange(len(P)), first] = -np.inf
+        return scores.argmax(1).astype(np.int64)
 
     def _choose_first(self, P: np.ndarray, rows: Requests) -> np.ndarray:
         inner = self.correctness
@@ -208,7 +223,11 @@ class VerifyCascade(_Learned):
         return self._choose_first(self._p(rows), rows)
 
     def following(self, rows: Requests, order: np.ndarray) -> np.ndarray:
-        return np.where(order[:, 0] == self.fallback_model_, STOP, self.fallback_model_).astype(np.int64)
+        if self.fallback_model_ == SECOND_CHOICE:
+            go_to = self._second_choice(self._p(rows), rows, order[:, 0])
+        else:
+            go_to = np.full(len(rows), self.fallback_model_, np.int64)
+        return np.where(order[:, 0] == go_to, STOP, go_to).astype(np.int64)
 
     def stop_score(self, rows: Requests, order: np.ndarray, answers: np.ndarray) -> np.ndarray:
         valid, _ = answer_tables(answers[:, :1], rows.answer_format, rows.n_options)
