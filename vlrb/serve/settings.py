@@ -64,7 +64,8 @@ class ServeSettings:
         upstreams = _upstreams(cfg.get("upstreams") or {}, models, env)
         if not route_only and not upstreams:
             raise ConfigError("upstreams is empty: configure at least one model's upstream (base_url, model, "
-                              "api_key_env) or set route_only=true")
+                              "api_key_env) or set route_only=true (one-shot routers only: a cascade needs the "
+                              "answers of the models it calls)")
         cost = str(budget.get("cost_estimate", "mean_cost"))
         if cost not in COST_ESTIMATES:
             raise ConfigError(f"budget.cost_estimate must be one of {COST_ESTIMATES}, got {cost!r}")
