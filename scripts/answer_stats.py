@@ -14,22 +14,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vlrb.data.answers import answer_key  # noqa: E402
+from vlrb.data.answers import answer_keys  # noqa: E402
 from vlrb.data.benchmark import Benchmark  # noqa: E402
 
 
-def answer_keys(bm: Benchmark, rows: np.ndarray) -> np.ndarray:
-    """(n, K) canonical answers ("" malformed), each distinct (answer, format, n_options) read once."""
+def table_keys(bm: Benchmark, rows: np.ndarray) -> np.ndarray:
+    """(n, K) canonical answers of the rows ("" malformed)."""
     fmt = bm.meta["answer_format"].to_numpy()[rows] if "answer_format" in bm.meta else np.full(rows.sum(), "text")
     nopt = bm.meta["n_options"].to_numpy()[rows] if "n_options" in bm.meta else np.zeros(rows.sum(), int)
-    memo: dict = {}
-
-    def key(a, f, o):
-        if (a, f, o) not in memo:
-            memo[(a, f, o)] = answer_key(a, f, o)
-        return memo[(a, f, o)]
-
-    return np.asarray([[key(a, f, int(o)) for a in row] for row, f, o in zip(bm.answers[rows], fmt, nopt)], object)
+    return answer_keys(bm.answers[rows], fmt, nopt)
 
 
 def main(argv=None) -> None:
@@ -42,7 +35,7 @@ def main(argv=None) -> None:
     if bm.answers is None:
         sys.exit(f"{args.root}: no data/matrices/answers.parquet (built before answers were kept; rebuild it)")
     rows = bm.meta["dataset"].isin(args.dataset).to_numpy() if args.dataset else np.ones(bm.n_samples, bool)
-    keys, Y = answer_keys(bm, rows), bm.Y[rows].astype(bool)
+    keys, Y = table_keys(bm, rows), bm.Y[rows].astype(bool)
     valid = (keys != "").mean(0)
     pairs = []
     for a, b in itertools.combinations(range(len(bm.models)), 2):

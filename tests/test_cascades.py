@@ -7,7 +7,8 @@ import pytest
 from conftest import make_router
 from vlrb.data.benchmark import Benchmark
 from vlrb.routers.base import read_router
-from vlrb.routers.cascade import STOP, answer_tables
+from vlrb.data.answers import answer_table
+from vlrb.routers.cascade import STOP
 from vlrb.routing.calls import Calls
 from vlrb.routing.metrics import route_metrics
 
@@ -124,14 +125,14 @@ def test_validity_replay_matches_a_hand_replay_and_its_chain_is_the_best_on_trai
     r = make_router("cascade_validity", max_calls=2).fit(s["train"])
     a, b = r.chain_
     te = s["test"]
-    valid, _ = answer_tables(te.answers, te.answer_format, te.n_options)
+    valid, _ = answer_table(te.answers, te.answer_format, te.n_options)
     calls = r.route(te)
     for i in range(len(te)):
         expect = [a] if valid[i, a] else [a, b]
         assert list(calls.order[i][calls.order[i] >= 0]) == expect
     # the chosen chain beats every other two-model chain and every single model on train (its own objective)
     tr = s["train"]
-    V, _ = answer_tables(tr.answers, tr.answer_format, tr.n_options)
+    V, _ = answer_table(tr.answers, tr.answer_format, tr.n_options)
     best = r.fit_info["train_objective"]
     from vlrb.routing.metrics import rank_score
     for x in range(4):
@@ -262,7 +263,7 @@ def test_objective_match_keeps_the_best_single_models_accuracy_for_less(data):
     info = r.fit_info
     assert info["train_accuracy"] >= tr.Y[:, ref].mean() - 1e-12
     assert info["train_avg_cost"] <= tr.C[:, ref].astype(float).mean() * (1 + 1e-6)
-    V, _ = answer_tables(tr.answers, tr.answer_format, tr.n_options)
+    V, _ = answer_table(tr.answers, tr.answer_format, tr.n_options)
     for x in range(4):
         for y in range(4):
             if x != y:

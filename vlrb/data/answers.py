@@ -6,13 +6,16 @@ Every item has an answer format:
     choice   a single option letter among the item's `n_options` (A.., 0: any letter A-Z)
     number   a number, a fraction or a simple LaTeX number (\\frac{1}{2}, 3\\sqrt{2} is *not* a number)
     yesno    yes or no
-    text     any non-empty text (an OCR string, a word, a phrase)
+    text     text with a letter or digit in it (an OCR string, a word, a phrase)
 """
 from __future__ import annotations
 
 import math
 import re
 from fractions import Fraction
+
+import numpy as np
+import pandas as pd
 
 ANSWER_FORMATS = ("choice", "number", "yesno", "text")
 FAILED = "Failed to obtain answer via API."  # VLMEvalKit's message where the call failed (never an answer)
@@ -89,7 +92,8 @@ def _yesno(answer) -> str | None:
 
 def is_valid(answer, fmt: str, n_options: int = 0) -> bool:
     """Whether `answer` is well-formed for an item of format `fmt`: a single option letter within the item's options,
-    a number, yes/no, or non-empty text of at most 200 characters."""
+    a number, yes/no, or text of at most 200 characters with a letter or digit (so a well-formed answer has a
+    non-empty key)."""
     if fmt == "choice":
         return _letter(answer, int(n_options or 0)) is not None
     if fmt == "number":
@@ -97,7 +101,7 @@ def is_valid(answer, fmt: str, n_options: int = 0) -> bool:
     if fmt == "yesno":
         return _yesno(answer) is not None
     text = _clean(answer)
-    return bool(text) and len(text) <= MAX_ANSWER_CHARS
+    return len(text) <= MAX_ANSWER_CHARS and re.search(r"[^\W_]", text) is not None  # a letter or digit in it
 
 
 def answer_key(answer, fmt: str, n_options: int = 0) -> str:
@@ -190,6 +194,32 @@ def infer_format(prompt: str) -> tuple[str, int]:
     if _YESNO_PROMPT.search(prompt or ""):
         return "yesno", 0
     return "text", 0
+
+
+def answer_keys(answers, formats, n_options) -> np.ndarray:
+    """(n, m) object: the key of every answer of a table (a row per item, whose format and options are
+    `formats[i]`, `n_options[i]`); "" where malformed. Each distinct (answer, format, n_options) is read once:
+    answers repeat a lot (letters, yes/no, small numbers, "")."""
+    answers = np.asarray(answers, dtype=object)
+    memo: dict = {}
+    out = np.empty(answers.shape, dtype=object)
+    for i, (row, f, n) in enumerate(zip(answers, formats, n_options)):
+        n = int(n or 0)
+        for j, a in enumerate(row):
+            k = (a, f, n)
+            if k not in memo:
+                memo[k] = answer_key(a, f, n)
+            out[i, j] = memo[k]
+    return out
+
+
+def answer_table(answers, formats, n_options) -> tuple[np.ndarray, np.ndarray]:
+    """(valid (n, m) bool, codes (n, m) int64) of a table of answers: whether each is well-formed, and a code that
+    two answers of one row share exactly when they agree (-1: malformed, which agrees with nothing)."""
+    keys = answer_keys(answers, formats, n_options)
+    codes, _ = pd.factorize(pd.Series(keys.ravel()).where(keys.ravel() != "", None))
+    codes = codes.astype(np.int64).reshape(keys.shape)
+    return codes >= 0, codes
 
 
 def extract_many(responses, formats, n_options) -> list[str]:

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from vlrb.data.answers import ANSWER_FORMATS, FAMILY_FORMATS, is_valid
+from vlrb.data.answers import ANSWER_FORMATS, FAMILY_FORMATS, answer_keys
 from vlrb.data.datasets import DEFAULT_OUTPUT_TOKEN_ESTIMATE, IMAGE_TOKENS, OUTPUT_TOKEN_ESTIMATES, DatasetSpec
 from vlrb.data.inputs import BuildError, Inputs
 from vlrb.data.pool import model_pool
@@ -176,17 +176,6 @@ def _answer_formats(smp: pd.DataFrame, ds_of: np.ndarray, specs: dict[str, Datas
 
 
 def _valid_share(answers: np.ndarray, fmt: np.ndarray, nopt: np.ndarray, models: list[str]) -> dict[str, float]:
-    """Per model: the share of its answers that are well-formed (the integrity report). Each distinct (answer,
-    format, n_options) is checked once: answers repeat a lot (letters, yes/no, small numbers, "")."""
-    N, K = answers.shape
-    ca, ua = pd.factorize(answers.reshape(-1))
-    cs, us = pd.factorize(pd.Series(np.asarray(fmt, str)) + "/" + pd.Series(np.asarray(nopt, np.int64)).astype(str))
-    uniq, inv = np.unique(ca.astype(np.int64) * len(us) + np.repeat(cs, K), return_inverse=True)
-    ok_u = np.fromiter((is_valid(ua[u // len(us)], *_split_format(us[u % len(us)])) for u in uniq), bool, len(uniq))
-    ok = ok_u[inv].reshape(N, K)
+    """Per model: the share of its answers that are well-formed (the integrity report)."""
+    ok = answer_keys(answers, fmt, nopt) != ""
     return {m: round(float(ok[:, j].mean()), 4) for j, m in enumerate(models)}
-
-
-def _split_format(key: str) -> tuple[str, int]:
-    fmt, n = key.split("/")
-    return fmt, int(n)

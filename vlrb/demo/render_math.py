@@ -87,13 +87,7 @@ def render_mathvista(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.nda
         return judged_answer(v, g[i]["choices"], None) if is_mc[i] else (v, "number", 0)
 
     res, _, preds = _revise_math(plan, model, res, finals, preds, ~ok & ~fail, is_mc, "ABCD", read)
-    res = ["" if f else r for r, f in zip(res, fail)]
-    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
-    out = Rendered(preds, np.array(score, dtype=float),
-                   [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
-    summary = _math_score_rows("Task&Skill", plan, "task", np.array(score))
-    out.csv_files.append((f"_{JUDGE}_score.csv", summary))
-    return out
+    return _judged(plan, model, preds, res, ok, fail, ("Task&Skill", "task"))
 
 
 def render_mathvision(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.ndarray,
@@ -118,12 +112,18 @@ def render_mathvision(plan: DatasetPlan, model: str, ok: np.ndarray, fail: np.nd
         return judged_answer(v, g[i]["choices"], g[i]["answer"])
 
     res, _, preds = _revise_math(plan, model, res, finals, preds, ~ok & ~fail, is_mc, "ABCDE", read)
+    return _judged(plan, model, preds, res, ok, fail, ("Subject", "category"))
+
+
+def _judged(plan: DatasetPlan, model: str, preds: list[str], res: list[str], ok: np.ndarray, fail: np.ndarray,
+            summary_by: tuple[str, str]) -> Rendered:
+    """A judged math dataset's files: the predictions, the judge's file (its extraction `res`, empty where the call
+    failed) and the judge's per-group score summary."""
     res = ["" if f else r for r, f in zip(res, fail)]
-    score = [(not f) and bool(c) for c, f in zip(ok, fail)]
-    out = Rendered(preds, np.array(score, dtype=float),
-                   [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
-    summary = _math_score_rows("Subject", plan, "category", np.array(score))
-    out.csv_files.append((f"_{JUDGE}_score.csv", summary))
+    score = np.array([(not f) and bool(c) for c, f in zip(ok, fail)], dtype=float)
+    out = Rendered(preds, score, [(f"_{JUDGE}.xlsx", {"res": res, "log": _math_logs(model, fail)})])
+    first, by = summary_by
+    out.csv_files.append((f"_{JUDGE}_score.csv", _math_score_rows(first, plan, by, score)))
     return out
 
 

@@ -230,7 +230,7 @@ def fit(cfg: DictConfig, router, data, ctx, out: Path):
 def score(router, data, beta: float):
     """(dev and test metrics, predictions of both, the test choices): test is scored exactly once, after fitting.
     A cascade's predictions also name every model it called (`models_called`, "a>b"); `cost` is what it paid."""
-    from vlrb.routing.calls import Calls
+    from vlrb.routing.calls import Calls, as_calls
     from vlrb.routing.metrics import route_metrics
 
     metrics, preds, test_choices = {}, [], None
@@ -240,10 +240,9 @@ def score(router, data, beta: float):
         choice = router.route(sp)
         metrics.update(route_metrics(sp, choice, data.bench.cost_bounds, prefix=prefix, beta=beta))
         rows = np.arange(len(sp))
-        final = choice.final if isinstance(choice, Calls) else choice
-        cost = choice.cost(sp.C) if isinstance(choice, Calls) else sp.C[rows, choice].astype(np.float64)
-        frame = pd.DataFrame({"sample_id": sp.sample_ids, "split": name, "model_id": models[final],
-                              "correct": sp.Y[rows, final].astype(np.int8), "cost": cost})
+        calls = as_calls(choice)  # a one-shot choice is one call
+        frame = pd.DataFrame({"sample_id": sp.sample_ids, "split": name, "model_id": models[calls.final],
+                              "correct": sp.Y[rows, calls.final].astype(np.int8), "cost": calls.cost(sp.C)})
         if isinstance(choice, Calls):
             frame["models_called"] = choice.labels(models)
         preds.append(frame)

@@ -23,8 +23,8 @@ import itertools
 import math
 
 import numpy as np
-import pandas as pd
 
+from vlrb.data.answers import answer_table
 from vlrb.data.benchmark import Requests, Split, compute_cost_bounds
 from vlrb.routers.base import Router
 from vlrb.routing.calls import Calls
@@ -33,27 +33,6 @@ from vlrb.routing.soft_labels import parse_lambda
 
 STOP = -1
 OBJECTIVES = ("auto", "lambda", "match")
-
-
-def answer_tables(answers: np.ndarray, answer_format, n_options) -> tuple[np.ndarray, np.ndarray]:
-    """(valid (n, m) bool, keys (n, m) int64) of a table of answers, one row per request: whether each answer is
-    well-formed for its request's format, and a code per answer that two answers share exactly when they agree
-    (-1: no well-formed answer, which agrees with nothing)."""
-    from vlrb.data.answers import answer_key, is_valid
-
-    answers = np.asarray(answers, dtype=object)
-    n, m = answers.shape
-    frame = pd.DataFrame({"answer": answers.ravel().astype(str),
-                          "fmt": np.repeat(np.asarray(answer_format, dtype=object).astype(str), m),
-                          "nopt": np.repeat(np.asarray(n_options, dtype=np.int64), m)})
-    uniq = frame.drop_duplicates()  # one call per distinct (answer, format, options), not per cell
-    ok = [bool(is_valid(a, f, int(o))) for a, f, o in uniq.itertuples(index=False)]
-    key = [answer_key(a, f, int(o)) if v else "" for (a, f, o), v in zip(uniq.itertuples(index=False), ok)]
-    table = uniq.assign(ok=ok, key=key)
-    merged = frame.merge(table, on=["answer", "fmt", "nopt"], how="left")
-    codes, _ = pd.factorize(merged["fmt"] + "\x00" + merged["key"])
-    codes = np.where(merged["key"].to_numpy() == "", -1, codes)
-    return merged["ok"].to_numpy(bool).reshape(n, m), codes.astype(np.int64).reshape(n, m)
 
 
 class Cascade(Router):
@@ -166,7 +145,7 @@ class Cascade(Router):
         return compute_cost_bounds(train.C, train.models or [str(j) for j in range(train.Y.shape[1])])
 
     def _valid_keys(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        return answer_tables(split.answers, split.answer_format, split.n_options)
+        return answer_table(split.answers, split.answer_format, split.n_options)
 
 
 def _fit_info(chain, acc, cost, score, n) -> dict:
@@ -205,7 +184,7 @@ class ValidityCascade(Cascade):
         return self
 
     def stop_score(self, rows: Requests, order: np.ndarray, answers: np.ndarray) -> np.ndarray:
-        valid, _ = answer_tables(answers[:, -1:], rows.answer_format, rows.n_options)
+        valid, _ = answer_table(answers[:, -1:], rows.answer_format, rows.n_options)
         return valid[:, 0].astype(np.float64)
 
 
@@ -244,5 +223,5 @@ class AgreementCascade(Cascade):
     def stop_score(self, rows: Requests, order: np.ndarray, answers: np.ndarray) -> np.ndarray:
         if order.shape[1] == 1:  # one answer: nothing to agree with yet
             return np.zeros(len(rows))
-        _, keys = answer_tables(answers[:, :2], rows.answer_format, rows.n_options)
+        _, keys = answer_table(answers[:, :2], rows.answer_format, rows.n_options)
         return ((keys[:, 0] == keys[:, 1]) & (keys[:, 0] >= 0)).astype(np.float64)

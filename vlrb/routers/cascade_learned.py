@@ -21,7 +21,8 @@ import numpy as np
 
 from vlrb.data.benchmark import Requests, Split
 from vlrb.routers.calibrated import CalibratedRouter
-from vlrb.routers.cascade import STOP, Cascade, _fit_info, answer_tables
+from vlrb.data.answers import answer_table
+from vlrb.routers.cascade import STOP, Cascade, _fit_info
 
 CORRECTNESS_DIR = "correctness"  # the inner vlrb_cal's folder inside a saved cascade
 SECOND_CHOICE = -1  # cascade_verify's fallback: the router's next-ranked model for each request
@@ -160,7 +161,7 @@ class ChainCascade(_Learned):
         if t > len(self.calibrators_):  # the chain's last call: nothing after it
             return np.ones(len(rows))
         m = self.chain_[t - 1]
-        valid, keys = answer_tables(answers, rows.answer_format, rows.n_options)
+        valid, keys = answer_table(answers, rows.answer_format, rows.n_options)
         agree = ((keys[:, :-1] == keys[:, -1:]) & (keys[:, -1:] >= 0)).any(1) if t > 1 else np.zeros(len(rows), bool)
         return _calibrated(self.calibrators_[t - 1], _stop_features(self._p(rows)[:, m], valid[:, -1], agree))
 
@@ -230,6 +231,6 @@ class VerifyCascade(_Learned):
         return np.where(order[:, 0] == go_to, STOP, go_to).astype(np.int64)
 
     def stop_score(self, rows: Requests, order: np.ndarray, answers: np.ndarray) -> np.ndarray:
-        valid, _ = answer_tables(answers[:, :1], rows.answer_format, rows.n_options)
+        valid, _ = answer_table(answers[:, :1], rows.answer_format, rows.n_options)
         p = self._p(rows)[np.arange(len(rows)), order[:, 0]]
         return _calibrated(self.calibrators_[0], _stop_features(p, valid[:, 0], np.zeros(len(rows), bool)))
