@@ -159,6 +159,34 @@ def _chunk(model: str, delta: dict, finish: str | None = None) -> dict:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
+class AppServer:
+    """Any ASGI app (e.g. `vlrb.serve.app.create_app(...)`) under uvicorn in a thread of the test process, on a free
+    loopback port: `.url` once it is up; its lifespan runs, so its service starts and stops as in serve.py."""
+
+    def __init__(self, app):
+        self.app = app
+        self.url = ""
+
+    def __enter__(self) -> "AppServer":
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
+                                                    timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(600):  # bounded: 30 s
+            if self.server.started or not self.thread.is_alive():
+                break
+            time.sleep(0.05)
+        assert self.server.started, "the app did not start"
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
 # ------------------------------------------------------------------------------------------ serve.py process
 class ServeProcess:
     """`python serve.py <overrides> port=0` as a process; `.url` once uvicorn says where it listens."""
@@ -171,7 +199,10 @@ class ServeProcess:
 
     def __enter__(self) -> "ServeProcess":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "serve.py", *self.overrides, "port=0", f"hydra.run.dir={self.run_dir / 'hydra'}"]
+        # the feedback log in the test's folder, not the checkout's logs/ (unless the test names one)
+        log = [] if any(o.startswith("feedback") for o in self.overrides) else [
+            f"feedback.path={self.run_dir / 'feedback.sqlite'}"]
+        cmd = [sys.executable, "serve.py", *self.overrides, *log, "port=0", f"hydra.run.dir={self.run_dir / 'hydra'}"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.time() + self.timeout_s
         while time.time() < deadline:

@@ -163,7 +163,7 @@ def test_console_scripts_run_the_same_jobs_as_the_entry_files():
     import tomllib
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert sorted(scripts) == ["vlrb-build", "vlrb-calibrate", "vlrb-evaluate", "vlrb-serve", "vlrb-train"]
+    assert sorted(scripts) == ["vlrb-build", "vlrb-calibrate", "vlrb-evaluate", "vlrb-onboard", "vlrb-serve", "vlrb-train"]
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))

@@ -77,9 +77,12 @@ class TrainedRouter:
         return self.router.route(self.with_inputs(split))
 
     # ------------------------------------------------------------------ raw inputs
-    def score_raw(self, prompts: Sequence[str], images: Sequence[Any] | None = None) -> np.ndarray:
+    def score_raw(self, prompts: Sequence[str], images: Sequence[Any] | None = None, *,
+                  return_features: bool = False):
         """(n, K) router scores of raw prompts and images (each None, a path, bytes, a PIL image or a data URI);
-        a ValueError, never a silent choice, when the router gives NaN or infinite scores."""
+        a ValueError, never a silent choice, when the router gives NaN or infinite scores. `return_features=True`:
+        (scores, X) with X the (n, D) float32 fused features the router read (None for a router that reads no
+        features: an end-to-end one), e.g. for the server's feedback log."""
         from vlrb.data.images import ImageList
         from vlrb.devices import one_blas_thread
 
@@ -93,6 +96,7 @@ class TrainedRouter:
         if "answers" in r.inputs:
             raise ValueError(f"{r.label} is a cascade: it decides on the answers of the models it calls, so it routes "
                              "new inputs by calling them (serve.py), or replays a benchmark's logged answers")
+        X = None
         with one_blas_thread():
             if "raw" in r.inputs:
                 scores = np.asarray(r.predict_raw(prompts, ImageList(images)))
@@ -105,6 +109,8 @@ class TrainedRouter:
         if not np.isfinite(scores).all():
             raise ValueError(f"{r.label}: NaN or infinite scores for {int((~np.isfinite(scores)).any(1).sum())} of "
                              f"{len(prompts)} inputs (the router's state is broken)")
+        if return_features:
+            return scores, None if X is None else np.asarray(X, dtype=np.float32)
         return scores
 
     def requests_raw(self, prompts: Sequence[str], images: Sequence[Any] | None = None,
@@ -249,6 +255,11 @@ def load_router(path: str | Path, *, trust_code: bool = False) -> TrainedRouter:
         recipe = FeatureRecipe.load(path, trust_code=trust_code)
     return TrainedRouter(router, recipe, prices=meta.get("prices"), mean_cost=meta.get("mean_cost"),
                          lam=meta.get("lambda"), info=meta)
+
+
+def router_folder(path: str | Path) -> Path:
+    """The router folder that `path` (a folder, a run directory, a hub-style id) names: what load_router reads."""
+    return _locate(path)
 
 
 def _locate(path: str | Path) -> Path:

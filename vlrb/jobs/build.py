@@ -125,6 +125,9 @@ def run_build(cfg: DictConfig) -> None:
     from vlrb.features.extract import extract_features
 
     stage = cfg.get("stage", "data")
+    if str(cfg.data.get("reader")) == "feedback":
+        raise ConfigError("data=feedback is a traffic log, not a benchmark to build: learn from it with "
+                          "python train.py data=feedback data.path=<log> router=offpolicy")
     if stage not in ("data", "features", "all"):
         raise ConfigError(f"stage must be data, features or all (got {stage!r})")
     progress = bool(cfg.get("progress", True))

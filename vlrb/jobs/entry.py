@@ -1,4 +1,4 @@
-"""What the five entry points share: the project root, the conf/ folder, and a job that is imported only once
+"""What the entry points share: the project root, the conf/ folder, and a job that is imported only once
 Hydra has parsed the command line (so `--help` and `--cfg job` answer at once).
 
     # train.py
@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-JOBS = {"train": "train", "build": "build", "evaluate": "evaluate", "serve": "serve", "calibrate": "calibrate"}
+JOBS = {"train": "train", "build": "build", "evaluate": "evaluate", "serve": "serve", "calibrate": "calibrate",
+        "onboard": "onboard"}
 
 
 def launch(job: str, entry_file: str | None = None) -> Any:
@@ -60,6 +61,10 @@ def serve() -> Any:
 
 def calibrate() -> Any:
     return launch("calibrate")
+
+
+def onboard() -> Any:
+    return launch("onboard")
 
 
 def compose(job: str = "train", overrides: list[str] | tuple[str, ...] = (), root: str | Path | None = None):

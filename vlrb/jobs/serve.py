@@ -18,6 +18,7 @@ def main(cfg: DictConfig) -> None:
 
 def load(cfg: DictConfig):
     """(trained router, ServeSettings) from the serve config; every config error is raised here, before serving."""
+    from vlrb.artifact import router_folder
     from vlrb.serve.cascade import check_settings
     from vlrb.serve.service import warm_up
     from vlrb.serve.settings import ServeSettings
@@ -27,8 +28,11 @@ def load(cfg: DictConfig):
     if isinstance(plain.get("upstreams"), str):
         plain["upstreams"] = read_upstreams(plain["upstreams"])
     router = load_router_dir(cfg)
+    plain["router_dir"] = str(router_folder(path).resolve())  # the feedback log names it (its feature recipe)
     settings = ServeSettings.from_config(plain, router.models, router_label=router.name)
     check_settings(router, settings)  # a cascade needs upstreams (README: Serving a cascade)
+    if settings.feedback_path:
+        check_feedback_path(settings.feedback_path)
     try:  # one request's worth now: the encoders load, and a router that cannot serve says so in one line
         warm_up(router)
     except (ValueError, RuntimeError, OSError) as e:
@@ -37,6 +41,19 @@ def load(cfg: DictConfig):
         log.warning("listening on %s with no auth.api_keys_env: whoever reaches this port spends your upstream keys",
                     cfg.host)
     return router, settings
+
+
+def check_feedback_path(path: str) -> None:
+    """The feedback log opens (created when missing), or a one-line ConfigError naming feedback.path."""
+    import sqlite3
+
+    from vlrb.feedback.store import FeedbackError, FeedbackStore
+
+    try:
+        FeedbackStore(path).close()
+    except (FeedbackError, OSError, sqlite3.Error) as e:
+        raise ConfigError(f"feedback.path={path}: the feedback log cannot be opened ({e}); fix it or set "
+                          "feedback.path=null") from None
 
 
 def read_upstreams(path: str) -> dict:

@@ -17,6 +17,7 @@ from vlrb.process import import_lightning, is_rank_zero
 from vlrb.errors import ConfigError
 from vlrb.io import check_run_dir, claim_run_dir, write_json
 from vlrb.jobs.common import build_router, fit_router, once_per_process, output_dir, run_job, sweep_name, to_plain
+from vlrb.jobs.lomo import check as check_lomo, fit_lomo, is_lomo, mean_cost as lomo_mean_cost
 from vlrb.jobs.reuse import train_once_per_lambda_free_config
 
 log = logging.getLogger("vlrb.train")
@@ -61,7 +62,13 @@ def validate(cfg: DictConfig) -> None:
     workers = cfg.get("num_workers", "auto")
     if str(workers) != "auto" and not (isinstance(workers, int) and workers >= 0):
         raise ConfigError(f"num_workers must be auto or a whole number >= 0, got {workers!r}")
+    if str(cfg.data.get("reader")) == "feedback":  # data=feedback: a traffic log, not a benchmark
+        from vlrb.jobs.feedback import check_feedback
+
+        return check_feedback(cfg)
     check_data_root(cfg)
+    if is_lomo(cfg):
+        check_lomo(cfg)
 
 
 def check_data_root(cfg: DictConfig) -> None:
@@ -121,7 +128,7 @@ def prepare_data(cfg: DictConfig, router):
 
     needs_features = "features" in router.inputs
     bench = load_benchmark(cfg, encoder=cfg.encoder if needs_features else None)
-    if cfg.get("ood"):  # leave one dataset (group) out: the held-out part is the whole test split
+    if cfg.get("ood") and not is_lomo(cfg):  # leave one dataset (group) out: the held-out part is the whole test split
         from vlrb.data.ood import hold_out
 
         bench = hold_out(bench, cfg.ood.protocol, cfg.ood.holdout)
@@ -139,6 +146,13 @@ def train(cfg: DictConfig, out: Path) -> dict:
 
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t0 = time.perf_counter()
+    if str(cfg.data.get("reader")) == "feedback":  # data=feedback: learn from a traffic log (vlrb/jobs/feedback.py)
+        from vlrb.jobs.feedback import train_on_feedback
+
+        metrics, preds = train_on_feedback(cfg, out)
+        _log_final(build_loggers(cfg, out, f"{metrics['router']}-feedback"), cfg, metrics,
+                   preds if preds is not None else pd.DataFrame())
+        return metrics
     router = build_router(cfg.router)
     data = prepare_data(cfg, router)
     bench = data.bench
@@ -150,7 +164,11 @@ def train(cfg: DictConfig, out: Path) -> dict:
                 log.info(line)
     ctx = fit_context(cfg, out, router, data)
     t_fit = time.perf_counter()
-    router, cfg, sel_metrics = fit(cfg, router, data, ctx, out)
+    lomo = {}
+    if is_lomo(cfg):  # leave one model out: fitted without it, the run's router is the one it joined
+        router, cfg, sel_metrics, lomo = fit_lomo(cfg, router, data, ctx, out, fit)
+    else:
+        router, cfg, sel_metrics = fit(cfg, router, data, ctx, out)
     fit_s = time.perf_counter() - t_fit
     if not is_rank_zero():  # a DDP helper process: the fit is done, rank 0 scores and writes the run
         return {}
@@ -161,9 +179,11 @@ def train(cfg: DictConfig, out: Path) -> dict:
                "benchmark/root": str(Path(bench.root).resolve()) if bench.root is not None else None,
                "benchmark/fingerprint": bench.fingerprint, "fit_seconds": fit_s}
     if cfg.get("ood"):
-        metrics.update({"ood/protocol": str(cfg.ood.protocol), "ood/holdout": str(cfg.ood.holdout)})
+        metrics.update({"ood/protocol": str(cfg.ood.protocol), "ood/holdout": str(cfg.ood.get("holdout", cfg.ood.get("model")))})
+    metrics.update(lomo)
     scored, predictions, test_choices = score(router, data, beta)
     metrics.update(scored)
+    metrics.update(score_outage(router, data, cfg.get("outage"), beta, metrics))
     metrics.update(sel_metrics)  # selection=cv: val/* are out-of-fold scores on train+dev (dev took part in the refit)
     metrics.update(_report(cfg, data, router, test_choices, beta))
     info = dict(router.fit_info or {})
@@ -178,7 +198,7 @@ def train(cfg: DictConfig, out: Path) -> dict:
         from vlrb.artifact import save_trained_router
 
         save_trained_router(router, out / "router", recipe=data.recipe, prices=_prices(bench),
-                            mean_cost=dict(zip(bench.models, map(float, data["train"].C.mean(0)))),
+                            mean_cost=lomo_mean_cost(data, router),
                             lam=metrics["lambda"], config=to_plain(cfg),
                             benchmark={"root": metrics["benchmark/root"], "fingerprint": metrics["benchmark/fingerprint"]},
                             metrics=metrics)
@@ -248,6 +268,32 @@ def score(router, data, beta: float):
         preds.append(frame)
         test_choices = choice
     return metrics, pd.concat(preds, ignore_index=True), test_choices
+
+
+def score_outage(router, data, down, beta: float, metrics: dict) -> dict:
+    """`outage=[models]`: test scored again with those models down (the router chooses among the rest), and the
+    rank score it costs (outage/test/*, outage/delta_rank_score)."""
+    from vlrb.routing.metrics import route_metrics
+
+    if not down:
+        return {}
+    down = [str(m) for m in (down if isinstance(down, (list, tuple)) or OmegaConf.is_list(down) else [down])]
+    models = list(data.bench.models)
+    unknown = [m for m in down if m not in models]
+    if unknown or len(set(down)) >= len(models):
+        raise ConfigError(f"outage={down}: " + (f"{unknown} not among the benchmark's models ({', '.join(models)})"
+                                                if unknown else "at least one model must stay up"))
+    allowed = np.asarray([m not in down for m in models])
+    try:
+        choice = router.route_among(data["test"], allowed)
+    except ValueError as e:
+        raise ConfigError(f"outage={down}: {e}") from None
+    out = route_metrics(data["test"], choice, data.bench.cost_bounds, prefix="outage/test/", beta=beta, breakdown=False)
+    out["outage/models"] = ",".join(down)
+    out["outage/delta_rank_score"] = out["outage/test/rank_score"] - metrics["test/rank_score"]
+    log.info("outage of %s: test rank score %.2f (%+.2f)", ", ".join(down), out["outage/test/rank_score"] * 100,
+             out["outage/delta_rank_score"] * 100)
+    return out
 
 
 def _report(cfg: DictConfig, data, router, test_choices, beta: float) -> dict:

@@ -130,6 +130,20 @@ class Router:
             raise ValueError(f"{self.label}: predict_scores returned NaN scores")
         return validate_choices(scores.argmax(1), n, k, what=self.label)
 
+    def route_among(self, split: Requests, allowed) -> np.ndarray:
+        """(n,) choices when only the `allowed` models ((K,) bool) can answer, e.g. while one is down: the best-scored
+        allowed model. Routers whose scores rank their first choice only (Oracle, Random) choose again instead."""
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (self.n_models,) or not allowed.any():
+            raise ValueError(f"{self.label}: the allowed models must be a ({self.n_models},) mask with at least one")
+        if allowed.all():
+            return self.route(split)
+        self._check_inputs(split)
+        scores = np.where(allowed[None, :], np.asarray(self.predict_scores(split), np.float64), -np.inf)
+        if np.isnan(scores).any():
+            raise ValueError(f"{self.label}: predict_scores returned NaN scores")
+        return validate_choices(scores.argmax(1), len(split), self.n_models, what=self.label)
+
     def get_params(self) -> dict[str, Any]:
         """The keyword arguments the router was built with (its defaults fill in the rest)."""
         return dict(self._params)

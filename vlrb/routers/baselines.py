@@ -59,6 +59,11 @@ class Oracle(Baseline):
     def predict_scores(self, split: Requests) -> np.ndarray:
         return one_hot(hard_labels(split.Y, split.C), split.Y.shape[1])
 
+    def route_among(self, split: Requests, allowed) -> np.ndarray:
+        allowed = np.asarray(allowed, dtype=bool)
+        pos = np.flatnonzero(allowed)
+        return pos[hard_labels(split.Y[:, pos], split.C[:, pos])] if not allowed.all() else self.route(split)
+
 
 class StrongestGlobal(Baseline):
     """One fixed model: the most accurate on the fit split (ties → lowest index, as np.argmax upstream)."""
@@ -105,6 +110,10 @@ class StrongestPerDataset(Baseline):
         seen = self.datasets_[pos_c] == ds
         return np.where(seen[:, None], self.dataset_accuracy_[pos_c], self.model_accuracy_[None, :])
 
+    def predict_correctness(self, split: Requests) -> np.ndarray:
+        """(n, K) P(right): the same table, kept off 0 and 1 (a model can join it: vlrb.routers.onboard)."""
+        return np.clip(self.predict_scores(split), 0.01, 0.99)
+
 
 class RandomRouter(Baseline):
     """A uniformly random model per sample: `np.random.RandomState(seed).randint(0, K, N)` as upstream."""
@@ -119,3 +128,7 @@ class RandomRouter(Baseline):
     def predict_scores(self, split: Requests) -> np.ndarray:
         k = self.n_models
         return one_hot(np.random.RandomState(self.seed).randint(0, k, len(split)), k)
+
+    def route_among(self, split: Requests, allowed) -> np.ndarray:
+        pos = np.flatnonzero(np.asarray(allowed, dtype=bool))
+        return pos[np.random.RandomState(self.seed).randint(0, len(pos), len(split))]

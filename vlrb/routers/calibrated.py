@@ -361,11 +361,10 @@ class CalibratedRouter(Router):
 
     def predict_scores(self, split: Requests) -> np.ndarray:
         self._check_inputs(split)
-        if self.fallback_:
-            scores = np.zeros((len(split), self.n_models))
-            scores[:, self.single_] = 1.0
-            return scores
-        return self._decide(self.predict_correctness(split), self._costs(np.asarray(split.datasets).astype(str)))
+        u = self._decide(self.predict_correctness(split), self._costs(np.asarray(split.datasets).astype(str)))
+        if self.fallback_:  # the best single model first; the rest keep their order behind it (for a model that is down)
+            u[:, self.single_] = u.max(1) + 1.0
+        return u
 
     # ------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:

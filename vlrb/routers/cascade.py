@@ -109,6 +109,12 @@ class Cascade(Router):
             active = active[go]
         return Calls(order).validate(n, self.n_models, self.label)
 
+    def route_among(self, split: Split, allowed) -> Calls:
+        if not np.asarray(allowed, dtype=bool).all():
+            raise ValueError(f"{self.label}: the outage replay covers one-shot routers; a cascade's later calls depend "
+                             "on the answers of the models it could call, which an outage changes")
+        return self.route(split)
+
     def predict_scores(self, split: Requests) -> np.ndarray:
         """One-hot on the model each request calls first (a cascade decides the rest on the answers it sees)."""
         if not self.fitted:

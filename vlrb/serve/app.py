@@ -96,7 +96,7 @@ def _served(routers) -> set[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------ errors
 async def _api_error(request: Request, e: ApiError):
-    return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
 async def _http_error(request: Request, e: StarletteHTTPException):

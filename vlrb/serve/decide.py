@@ -16,8 +16,8 @@ Cost estimates (`budget.cost_estimate`):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -105,6 +105,10 @@ class Decision:
     scores: dict[str, float]
     costs: dict[str, float]
     mu: float
+    propensity: float = 1.0  # P(the policy picked order[0]) (vlrb.serve.explore; 1 under the rule alone)
+    policy: str = "greedy"
+    request_id: str = ""
+    features: Any = field(default=None, compare=False, repr=False)  # the (D,) features the router read, if any
 
     @property
     def model(self) -> str:

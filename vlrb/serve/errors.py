@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
                429: "rate_limit_error", 502: "upstream_error", 503: "server_overloaded", 504: "upstream_error"}
 
 
@@ -14,8 +14,9 @@ class ApiError(Exception):
     """A request that cannot be served; becomes an OpenAI-style JSON error response."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None):
+                 type: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.param = param

@@ -1,6 +1,8 @@
 """Prometheus metrics (GET /metrics, text exposition format): requests and errors by endpoint and status,
 request latency, router batch sizes and forward time, routed-model counts, upstream attempts by outcome, and for a
-cascade the calls per request, its escalations (from one model to the next) and the cascades an upstream cut short.
+cascade the calls per request, its escalations (from one model to the next) and the cascades an upstream cut short;
+each upstream's circuit-breaker state (a gauge per state, set when /metrics is read) and its openings; the feedback
+log's failures (decisions not written) and the feedback posted.
 Each app has its own registry, so several servers (tests) in one process do not share counts.
 
 A request's `endpoint` label is the path template of the route it matched (`scope["route"].path`, set by the
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from vlrb.serve.health import STATES
 
 CLIENT_CLOSED = 499  # the status of a request whose client disconnected first
 OTHER = "other"  # the endpoint label of a request that matched no route
@@ -44,6 +48,13 @@ class Metrics:
                                    "a call to `to_model`", ["from_model", "to_model"], registry=r)
         self.cascade_cut = Counter("vlrb_cascade_incomplete", "Cascades an upstream failure stopped early (the last "
                                    "answer received was returned)", ["model"], registry=r)
+        self.upstream_state = Gauge("vlrb_upstream_state", "1 for each upstream's circuit-breaker state (closed, open, "
+                                    "half_open), 0 for the others", ["model", "state"], registry=r)
+        self.breaker_openings = Counter("vlrb_breaker_openings", "Times an upstream's circuit breaker opened", ["model"],
+                                        registry=r)
+        self.feedback_failures = Counter("vlrb_feedback_log_failures", "Decisions the feedback log could not write "
+                                         "(the requests were served)", registry=r)
+        self.feedback_posts = Counter("vlrb_feedback_posts", "POST /v1/feedback rows appended", registry=r)
         self.disconnects = Counter("vlrb_client_disconnects", "Requests whose client went away before the response "
                                    "ended (status 499, not server errors)", ["endpoint"], registry=r)
 
@@ -53,6 +64,17 @@ class Metrics:
 
     def on_attempt(self, model: str, outcome: str) -> None:
         self.upstream.labels(model, outcome).inc()
+
+    def on_breaker_open(self, model: str) -> None:
+        self.breaker_openings.labels(model).inc()
+
+    def on_feedback_failure(self, n: int) -> None:
+        self.feedback_failures.inc(n)
+
+    def set_breakers(self, snapshot: dict[str, dict]) -> None:
+        for model, info in snapshot.items():
+            for state in STATES:
+                self.upstream_state.labels(model, state).set(1.0 if info["state"] == state else 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

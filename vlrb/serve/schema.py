@@ -11,6 +11,9 @@ latest user message that has one (the question being asked now, and the picture 
 a request is forwarded. Keys: `mu` (a number: this request's budget knob, instead of the server's budget.mu), and
 for a cascade (vlrb.serve.cascade) `answer_format` (choice | number | yesno | text: how its models' answers are read)
 and `n_options` (the options of a choice item; 0: any letter); without them both are inferred from the prompt.
+`models` (a non-empty list of the router's model ids) restricts this request's candidates to them (a one-shot router
+only; unknown ids are a 400 from the service, which knows the models); `dataset` (a string) is a hint logged with
+the decision for feedback (vlrb.serve.feedback).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from vlrb.data.answers import ANSWER_FORMATS
 from vlrb.serve.errors import ApiError, bad_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-VLRB_KEYS = {"mu", "answer_format", "n_options"}
+VLRB_KEYS = {"mu", "answer_format", "n_options", "models", "dataset"}
+MAX_DATASET_CHARS = 200
 MAX_OPTIONS = 26  # option letters A..Z
 MU_LIMIT = 1e7  # |μ| beyond this changes no decision (vlrb.serve.calibrate.MU_LIMIT) and overflows nothing
 MAX_TOKENS_LIMIT = 10_000_000  # a larger max_tokens is no request any model serves
@@ -42,6 +46,8 @@ class ChatRequest:
     max_tokens: int | None = None
     answer_format: str | None = None  # a cascade's reading of the answers (None: inferred from the prompt)
     n_options: int | None = None
+    models: list[str] | None = None  # the client's restriction of the candidate models (None: every model)
+    dataset: str | None = None  # the client's dataset hint (logged for feedback)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -96,6 +102,7 @@ def parse_chat(raw: bytes, served_model: str, *, model_required: bool = True) ->
                 raise bad_request(f"'{key}' must be a whole number from 1 to {MAX_TOKENS_LIMIT}, got {v!r}", key)
             req.max_tokens = v
     req.mu, req.answer_format, req.n_options = _vlrb_field(body.get("vlrb"))
+    req.models, req.dataset = _vlrb_pool(body.get("vlrb"))
     return req
 
 
@@ -164,3 +171,21 @@ def _vlrb_field(v: Any) -> tuple[float | None, str | None, int | None]:
         raise bad_request(f"'vlrb.n_options' must be a whole number from 0 to {MAX_OPTIONS} (0: any letter), got "
                           f"{n_options!r}", "vlrb.n_options")
     return None if mu is None else float(mu), fmt, n_options
+
+
+def _vlrb_pool(v: Any) -> tuple[list[str] | None, str | None]:
+    """(models, dataset) of the `vlrb` field (already checked to be an object or None by `_vlrb_field`)."""
+    if v is None:
+        return None, None
+    models, dataset = v.get("models"), v.get("dataset")
+    if models is not None:
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise bad_request(f"'vlrb.models' must be a list of model ids, got {models!r}", "vlrb.models")
+        if not models:
+            raise bad_request("'vlrb.models' is empty: name at least one model to route among (GET /health lists "
+                              "them)", "vlrb.models", code="empty_pool")
+        models = list(dict.fromkeys(models))
+    if dataset is not None and (not isinstance(dataset, str) or len(dataset) > MAX_DATASET_CHARS):
+        raise bad_request(f"'vlrb.dataset' must be a string of at most {MAX_DATASET_CHARS} characters, got "
+                          f"{str(dataset)[:50]!r}", "vlrb.dataset")
+    return models, dataset

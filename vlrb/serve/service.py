@@ -1,15 +1,24 @@
 """The routing service behind the HTTP API: the trained router behind the micro-batcher, its cost model, the
 upstream pool and the metrics, one per app (`request.app.state.service`, reached by the routes through the
 dependency `vlrb.serve.dependencies.service`). For a cascade (vlrb.serve.cascade) the batcher runs each request's
-first step (features encoded once, the first model) and `next_call` the later ones, one request at a time."""
+first step (features encoded once, the first model) and `next_call` the later ones, one request at a time.
+
+A one-shot request is routed among its candidate pool: the router's models with an upstream (all in route_only),
+minus those the request's `vlrb.models` leaves out (unknown ids: a 400), minus those whose circuit breaker is open
+(vlrb.serve.health; all of them open: a 503 with Retry-After). The exploration policy (vlrb.serve.explore) may pick
+another candidate than the budget rule; each decision gets a request id and, with feedback.path set, is logged
+(vlrb.serve.feedback) with the features the router read."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 
+from vlrb.feedback.store import Decision as Logged
 from vlrb.routers.cascade import STOP
 from vlrb.routing.metrics import take_rows
 from vlrb.serve import security
@@ -17,6 +26,9 @@ from vlrb.serve.batching import MicroBatcher, Overloaded
 from vlrb.serve.cascade import CascadeStart, cascade_policy, check_settings, request_format
 from vlrb.serve.decide import CostModel, Decision, decide
 from vlrb.serve.errors import ApiError, bad_request
+from vlrb.serve.explore import Explorer
+from vlrb.serve.feedback import FeedbackWriter, new_request_id
+from vlrb.serve.health import Breakers
 from vlrb.serve.metrics import Metrics
 from vlrb.serve.schema import ChatRequest
 from vlrb.serve.settings import ServeSettings
@@ -54,6 +66,13 @@ class RouterService:
                                           mode=settings.cost_estimate, output_tokens=settings.output_tokens)
         self.allowed = None if settings.route_only else set(settings.upstreams)
         self.metrics = Metrics()
+        self.breakers = Breakers(settings.upstreams if not settings.route_only else (),
+                                 failures=settings.breaker_failures, window_s=settings.breaker_window_s,
+                                 open_s=settings.breaker_open_s, on_open=self.metrics.on_breaker_open)
+        self.explorer = Explorer(settings.explore, settings.epsilon, settings.explore_seed)
+        self.feedback: FeedbackWriter | None = None  # the decision log, when feedback.path is set (opened at start)
+        # the features the router read go to the log: asked for only when logging and the router can give them
+        self.with_features = bool(settings.feedback_path) and self.policy is None and _takes_features(router)
         self.batcher = MicroBatcher(self._forward, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                     workers=settings.workers, threads=settings.threads,
                                     max_queue=settings.max_queue, on_batch=self.metrics.on_batch)
@@ -70,14 +89,28 @@ class RouterService:
         await self.batcher.start()
         if not self.settings.route_only:
             self.upstreams = UpstreamPool(self.settings.upstreams, timeout_s=self.settings.timeout_s,
-                                          attempts=self.settings.attempts, on_attempt=self.metrics.on_attempt)
+                                          attempts=self.settings.attempts, on_attempt=self.metrics.on_attempt,
+                                          breakers=self.breakers)
+        if self.settings.feedback_path and self.policy is None:
+            meta = {"router": self.label, "models": self.models, "model_name": self.settings.model_name,
+                    **({"router_dir": self.settings.router_dir} if self.settings.router_dir else {})}
+            self.feedback = await asyncio.to_thread(FeedbackWriter, self.settings.feedback_path, meta=meta,
+                                                    on_failure=self.metrics.on_feedback_failure)
+            self.feedback.start()
+            log.info("feedback log: %s", self.settings.feedback_path)
         if self.settings.allow_remote_images:
             import httpx
 
             self.fetcher = httpx.AsyncClient(follow_redirects=False, trust_env=False)
 
+    @property
+    def label(self) -> str:
+        return str(getattr(self.router, "name", None) or "router")
+
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self.feedback is not None:
+            await self.feedback.stop()
         for client in (self.upstreams, self.fetcher):
             if client is not None:
                 await client.aclose()
@@ -87,11 +120,17 @@ class RouterService:
         each request's scores, or for a cascade (its row for the policy, its first model)."""
         if self.policy is not None:
             return self._first_steps(items)
-        scores = np.asarray(self.router.score_raw([p for p, _, _ in items], [im for _, im, _ in items]),
-                            dtype=np.float64)
+        prompts, images = [p for p, _, _ in items], [im for _, im, _ in items]
+        X = None
+        if self.with_features:
+            scores, X = self.router.score_raw(prompts, images, return_features=True)
+        else:
+            scores = self.router.score_raw(prompts, images)
+        scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (len(items), len(self.models)) or not np.isfinite(scores).all():
             raise RuntimeError(f"the router gave scores of shape {scores.shape} with non-finite values or a wrong size")
-        return list(scores)
+        rows = [None] * len(items) if X is None else list(np.asarray(X, dtype=np.float32).reshape(len(items), -1))
+        return list(zip(scores, rows))
 
     def _first_steps(self, items: list) -> list[tuple]:
         rows = self.router.requests_raw([p for p, _, _ in items], [im for _, im, _ in items], [f for _, _, f in items])
@@ -163,13 +202,70 @@ class RouterService:
 
     async def start_cascade(self, req: ChatRequest, image) -> CascadeStart:
         """A cascade's first step for one request (vlrb.serve.cascade.run takes it from there)."""
+        if req.models is not None:  # its policy picks models by its own rule, one after another
+            raise bad_request("'vlrb.models' cannot restrict a cascade: it chooses which models to call, in its own "
+                              "order (README: Serving a cascade)", "vlrb.models", code="cascade_pool")
         (rows, first), costs, mu, latency = await self._submit(req, image)
         self.metrics.routed.labels(self.models[first]).inc()
         return CascadeStart(rows, first, costs, mu, latency)
 
     async def route(self, req: ChatRequest, image) -> tuple[Decision, float]:
-        """The decision for one request and the seconds it waited for the router (queue + batch forward)."""
-        scores, costs, mu, latency = await self._submit(req, image)
-        d = decide(self.models, scores, costs, mu, self.costs.scale, allowed=self.allowed)
+        """The decision for one request (with its request id, the policy's pick and propensity) and the seconds it
+        waited for the router (queue + batch forward)."""
+        wanted = self.restriction(req)
+        (scores, features), costs, mu, latency = await self._submit(req, image)
+        pool = self.pool(wanted)
+        d = decide(self.models, scores, costs, mu, self.costs.scale, allowed=pool)
+        order, propensity = self.explorer.pick(d.order)
+        d = replace(d, order=order, propensity=propensity, policy=self.explorer.name, request_id=new_request_id(),
+                    features=features)
         self.metrics.routed.labels(d.model).inc()
         return d, latency
+
+    def restriction(self, req: ChatRequest) -> list[str]:
+        """The models this request may go to before health: its `vlrb.models` (checked) among those with an
+        upstream; a 400 naming unknown ids, or when none of them can be reached here."""
+        reachable = [m for m in self.models if self.allowed is None or m in self.allowed]
+        if req.models is None:
+            return reachable
+        unknown = [m for m in req.models if m not in self.models]
+        if unknown:
+            raise bad_request(f"'vlrb.models': unknown model ids {unknown}; this router's models are {self.models}",
+                              "vlrb.models", code="unknown_model")
+        wanted = [m for m in reachable if m in req.models]
+        if not wanted:
+            raise bad_request(f"'vlrb.models': none of {req.models} has an upstream on this server (those with one: "
+                              f"{reachable})", "vlrb.models", code="no_upstream")
+        return wanted
+
+    def pool(self, wanted: list[str]) -> list[str]:
+        """`wanted` minus the models whose circuit breaker is open; a 503 when that leaves none."""
+        pool = [m for m in wanted if self.breakers.available(m)]
+        if not pool:
+            wait = self.breakers.retry_in(wanted)
+            raise ApiError(503, f"every candidate model's upstream is failing (circuit breaker open: {wanted}); the "
+                           f"next probe in {wait:.1f} s; retry later", code="upstreams_unavailable",
+                           headers={"Retry-After": str(max(1, int(np.ceil(wait))))})
+        return pool
+
+    def log_decision(self, d: Decision, req: ChatRequest, answered_by: str | None) -> None:
+        """Queue the decision for the feedback log (when on): never blocks, never fails the request."""
+        if self.feedback is None:
+            return
+        try:
+            self.feedback.log(Logged(
+                id=d.request_id, router=self.label, models=self.models, pool=[m for m in self.models if m in d.order],
+                chosen=d.model, propensity=d.propensity, policy=d.policy, scores=[d.scores[m] for m in self.models],
+                costs=[d.costs[m] for m in self.models], mu=d.mu, answered_by=answered_by, dataset=req.dataset or "",
+                features=d.features))
+        except Exception as e:  # a bug here must cost the log a row, not the client its answer
+            log.warning("feedback log: decision %s not queued (%s: %s)", d.request_id, type(e).__name__, e)
+            self.metrics.on_feedback_failure(1)
+
+
+def _takes_features(router) -> bool:
+    """Whether `router.score_raw` can also return the features it read (vlrb.artifact.TrainedRouter can)."""
+    try:
+        return "return_features" in inspect.signature(router.score_raw).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -11,6 +12,7 @@ from vlrb.errors import ConfigError
 from vlrb.serve.schema import MU_LIMIT
 
 COST_ESTIMATES = ("mean_cost", "tokens")
+EXPLORE_POLICIES = ("none", "epsilon_greedy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,14 @@ class ServeSettings:
     remote_max_bytes: int = 10_000_000
     remote_timeout_s: float = 5.0
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
+    breaker_failures: int = 5  # 0: no circuit breakers (vlrb.serve.health)
+    breaker_window_s: float = 30.0
+    breaker_open_s: float = 30.0
+    feedback_path: str | None = None  # the feedback log (vlrb.feedback.store); None: off
+    explore: str = "none"  # none | epsilon_greedy (vlrb.serve.explore)
+    epsilon: float = 0.1
+    explore_seed: int | None = None
+    router_dir: str | None = None  # the served router's folder (recorded in the feedback log for training)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], models: Sequence[str], router_label: str = "router",
@@ -60,6 +70,14 @@ class ServeSettings:
         limits = _section(cfg, "limits")
         remote = _section(cfg, "remote_images")
         auth = _section(cfg, "auth")
+        breaker = _section(cfg, "breaker")
+        feedback = _section(cfg, "feedback")
+        explore = _section(feedback, "explore", "feedback.explore")
+        policy = str(explore.get("policy") or "none")
+        if policy not in EXPLORE_POLICIES:
+            raise ConfigError(f"feedback.explore.policy must be one of {EXPLORE_POLICIES}, got {policy!r}")
+        seed = explore.get("seed")
+        model_name = str(cfg.get("model_name") or f"vlrb-{router_label}")
         route_only = _bool(cfg.get("route_only", False), "route_only")
         upstreams = _upstreams(cfg.get("upstreams") or {}, models, env)
         if not route_only and not upstreams:
@@ -77,7 +95,7 @@ class ServeSettings:
                 raise ConfigError(f"auth.api_keys_env={keys_env}: the environment variable is unset or empty "
                                   "(comma-separated bearer keys expected)")
         return cls(
-            model_name=str(cfg.get("model_name") or f"vlrb-{router_label}"),
+            model_name=model_name,
             route_only=route_only,
             mu=_number(budget.get("mu", 0.0), "budget.mu", lo=-MU_LIMIT, hi=MU_LIMIT),
             cost_estimate=cost,
@@ -99,7 +117,25 @@ class ServeSettings:
             remote_max_bytes=_int(remote.get("max_bytes", 10_000_000), "remote_images.max_bytes", lo=1),
             remote_timeout_s=_number(remote.get("timeout_s", 5.0), "remote_images.timeout_s", lo=1e-3),
             api_keys=api_keys,
+            breaker_failures=_int(breaker.get("failures", 5), "breaker.failures", lo=0),
+            breaker_window_s=_number(breaker.get("window_s", 30.0), "breaker.window_s", lo=1e-3),
+            breaker_open_s=_number(breaker.get("open_s", 30.0), "breaker.open_s", lo=1e-3),
+            feedback_path=_feedback_path(feedback.get("path"), model_name),
+            explore=policy,
+            epsilon=_number(explore.get("epsilon", 0.1), "feedback.explore.epsilon", lo=0.0, hi=1.0),
+            explore_seed=None if seed is None else _int(seed, "feedback.explore.seed", lo=0),
+            router_dir=None if cfg.get("router_dir") is None else str(cfg.get("router_dir")),
         )
+
+
+def _feedback_path(v: Any, model_name: str) -> str | None:
+    """feedback.path with `{model_name}` filled in (a name safe as a file name); null or "": logging off."""
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise ConfigError(f"feedback.path must be a file path (or null: no feedback log), got {v!r}")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", model_name)
+    return v.replace("{model_name}", safe)
 
 
 def _upstreams(raw: Any, models: Sequence[str], env: Mapping[str, str]) -> dict[str, Upstream]:
@@ -126,10 +162,10 @@ def _upstreams(raw: Any, models: Sequence[str], env: Mapping[str, str]) -> dict[
     return out
 
 
-def _section(cfg: Mapping, key: str) -> Mapping:
+def _section(cfg: Mapping, key: str, where: str | None = None) -> Mapping:
     v = cfg.get(key) or {}
     if not isinstance(v, Mapping):
-        raise ConfigError(f"{key} must be a mapping, got {v!r}")
+        raise ConfigError(f"{where or key} must be a mapping, got {v!r}")
     return v
 
 
