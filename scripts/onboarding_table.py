@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--table", help="also write every row as CSV")
     ap.add_argument("--from-table", help="print the markdown of a CSV written by --table (nothing is fitted)")
-    a = ap.parse_args()
+    a = ap.parse_intermixed_args()  # Hydra overrides may follow the options
     if a.from_table:
         from vlrb.onboarding import recovered
 
