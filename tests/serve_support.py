@@ -74,6 +74,28 @@ def build_tiny_router(path: Path) -> Path:
     return save_trained_router(router, path, recipe=recipe, prices=prices, mean_cost=dict(MEAN_COST))
 
 
+
+class StubRouter:
+    """A served router without encoders: scores [cheap, mid, dear] = [0, 1, 3] for prompts with "hard", else
+    [3, 1, 0]; records each batch's size and images (`delay_s`: a slow forward)."""
+
+    models = MODELS
+    prices = {m: {"input_per_1m": p, "output_per_1m": q} for m, (p, q) in PRICES.items()}
+    mean_cost = MEAN_COST
+    name = "stub"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.batches: list[int] = []
+        self.images: list = []
+        self.delay_s = delay_s
+
+    def score_raw(self, prompts, images):
+        self.batches.append(len(prompts))
+        self.images += list(images)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return np.array([[0.0, 1.0, 3.0] if "hard" in p else [3.0, 1.0, 0.0] for p in prompts])
+
 # ------------------------------------------------------------------------------------------ fake upstream
 class FakeUpstream:
     """An OpenAI-compatible /v1/chat/completions; `behaviour[upstream model] = ok | 500 | slow | 400`, `replies[upstream

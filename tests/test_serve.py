@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from serve_support import (BLUE, MEAN_COST, MODELS, RED, FakeUpstream, ServeProcess, bomb_uri, build_tiny_router,
-                           data_uri)
+from serve_support import (BLUE, MEAN_COST, MODELS, RED, FakeUpstream, ServeProcess, StubRouter, bomb_uri,
+                           build_tiny_router, data_uri)
 from vlrb.errors import ConfigError
 from vlrb.serve.batching import MicroBatcher, Overloaded
 from vlrb.serve.decide import CostModel, choose, decide, log_softmax
@@ -32,27 +32,6 @@ from vlrb.serve.app import create_app  # noqa: E402
 NAME = "vlrb-test"
 PRICES = {"cheap": {"input_per_1m": 0.1, "output_per_1m": 0.4}, "mid": {"input_per_1m": 0.5, "output_per_1m": 2.0},
           "dear": {"input_per_1m": 5.0, "output_per_1m": 20.0}}
-
-
-class StubRouter:
-    """Scores [cheap, mid, dear]: [0, 1, 3] for prompts with "hard", else [3, 1, 0]; records each batch."""
-
-    models = MODELS
-    prices = PRICES
-    mean_cost = MEAN_COST
-    name = "stub"
-
-    def __init__(self, delay_s: float = 0.0):
-        self.batches: list[int] = []
-        self.images: list = []
-        self.delay_s = delay_s
-
-    def score_raw(self, prompts, images):
-        self.batches.append(len(prompts))
-        self.images += list(images)
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        return np.array([[0.0, 1.0, 3.0] if "hard" in p else [3.0, 1.0, 0.0] for p in prompts])
 
 
 def user(*parts, **extra) -> dict:

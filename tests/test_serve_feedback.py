@@ -17,7 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from serve_support import BLUE, MEAN_COST, MODELS, PRICES, RED, AppServer, FakeUpstream, build_tiny_router, data_uri
+from serve_support import (BLUE, MEAN_COST, MODELS, RED, AppServer, FakeUpstream, StubRouter, build_tiny_router,
+                           data_uri)
 from vlrb.errors import ConfigError
 from vlrb.feedback.store import FeedbackStore, read_log
 from vlrb.serve.explore import Explorer
@@ -29,18 +30,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from vlrb.serve.app import create_app  # noqa: E402
 
 NAME = "vlrb-fb"
-
-
-class StubRouter:
-    """Scores [cheap, mid, dear]: [0, 1, 3] for prompts with "hard", else [3, 1, 0] (no features)."""
-
-    models = MODELS
-    prices = {m: {"input_per_1m": p, "output_per_1m": q} for m, (p, q) in PRICES.items()}
-    mean_cost = MEAN_COST
-    name = "stub"
-
-    def score_raw(self, prompts, images):
-        return np.array([[0.0, 1.0, 3.0] if "hard" in p else [3.0, 1.0, 0.0] for p in prompts])
 
 
 def user(text: str, image: str | None = None, **vlrb) -> dict:

@@ -8,10 +8,9 @@ prompts score dear > mid > cheap) in process and the fake OpenAI-compatible upst
 `up-dear` answers 500 to every call."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from serve_support import MEAN_COST, MODELS, PRICES, FakeUpstream
+from serve_support import MODELS, FakeUpstream, StubRouter
 from vlrb.errors import ConfigError
 from vlrb.serve.health import CLOSED, HALF_OPEN, OPEN, Breaker, Breakers
 from vlrb.serve.settings import ServeSettings, Upstream
@@ -22,18 +21,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from vlrb.serve.app import create_app  # noqa: E402
 
 NAME = "vlrb-pool"
-
-
-class StubRouter:
-    """Scores [cheap, mid, dear]: [0, 1, 3] for prompts with "hard", else [3, 1, 0]."""
-
-    models = MODELS
-    prices = {m: {"input_per_1m": p, "output_per_1m": q} for m, (p, q) in PRICES.items()}
-    mean_cost = MEAN_COST
-    name = "stub"
-
-    def score_raw(self, prompts, images):
-        return np.array([[0.0, 1.0, 3.0] if "hard" in p else [3.0, 1.0, 0.0] for p in prompts])
 
 
 def user(text: str, **vlrb) -> dict:

@@ -11,14 +11,13 @@ Cost bounds stay the benchmark's, so every number compares with the in-distribut
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from vlrb.data.benchmark import Benchmark
 from vlrb.errors import ConfigError
+from vlrb.pricing import manifest_prices
 from vlrb.routers.onboard import Onboarded, add_model, can_onboard
 from vlrb.routing.metrics import route_metrics, take_rows
 
@@ -37,35 +36,38 @@ def drop_model(data, model: str):
     view = Benchmark(bench.Y[:, keep], bench.C[:, keep], models, bench.meta, scores=bench.scores[:, keep],
                      cost_bounds=bench.cost_bounds, samples=bench._samples, root=bench.root,
                      answers=None if bench._answers is None else bench._answers[:, keep])
-
-    def cut(sp):
-        return dataclasses.replace(sp, Y=sp.Y[:, keep], C=sp.C[:, keep], scores=sp.scores[:, keep], models=models,
-                                   answers=None if sp.answers is None else sp.answers[:, keep], source=view)
-
-    return dataclasses.replace(data, bench=view, splits={s: cut(sp) for s, sp in data.splits.items()})
+    return dataclasses.replace(data, bench=view, splits={s: dataclasses.replace(columns(sp, keep, models), source=view)
+                                                         for s, sp in data.splits.items()})
 
 
-def prices(bench: Benchmark) -> dict[str, float] | None:
-    """Each model's $ per 1M output tokens from the build's manifest (the newcomer's cost with no labelled item)."""
-    f = Path(bench.root) / "manifest.json" if bench.root is not None else None
-    if f is None or not f.exists():
-        return None
-    p = json.loads(f.read_text()).get("prices") or {}
-    return {m: float(v[1]) for m, v in p.items()} or None
+def columns(split, order: Sequence[int], models: Sequence[str]):
+    """`split` with only the model columns `order` (in that order), named `models`."""
+    return dataclasses.replace(split, Y=split.Y[:, order], C=split.C[:, order], scores=split.scores[:, order],
+                               answers=None if split.answers is None else split.answers[:, order], models=list(models))
+
+
+def output_prices(prices: dict | None) -> dict[str, float]:
+    """model -> $ per 1M output tokens, from {model: {"input_per_1m", "output_per_1m"}} (the newcomer's cost with no
+    labelled item is set by its price against the known models')."""
+    return {m: float(p["output_per_1m"]) for m, p in (prices or {}).items()}
+
+
+def join(router, split, model: str, j: int, n: int, seed: int, prices: dict | None = None,
+         models: Sequence[str] | None = None) -> Onboarded:
+    """`router` with `model` (column j of `split`) added from n of the split's items drawn with `seed`."""
+    if n > len(split):
+        raise ConfigError(f"{n} labelled items of {model} asked, the {split.name} split has {len(split)}")
+    rows = np.sort(np.random.RandomState(seed).choice(len(split), size=n, replace=False))
+    out = output_prices(prices)
+    known = [out[m] for m in router.models] if all(m in out for m in router.models) else None
+    return add_model(router, model, take_rows(split, rows), correct=split.Y[rows, j], cost=split.C[rows, j],
+                     price=out.get(model), known_prices=known, models=models)
 
 
 def onboard(router, data, model: str, n: int, seed: int) -> Onboarded:
     """`router` (trained without `model`) with `model` added from n train items drawn with `seed`."""
-    train = data["train"]
-    if n > len(train):
-        raise ConfigError(f"ood.labelled: {n} labelled items asked, the train split has {len(train)}")
-    rows = np.sort(np.random.RandomState(seed).choice(len(train), size=n, replace=False))
-    j = data.bench.models.index(model)
-    items = take_rows(train, rows)
-    price = prices(data.bench) or {}
-    return add_model(router, model, items, correct=train.Y[rows, j], cost=train.C[rows, j], price=price.get(model),
-                     known_prices=[price[m] for m in router.models] if all(m in price for m in router.models) else None,
-                     models=data.bench.models)
+    return join(router, data["train"], model, data.bench.models.index(model), n, seed,
+                prices=manifest_prices(data.bench.root), models=data.bench.models)
 
 
 def choices_in(full_models: Sequence[str], router, split) -> np.ndarray:

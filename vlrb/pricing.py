@@ -96,3 +96,15 @@ def missing_price_message(model: str, source: str = "") -> str:
             f"Add it to the table, e.g. `pricing: {{{model}: {{type: token_based, input_price_per_1m: 0.20, "
             f"output_price_per_1m: 0.20}}}}`, and pass it with pricing.path=FILE (or add an alias to an existing entry), "
             f"or leave the model out with data.models=[...].")
+
+
+def manifest_prices(root) -> dict[str, dict[str, float]] | None:
+    """Per-model $ per 1M tokens a built benchmark recorded (its manifest.json: model -> [input, output]), as
+    {model: {"input_per_1m", "output_per_1m"}}; None when it has none (records that carried their own cost)."""
+    import json
+
+    f = Path(root) / "manifest.json" if root is not None else None
+    if f is None or not f.exists():
+        return None
+    prices = json.loads(f.read_text()).get("prices")
+    return {m: {"input_per_1m": p[0], "output_per_1m": p[1]} for m, p in prices.items()} if prices else None

@@ -68,9 +68,10 @@ def _prices(router_dir: Path, models: list[str], bench_root: str | None) -> dict
     """The logging router's prices (its artifact.json), else the scoring benchmark's (its manifest), when known."""
     f = router_dir / "artifact.json"
     prices = (json.loads(f.read_text()).get("prices") or {}) if f.exists() else {}
-    if not prices and bench_root and (Path(bench_root) / "manifest.json").exists():
-        found = json.loads((Path(bench_root) / "manifest.json").read_text()).get("prices") or {}
-        prices = {m: {"input_per_1m": p[0], "output_per_1m": p[1]} for m, p in found.items()}
+    if not prices and bench_root:
+        from vlrb.pricing import manifest_prices
+
+        prices = manifest_prices(bench_root) or {}
     return {m: prices[m] for m in models if m in prices} or None
 
 

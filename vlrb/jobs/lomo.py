@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -70,12 +69,6 @@ def mean_cost(data, router) -> dict:
     (its estimate otherwise: what the router knows of it)."""
     train = data["train"]
     out = dict(zip(data.bench.models, map(float, train.C.mean(0))))
-    new = list(getattr(router, "new_", []))
-    if new:
-        _, c = router._known(train)
-        if not c.any():  # a router without cost estimates (per_dataset): the known models' mean costs stand in
-            known = [out[m] for m in router.base.models]
-            c = np.broadcast_to(np.asarray(known), (len(train), len(known)))
-        for i, m in enumerate(new):
-            out[m] = float(np.mean(router._new_c(c)[:, i]))
+    if getattr(router, "new_", None):
+        out.update(router.newcomer_costs(train, known_mean=[out[m] for m in router.base.models]))
     return out

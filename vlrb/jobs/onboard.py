@@ -32,9 +32,10 @@ def _check(cfg: DictConfig) -> None:
 def onboard(cfg: DictConfig) -> dict:
     from vlrb.artifact import save_trained_router
     from vlrb.jobs.build import load_benchmark
-    from vlrb.onboarding import choices_in, prices
-    from vlrb.routers.onboard import add_model, can_onboard
-    from vlrb.routing.metrics import route_metrics, take_rows
+    from vlrb.onboarding import choices_in, columns, join
+    from vlrb.pricing import manifest_prices
+    from vlrb.routers.onboard import can_onboard
+    from vlrb.routing.metrics import route_metrics
 
     _check(cfg)
     tr = load_router_dir(cfg)
@@ -52,23 +53,18 @@ def onboard(cfg: DictConfig) -> dict:
                           f"{', '.join(bench.models)}")
     split = tr.with_inputs(bench.split(cfg.split))
     n = len(split) if cfg.n_labelled == "all" else int(cfg.n_labelled)
-    if n > len(split):
-        raise ConfigError(f"n_labelled={n}: the {cfg.split} split has {len(split)} items")
-    rows = np.sort(np.random.RandomState(int(cfg.seed)).choice(len(split), size=n, replace=False))
-    j = bench.models.index(model)
-    known = prices(bench) or {}
-    price = cfg.price if cfg.price is not None else known.get(model)
-    own = {m: float(p["output_per_1m"]) for m, p in (tr.prices or {}).items()} or known
-    known_prices = [own[m] for m in tr.models] if all(m in own for m in tr.models) else None
-    joined = add_model(tr.router, model, take_rows(split, rows), correct=split.Y[rows, j], cost=split.C[rows, j],
-                       price=price, known_prices=known_prices)
+    bench_prices = manifest_prices(bench.root) or {}
+    prices = {**bench_prices, **(tr.prices or {})}  # the router's own prices first; the newcomer's from the benchmark
+    if cfg.price is not None:
+        prices[model] = {"input_per_1m": float(cfg.price), "output_per_1m": float(cfg.price)}
+    joined = join(tr.router, split, model, bench.models.index(model), n, int(cfg.seed), prices=prices)
     metrics = {"model": model, "n_labelled": n, "split": cfg.split, "router": tr.name}
     if all(m in bench.models for m in tr.models):  # the benchmark can score both: before and after
         test = tr.with_inputs(bench.split("test"))
         full = [*tr.models, model]
         order = [bench.models.index(m) for m in full]
-        sub = _columns(test, order, full)
-        for name, ch in (("before", choices_in(full, tr.router, _columns(test, order[:-1], tr.models))),
+        sub = columns(test, order, full)
+        for name, ch in (("before", choices_in(full, tr.router, columns(test, order[:-1], tr.models))),
                          ("after", np.asarray(joined.route(sub)))):
             m = route_metrics(sub, ch, bench.cost_bounds, prefix="", breakdown=False)
             metrics.update({f"test/{name}/{k}": m[k] for k in ("accuracy", "avg_cost", "rank_score")})
@@ -76,30 +72,13 @@ def onboard(cfg: DictConfig) -> dict:
         log.info("test rank score %.2f -> %.2f with %s (chosen for %.1f%% of test requests)",
                  metrics["test/before/rank_score"] * 100, metrics["test/after/rank_score"] * 100, model,
                  metrics["test/after/share_new"] * 100)
-    new_prices = dict(tr.prices or {})
-    if bench.root is not None and model in (_manifest_prices(bench) or {}):
-        new_prices[model] = _manifest_prices(bench)[model]
+    new_prices = {**(tr.prices or {}), **({model: prices[model]} if model in prices else {})}
     mean_cost = dict(tr.mean_cost or {})
-    _, c = joined._known(split)
-    mean_cost[model] = float(np.mean(joined._new_c(c)[:, -1]))
+    known_mean = [mean_cost[m] for m in tr.models] if all(m in mean_cost for m in tr.models) else None
+    mean_cost.update(joined.newcomer_costs(split, known_mean=known_mean))
     save_trained_router(joined, out / "router", recipe=tr.recipe, prices=new_prices or None, mean_cost=mean_cost,
                         lam=tr.lam, config=to_plain(cfg), benchmark=(tr.info or {}).get("benchmark"), metrics=metrics)
     write_json(out / "onboard.json", metrics)
     log.info("router with %s: %s (serve it: python serve.py router_dir=%s)", model, out / "router", out / "router")
     return metrics
 
-
-def _columns(split, order, models):
-    import dataclasses
-
-    return dataclasses.replace(split, Y=split.Y[:, order], C=split.C[:, order], scores=split.scores[:, order],
-                               answers=None if split.answers is None else split.answers[:, order], models=list(models))
-
-
-def _manifest_prices(bench) -> dict | None:
-    import json
-    from pathlib import Path
-
-    f = Path(bench.root) / "manifest.json"
-    p = json.loads(f.read_text()).get("prices") if f.exists() else None
-    return {m: {"input_per_1m": v[0], "output_per_1m": v[1]} for m, v in p.items()} if p else None

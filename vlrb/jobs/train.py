@@ -197,7 +197,9 @@ def train(cfg: DictConfig, out: Path) -> dict:
     if cfg.get("save_router", True) and router.saves_state:
         from vlrb.artifact import save_trained_router
 
-        save_trained_router(router, out / "router", recipe=data.recipe, prices=_prices(bench),
+        from vlrb.pricing import manifest_prices
+
+        save_trained_router(router, out / "router", recipe=data.recipe, prices=manifest_prices(bench.root),
                             mean_cost=lomo_mean_cost(data, router),
                             lam=metrics["lambda"], config=to_plain(cfg),
                             benchmark={"root": metrics["benchmark/root"], "fingerprint": metrics["benchmark/fingerprint"]},
@@ -322,16 +324,6 @@ def _say_results(metrics: dict, out: Path) -> None:
     offline = sorted(out.glob("wandb/offline-run-*"))
     if offline and not sweep_name():  # a sweep prints one command for all its jobs
         log.info("W&B: offline run kept; upload it with: wandb sync %s", offline[-1])
-
-
-def _prices(bench) -> dict | None:
-    """Per-model $ per 1M tokens from the build's manifest (None when the records carried their own cost)."""
-    import json
-
-    if bench.root is None or not (Path(bench.root) / "manifest.json").exists():
-        return None
-    prices = json.loads((Path(bench.root) / "manifest.json").read_text()).get("prices")
-    return {m: {"input_per_1m": p[0], "output_per_1m": p[1]} for m, p in prices.items()} if prices else None
 
 
 def _flat_fit_info(info: dict) -> dict:

@@ -41,6 +41,15 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def known(base: Router, split: Requests) -> tuple[np.ndarray, np.ndarray]:
+    """(n, K) p̂ and ĉ of a router's own models on `split` (ĉ zero for a router without cost estimates)."""
+    rows = dataclasses.replace(split, models=list(base.models))
+    p = np.asarray(base.predict_correctness(rows), np.float64)
+    costs = getattr(base, "_costs", None)
+    c = costs(np.asarray(split.datasets).astype(str)) if costs is not None else np.zeros_like(p)
+    return p, np.asarray(c, np.float64)
+
+
 def can_onboard(router: Router) -> bool:
     return hasattr(router, "predict_correctness") or isinstance(router, Onboarded)
 
@@ -107,16 +116,16 @@ class Onboarded(Router):
         return f"{self.base.label} +{len(self.new_)} onboarded" if self.base is not None else self.name
 
     # ------------------------------------------------------------ the known models, then the newcomers
-    def _base_rows(self, split: Requests) -> Requests:
-        return dataclasses.replace(split, models=list(self.base.models))
-
     def _known(self, split: Requests) -> tuple[np.ndarray, np.ndarray]:
-        """(n, K_known) p̂ and ĉ of the frozen router's models."""
-        rows = self._base_rows(split)
-        p = np.asarray(self.base.predict_correctness(rows), np.float64)
-        costs = getattr(self.base, "_costs", None)
-        c = costs(np.asarray(split.datasets).astype(str)) if costs is not None else np.zeros_like(p)
-        return p, np.asarray(c, np.float64)
+        return known(self.base, split)
+
+    def newcomer_costs(self, split: Requests, known_mean: Sequence[float] | None = None) -> dict[str, float]:
+        """Each newcomer's estimated mean $ per request over `split` (what the router itself assumes; a router
+        without cost estimates, per_dataset, takes `known_mean`, its known models' mean $, as the reference)."""
+        _, c = self._known(split)
+        if not c.any() and known_mean is not None:
+            c = np.broadcast_to(np.asarray(known_mean, np.float64), c.shape)
+        return {m: float(v) for m, v in zip(self.new_, self._new_c(c).mean(0))}
 
     def predict_correctness(self, split: Requests) -> np.ndarray:
         self._check_inputs(split)
@@ -216,10 +225,7 @@ def add_model(router: Router, name: str, labelled: Requests, correct: Sequence[f
     z = np.zeros((0, len(base.models)))
     c_known = np.zeros((0, len(base.models)))
     if len(y):
-        tmp = Onboarded()
-        tmp.attach(base)
-        tmp.models, tmp.n_models = list(base.models), len(base.models)
-        p, c_known = tmp._known(dataclasses.replace(labelled, models=list(base.models)))
+        p, c_known = known(base, labelled)
         z = _logit(p)
     sd = new.ability_sd
     if sd is None:  # the known models' spread of ability on these rows (at least 0.3 logits)
