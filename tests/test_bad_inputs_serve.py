@@ -227,7 +227,8 @@ def _rss_mb(pid: int | None = None) -> float:
 @pytest.fixture(scope="module")
 def server(good_router, tmp_path_factory):
     """serve.py with its default limits (route_only)."""
-    with ServeProcess([f"router_dir={good_router}", "route_only=true", f"model_name={NAME}"],
+    with ServeProcess([f"router_dir={good_router}", "route_only=true", f"model_name={NAME}",
+                       "batching.fast_path=start"],  # timed cases: no export running beside them
                       tmp_path_factory.mktemp("srv")) as proc:
         yield proc
 

@@ -11,7 +11,7 @@ import torch
 
 from test_features import CORRUPT, NO_IMAGE, TINY_CFG, make_bench, read_emb, tiny_text, tiny_vision  # noqa: F401
 from vlrb.data.benchmark import Benchmark
-from vlrb.features import runtime as rt
+from vlrb.features import onnx_export, runtime as rt
 from vlrb.features.extract import extract_features
 from conftest import make_backbone
 
@@ -59,7 +59,7 @@ def test_a_path_that_fails_gives_way_to_eager(monkeypatch, tiny_vision):
     def broken(*a, **k):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(rt, "_onnxruntime_forward", broken)
+    monkeypatch.setattr(rt, "onnxruntime_forward", broken)
     batch = {"pixel_values": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}
     p = rt.prepare_forward(tiny_vision, "onnxruntime", CPU, None, batch)
     assert p.runtime == "eager" and "unsupported operator" in p.note and p.forward is tiny_vision
@@ -68,7 +68,7 @@ def test_a_path_that_fails_gives_way_to_eager(monkeypatch, tiny_vision):
 def test_runtime_is_checked_against_eager(monkeypatch, tiny_vision):
     """A path whose embeddings drift beyond the tolerance is not used."""
     monkeypatch.setattr(rt, "onnxruntime_available", lambda: True)
-    monkeypatch.setattr(rt, "_onnxruntime_forward", lambda enc, ex, path, spin=True: (lambda b: enc(b) + 1e-2))
+    monkeypatch.setattr(rt, "onnxruntime_forward", lambda enc, ex, path, spin=True: (lambda b: enc(b) + 1e-2))
     batch = {"pixel_values": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}
     p = rt.prepare_forward(tiny_vision, "onnxruntime", CPU, None, batch)
     assert p.runtime == "eager" and "differ from eager" in p.note
@@ -84,7 +84,7 @@ def test_onnxruntime_matches_eager_and_caches_its_export(tiny_text, tmp_path, mo
         p = rt.prepare_forward(enc, "onnxruntime", CPU, None, long)
     assert p.runtime == "onnxruntime" and p.max_abs_diff < 1e-5
     assert rt.onnx_path(enc, long).is_relative_to(tmp_path)
-    chatter = [r for r in caplog.records if r.name.startswith(rt._quiet_exporter.LOGGERS)]
+    chatter = [r for r in caplog.records if r.name.startswith(onnx_export._quiet_exporter.LOGGERS)]
     assert not chatter, f"the exporter's INFO lines reached the job log: {chatter[:2]}"
     assert any("exported to ONNX" in r.getMessage() for r in caplog.records)  # our own one line remains
     path = rt.onnx_path(enc, long)
@@ -298,10 +298,10 @@ def test_frozen_image_prefix_of_the_offline_backbone_on_onnxruntime(monkeypatch)
     assert make_backbone("tiny_offline", freeze="none").__dict__["_fast_image_prefix"] is None
 
 
-def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off(monkeypatch):
-    """Routing raw inputs (a server): a convolutional encoder runs eager until 8 images went through (here), then
-    on ONNX Runtime with eager's numbers; a new forward finds the export cached and uses it at once; a
-    Transformer encoder stays eager."""
+def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off(monkeypatch, tmp_path):
+    """Routing raw inputs (a server): a convolutional encoder runs eager until 8 images went through (here); then
+    its export runs in the background while calls stay eager, and once it is ready they run on ONNX Runtime with
+    eager's numbers; a new forward finds the export cached and uses it at once."""
     if not rt.onnxruntime_available():
         pytest.skip("onnxruntime / onnxscript not installed")
     from vlrb.features.batches import encode_items
@@ -309,6 +309,7 @@ def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off
     from vlrb.data.images import ImageList
     from PIL import Image
 
+    monkeypatch.setenv("VLRB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(rt, "MIN_ITEMS_FOR_EXPORT", 8)
     enc = build_vision_encoder({"family": "timm", "tiny": True}).eval()
     rng = np.random.default_rng(0)
@@ -316,20 +317,42 @@ def test_auto_forward_for_many_small_calls_moves_to_onnxruntime_once_it_pays_off
     reference = encode_items(enc, "vision", images, device="cpu")
     fast = rt.AutoForward(enc, CPU)
     first = encode_items(enc, "vision", images, device="cpu", forward=fast)
-    assert fast._prepared is None and fast.seen == 5  # eager so far
-    second = encode_items(enc, "vision", images, device="cpu", forward=fast)
-    assert fast._prepared is not None and fast._prepared.runtime == "onnxruntime"
-    np.testing.assert_allclose(first, reference, atol=1e-5)
-    np.testing.assert_allclose(second, reference, atol=1e-5)
+    assert fast._prepared is None and fast.seen == 5 and fast._background is None  # eager, nothing started
+    second = encode_items(enc, "vision", images, device="cpu", forward=fast)  # 10 seen: the export starts
+    assert fast._background is not None
+    assert fast.wait(120) and fast._prepared.runtime == "onnxruntime"
+    third = encode_items(enc, "vision", images, device="cpu", forward=fast)
+    for got in (first, second, third):
+        np.testing.assert_allclose(got, reference, atol=1e-5)
     again = rt.AutoForward(enc, CPU)
     encode_items(enc, "vision", ImageList(list(images)[:1]), device="cpu", forward=again)
     assert again._prepared is not None and again._prepared.runtime == "onnxruntime"  # cached export: at once
+    assert again._background is None
 
 
-def test_auto_forward_keeps_transformers_eager(monkeypatch, tiny_text):
-    monkeypatch.setattr(rt, "MIN_ITEMS_FOR_EXPORT", 2)
-    fast = rt.AutoForward(tiny_text, CPU)
-    batch = tiny_text.collate([tiny_text.preprocess(p) for p in ("a chart", "what is shown", "read it")])
+def test_auto_forward_prepares_text_encoders_too_when_asked(monkeypatch, tmp_path, tiny_text, capsys):
+    """A server asks at start (`prepare`): a Transformer text encoder is exported in the background (its prints
+    kept out of the output, other threads' prints kept), used once ready with eager's numbers; an explicit
+    runtime=eager never exports."""
+    if not rt.onnxruntime_available():
+        pytest.skip("onnxruntime / onnxscript not installed")
+    monkeypatch.setenv("VLRB_CACHE_DIR", str(tmp_path))
+    batch = tiny_text.collate([tiny_text.preprocess(p) for p in ("a chart", "what is shown in the table", "read it")])
     with torch.inference_mode():
-        fast(batch), fast(batch)
-    assert fast._prepared is not None and fast._prepared.runtime == "eager" and fast._path is None
+        reference = tiny_text(batch)
+    fast = rt.AutoForward(tiny_text, CPU)
+    fast.prepare()
+    print("printed while exporting")  # noqa: T201 - the main thread's output survives the exporter's silencing
+    with torch.inference_mode():
+        during = fast(batch)
+    assert fast.wait(120) and fast._prepared.runtime == "onnxruntime"
+    with torch.inference_mode():
+        after = fast(batch)
+    torch.testing.assert_close(during, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=0)
+    assert "printed while exporting" in capsys.readouterr().out
+    eager = rt.AutoForward(tiny_text, CPU, runtime="eager")
+    eager.prepare()
+    with torch.inference_mode():
+        eager(batch)
+    assert eager._prepared.runtime == "eager" and eager._background is None

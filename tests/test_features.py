@@ -525,3 +525,23 @@ def test_build_reports_cached_features_without_made_up_numbers(capsys, caplog):
     assert "text features: minilm (12 samples, cached: up to date, nothing extracted)" in said
     assert "vision features: lite0 (1280-d, 12 samples, extracted; 50.0 items/s on cpu)" in said
     assert "None" not in said
+
+
+def test_feature_scaler_transform_is_standard_scalers_arithmetic_bit_for_bit():
+    """The scaler's transform skips StandardScaler's input checks (1 ms per routed request) but not its numbers:
+    float32 (X - mean) / scale exactly as sklearn computes it, for float32 and float64 inputs; a wrong width is a
+    clear error."""
+    from vlrb.features.fusion import FeatureScaler
+
+    rng = np.random.default_rng(0)
+    for n, d in [(100, 50), (3, 1664), (1000, 7)]:
+        X = (rng.normal(size=(n, d)) * rng.uniform(0.01, 100, size=d) + rng.normal(size=d) * 5).astype(np.float32)
+        sc = FeatureScaler().fit(X)
+        for Z in (X, rng.normal(size=(n, d)) * 3):
+            before = Z.copy()
+            got = sc.transform(Z)
+            assert np.array_equal(Z, before)  # the input is not scaled in place
+            assert got.dtype == np.float32
+            assert np.array_equal(got, sc.scaler.transform(np.asarray(Z, np.float32)).astype(np.float32))
+    with pytest.raises(ValueError, match="fitted on 7 features"):
+        sc.transform(np.zeros((2, 8), np.float32))

@@ -95,7 +95,8 @@ def test_settings_from_config_and_their_errors():
            ({"route_only": True, "auth": {"api_keys_env": "MISSING"}}, "auth.api_keys_env=MISSING"),
            ({"route_only": True, "batching": {"max_batch": 0}}, "batching.max_batch must be an integer >= 1"),
            ({"route_only": True, "budget": {"mu": "lots"}}, "budget.mu must be a number"),
-           ({"route_only": True, "budget": {"cost_estimate": "vibes"}}, "budget.cost_estimate must be one of")]
+           ({"route_only": True, "budget": {"cost_estimate": "vibes"}}, "budget.cost_estimate must be one of"),
+           ({"route_only": True, "batching": {"fast_path": "soon"}}, "batching.fast_path must be one of")]
     for cfg, msg in bad:
         with pytest.raises(ConfigError, match=msg):
             ServeSettings.from_config(cfg, MODELS, environ=env)
@@ -409,6 +410,35 @@ def live(tiny_router, upstream, tmp_path_factory):
     with ServeProcess(overrides, run,
                       env={"UP_KEY": "sk-up", "VLRB_TEST_KEYS": "secret-1,secret-2"}) as proc:
         yield proc
+
+
+def test_the_encoders_fast_path_is_ready_at_start_as_configured(tiny_router):
+    """batching.fast_path: `start` prepares a feature router's encoders (ONNX Runtime on a CPU) before the first
+    request, `background` asks for it without waiting, `lazy` leaves it to the 512th input; answers are the same."""
+    import vlrb
+    from vlrb.features.onnx_export import onnxruntime_available
+
+    class Preparing(StubRouter):
+        def __init__(self):
+            super().__init__()
+            self.asked = []
+
+        def prepare(self, wait=False):
+            self.asked.append(wait)
+
+    for fast_path, asked in (("background", [False]), ("start", [True]), ("lazy", [])):
+        stub = Preparing()
+        with TestClient(create_app(stub, settings(fast_path=fast_path))) as c:
+            assert stub.asked == asked
+            assert c.post("/v1/chat/completions", json=user("a hard question")).headers["x-vlrb-model"] == "dear"
+    if not onnxruntime_available():
+        return
+    router = vlrb.load_router(tiny_router)
+    with TestClient(create_app(router, settings(fast_path="start"))) as c:
+        runtimes = {m: router.recipe._forward(m)._prepared for m in ("text", "vision")}
+        assert all(p is not None and p.runtime == "onnxruntime" for p in runtimes.values()), runtimes
+        r = c.post("/v1/chat/completions", json=user("What colour is square 3?", data_uri(BLUE)))
+        assert r.status_code == 200 and r.headers["x-vlrb-model"] == "dear"
 
 
 AUTH = {"Authorization": "Bearer secret-2"}

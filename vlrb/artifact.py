@@ -137,6 +137,12 @@ class TrainedRouter:
         rows.n_options = np.asarray([int(k) for _, k in fmts], dtype=np.int64)
         return rows
 
+    def prepare(self, wait: bool = False) -> None:
+        """The encoders' fast path now (a feature-level router's recipe, `FeatureRecipe.prepare`); a server calls
+        it at start so that it does not wait for hundreds of requests. Nothing for a router that reads no features."""
+        if "features" in self.router.inputs and self.recipe is not None:
+            self.recipe.prepare(wait=wait)
+
     def input_limits(self) -> tuple[int | None, Any]:
         """(the most prompt characters that can change this router's input, the resize step its image encoder starts
         with), from its encoders (built on first use); None where the router reads no text, or no image (or its

@@ -152,7 +152,15 @@ class FeatureScaler:
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return self.scaler.transform(np.asarray(X, np.float32)).astype(np.float32, copy=False)
+        """(X - mean) / scale in float32: StandardScaler.transform's own arithmetic, without its input checks (1 ms
+        a call, a tenth of a served request's routing)."""
+        sc = self.scaler
+        X = np.array(X, dtype=np.float32)  # a copy, scaled in place
+        if X.ndim != 2 or X.shape[1] != len(sc.mean_):
+            raise ValueError(f"features of shape {X.shape}; the scaler was fitted on {len(sc.mean_)} features")
+        X -= sc.mean_.astype(np.float32)
+        X /= sc.scale_.astype(np.float32)
+        return X
 
     def fit_transform(self, X_train: np.ndarray) -> np.ndarray:
         return self.fit(X_train).transform(X_train)

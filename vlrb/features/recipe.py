@@ -73,6 +73,13 @@ class FeatureRecipe:
         X = fuse(emb.get("text"), emb.get("vision"), self.fusion, self.text_weight)
         return self._scale(X)
 
+    def prepare(self, wait: bool = False) -> None:
+        """Each encoder's fast path now (ONNX Runtime on a CPU: loaded from the cached export, else exported in the
+        background; see `vlrb.features.runtime.AutoForward`) rather than after hundreds of inputs: a server
+        calls it at start. `wait=True` returns once every path is ready."""
+        for mod in self.modalities:
+            self._forward(mod).prepare(wait=wait)
+
     def _encoder(self, mod: str):
         if mod not in self._encoders:
             from vlrb.features.sections import build_encoder

@@ -7,7 +7,6 @@ keys are configured. No file path is ever taken from a request: images are bytes
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hmac
 import ipaddress
@@ -68,7 +67,7 @@ def data_uri_bytes(url: str, param: str) -> bytes:
         raise bad_request("an image data URI must be base64-encoded (data:image/<type>;base64,...)", param,
                           code="invalid_image")
     try:
-        return base64.b64decode(url[m.end():], validate=True)
+        return binascii.a2b_base64(url[m.end():], strict_mode=True)  # C; b64decode(validate=True) adds a regex scan
     except (binascii.Error, ValueError):
         raise bad_request("the image data URI's payload is not valid base64", param, code="invalid_image") from None
 

@@ -84,6 +84,9 @@ class RouterService:
     async def start(self) -> None:
         # one forward before the first request: the encoders load now, and a broken router fails at start-up
         await asyncio.to_thread(self._forward, [("", None, WARM_FORMAT)])
+        prepare = getattr(self.router, "prepare", None)
+        if prepare is not None and self.settings.fast_path != "lazy":  # the encoders' fast path (ONNX Runtime)
+            await asyncio.to_thread(prepare, wait=self.settings.fast_path == "start")
         limits = getattr(self.router, "input_limits", None)
         self.prompt_chars, self.image_resize = await asyncio.to_thread(limits) if limits else (None, None)
         await self.batcher.start()

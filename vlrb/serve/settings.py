@@ -13,6 +13,9 @@ from vlrb.serve.schema import MU_LIMIT
 
 COST_ESTIMATES = ("mean_cost", "tokens")
 EXPLORE_POLICIES = ("none", "epsilon_greedy")
+# background: exported while the first requests run eagerly; start: ready before the server listens; lazy: as in
+# offline routing, after MIN_ITEMS_FOR_EXPORT inputs (a cached export is used at once in every case)
+FAST_PATHS = ("background", "start", "lazy")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ServeSettings:
     max_queue: int = 1024
     workers: int = 1
     threads: int | None = None
+    fast_path: str = "background"  # when the encoders' ONNX Runtime path is made (FAST_PATHS)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     attempts: int = 3
     timeout_s: float = 60.0
@@ -84,6 +88,9 @@ class ServeSettings:
             raise ConfigError("upstreams is empty: configure at least one model's upstream (base_url, model, "
                               "api_key_env) or set route_only=true (one-shot routers only: a cascade needs the "
                               "answers of the models it calls)")
+        fast_path = str(batching.get("fast_path", "background"))
+        if fast_path not in FAST_PATHS:
+            raise ConfigError(f"batching.fast_path must be one of {FAST_PATHS}, got {fast_path!r}")
         cost = str(budget.get("cost_estimate", "mean_cost"))
         if cost not in COST_ESTIMATES:
             raise ConfigError(f"budget.cost_estimate must be one of {COST_ESTIMATES}, got {cost!r}")
@@ -105,6 +112,7 @@ class ServeSettings:
             max_queue=_int(batching.get("max_queue", 1024), "batching.max_queue", lo=1),
             workers=_int(batching.get("workers", 1), "batching.workers", lo=1),
             threads=None if batching.get("threads") is None else _int(batching.get("threads"), "batching.threads", lo=1),
+            fast_path=fast_path,
             upstreams=upstreams,
             attempts=_int(fallback.get("attempts", 3), "fallback.attempts", lo=1),
             timeout_s=_number(fallback.get("timeout_s", 60.0), "fallback.timeout_s", lo=1e-3),

@@ -1,0 +1,182 @@
+"""Encoders exported to ONNX and run by ONNX Runtime on a CPU (the fast path of vlrb/features/runtime.py).
+
+Exports live under `cache_dir()/onnx/<encoder name>-<hash>/` where the hash covers the weights, the encoder
+config, the input signature and the torch / ONNX Runtime versions, so a changed model never reuses a stale graph.
+An export is written to a temporary folder renamed into place, so a crash never leaves half a graph in the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger("vlrb.features.runtime")
+
+def cache_dir() -> Path:
+    """vlrb's own cache folder: $VLRB_CACHE_DIR, else $XDG_CACHE_HOME/vlrb, else ~/.cache/vlrb."""
+    if os.environ.get("VLRB_CACHE_DIR"):
+        return Path(os.environ["VLRB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vlrb"
+
+
+def onnxruntime_available() -> bool:
+    """ONNX Runtime to run, and torch.onnx's exporter dependencies (onnx, onnxscript) to export."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
+
+
+def _dynamic_dims(example: dict) -> list[dict[int, str]]:
+    """Batch size is dynamic everywhere; token sequences (2-D integer inputs) also in length."""
+    return [{0: "batch", 1: "seq"} if v.dim() == 2 and not v.is_floating_point() else {0: "batch"}
+            for v in example.values()]
+
+
+def onnx_path(encoder, example: dict) -> Path:
+    """Where this encoder's export is cached: its name plus a hash of weights, config, inputs and versions."""
+    h = hashlib.sha256()
+    sig = [(k, str(v.dtype), [None if d in dims else int(n) for d, n in enumerate(v.shape)])
+           for (k, v), dims in zip(example.items(), _dynamic_dims(example))]
+    versions = {"torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx")}
+    h.update(json.dumps({"class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+                         "identity": encoder.identity(), "inputs": sig, "versions": versions},
+                        sort_keys=True, default=str).encode())
+    for k, v in encoder.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return cache_dir() / "onnx" / f"{encoder.name}-{h.hexdigest()[:20]}" / "model.onnx"
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+_EXPORTING = threading.Lock()  # torch.export traces with process-wide state: one export at a time
+
+
+class _Positional(torch.nn.Module):
+    """The encoder with positional tensor inputs (what the exporter traces)."""
+
+    def __init__(self, encoder, keys: list[str]):
+        super().__init__()
+        self.encoder, self.keys = encoder, keys
+
+    def forward(self, *tensors):
+        return self.encoder(dict(zip(self.keys, tensors)))
+
+
+def export_onnx(encoder, example: dict, path: Path) -> Path:
+    """Export `encoder` (inputs like `example`) to `path` through a temporary folder renamed into place."""
+    keys = list(example)
+    ex = {k: (torch.cat([v, v]) if v.shape[0] < 2 else v) for k, v in example.items()}  # batch 1 would specialise
+    dims = _dynamic_dims(ex)
+    shared = {name: torch.export.Dim(name, min=1) for name in ("batch", "seq")}
+    dynamic = tuple({d: shared[n] for d, n in dd.items()} for dd in dims)
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.parent.name}-", dir=path.parent.parent))
+    t0 = time.perf_counter()
+    try:
+        import warnings
+
+        with _EXPORTING, warnings.catch_warnings(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_Positional(encoder, keys).eval(), tuple(ex[k] for k in keys), dynamo=True,
+                                        input_names=keys, output_names=["vlrb_embedding"], dynamic_shapes=(dynamic,),
+                                        verbose=False)
+            program.save(str(tmp / path.name))
+        if path.parent.exists():  # another process finished the same export first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: exported to ONNX in %.1f s -> %s", encoder.name, time.perf_counter() - t0, path.parent)
+    return path
+
+
+class _quiet_exporter:
+    """torch.onnx prints progress lines to stdout, and its optimiser logs one INFO line per merged weight (which
+    Hydra's INFO root logger would show by the hundred); keep both out of the job's output. Only the exporting
+    thread's prints are dropped: an export in the background (AutoForward) leaves the other threads' output alone."""
+
+    LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
+
+    def __enter__(self):
+        import sys
+
+        self._levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
+        for name in self.LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._stdout = sys.stdout
+        sys.stdout = _DropThread(self._stdout, threading.get_ident())
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        if isinstance(sys.stdout, _DropThread):
+            sys.stdout = self._stdout
+        return False
+
+
+class _DropThread:
+    """A stdout that drops what one thread writes and passes the rest on."""
+
+    def __init__(self, target, thread: int):
+        self.target, self.thread = target, thread
+
+    def write(self, text: str) -> int:
+        return len(text) if threading.get_ident() == self.thread else self.target.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
+
+
+def onnxruntime_forward(encoder, example: dict, path: Path, spin: bool = True) -> Callable[[dict], torch.Tensor]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not spin:  # idle threads sleep instead of spinning: the decode workers need those cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = None
+    if path.exists():
+        try:
+            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a damaged or incompatible cached export: export it again
+            log.warning("%s: cached ONNX export %s does not load (%s); exporting again", encoder.name, path.parent,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            shutil.rmtree(path.parent, ignore_errors=True)
+    if session is None:
+        with torch.inference_mode(False), torch.no_grad():
+            export_onnx(encoder, example, path)
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    keys = list(example)
+    if sorted(names) != sorted(keys):
+        raise ValueError(f"{path}: graph inputs {names} do not match the batch keys {keys}")
+
+    def forward(batch: dict) -> torch.Tensor:
+        feeds = {k: batch[k].detach().cpu().contiguous().numpy() for k in names}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    return forward
