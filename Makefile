@@ -57,8 +57,8 @@ bench-train: $(STAMP) ## fit every feature router (6 x 6 grid) + routing through
 bench-e2e: $(STAMP) ## end-to-end routing throughput (encoder included) at batch 64
 	$(PYTHON) benchmarks/bench_e2e.py
 
-bench-serve: $(STAMP) ## serve.py requests/s and p50/p99 latency at concurrency 1/16/64 vs offline route_raw
-	$(PYTHON) benchmarks/bench_serve.py
+bench-serve: $(STAMP) ## serve.py router latency vs the bare encoder forward, requests/s at 64 vs offline route_raw
+	$(PYTHON) benchmarks/bench_serve.py --rounds 5 --json logs/bench/serve.json
 
 bench: $(STAMP) ## every benchmark script (each prints its targets; a missed target does not stop the rest)
 	-$(MAKE) --no-print-directory bench-build

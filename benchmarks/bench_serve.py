@@ -326,6 +326,7 @@ def main() -> int:
     print(f"targets: router p50 <= {LATENCY_TARGET}x bare forward: {'met' if lat_ok else 'MISSED'}; "
           f"throughput at {top_level} >= {THROUGHPUT_TARGET}x offline: {'met' if tp_ok else 'MISSED'}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"latency_vs_bare": latency, "throughput_vs_offline": throughput,
                                                "offline_rps": offline, "batch": args.batch, "levels": rows,
                                                "latency_target_met": lat_ok, "throughput_target_met": tp_ok,
