@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-log = logging.getLogger("vlrb.features.runtime")
+log = logging.getLogger(__name__)
+
 
 def cache_dir() -> Path:
     """vlrb's own cache folder: $VLRB_CACHE_DIR, else $XDG_CACHE_HOME/vlrb, else ~/.cache/vlrb."""
