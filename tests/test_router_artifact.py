@@ -103,3 +103,28 @@ def test_baselines_cannot_route_raw_inputs():
         tr.route_raw(["q"], [None])
     tr = TrainedRouter(make_router("strongest").fit(bm.split("train")))
     assert tr.route_raw(["q", "r"]) == [tr.models[int(np.argmax(bm.split("train").Y.mean(0)))]] * 2
+
+
+def test_load_router_takes_a_hub_style_id_from_the_local_hf_cache_only(tmp_path, monkeypatch):
+    """A router folder published on a model hub and downloaded once loads by its id (`org/name`) from the local HF
+    cache, routing as the folder does; an id that is not there is a one-line error: nothing is downloaded."""
+    import shutil
+
+    import vlrb
+    from serve_support import BLUE, RED, build_tiny_router
+    from vlrb.weights import WeightsUnavailableError
+
+    folder = build_tiny_router(tmp_path / "router")
+    repo = tmp_path / "hub" / "models--acme--tiny-router"
+    shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # "acme/tiny-router" is no folder here
+    prompts = ["What colour is square 1?", "What colour is square 2?"]
+    images = [Image.new("RGB", (24, 24), RED), Image.new("RGB", (24, 24), BLUE)]
+    from_hub = vlrb.load_router("acme/tiny-router")
+    assert from_hub.route_raw(prompts, images) == vlrb.load_router(folder).route_raw(prompts, images)
+    with pytest.raises(WeightsUnavailableError, match="Nothing is downloaded at run time") as e:
+        vlrb.load_router("acme/no-such-router")
+    assert "acme/no-such-router" in str(e.value) and "\n" not in str(e.value)

@@ -274,8 +274,7 @@ def _locate(path: str | Path) -> Path:
     if not p.exists() and isinstance(path, str) and path.count("/") == 1 and not path.startswith((".", "/", "~")):
         from vlrb.weights import local_snapshot
 
-        p = local_snapshot(path, "router", "download it once with `huggingface-cli download "
-                                           f"{path}` (vlrb never downloads at run time), or give its folder")
+        p = local_snapshot(path, "router", f"Download it once with `hf download {path}`, or give its folder.")
     if (p / "router").is_dir() and not (p / ARTIFACT_JSON).exists():
         p = p / "router"  # a run directory was given
     if not p.is_dir():

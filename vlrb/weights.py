@@ -49,7 +49,9 @@ def local_snapshot(name_or_path: str, what: str, advice: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+        # the cache named by $HF_HUB_CACHE now (huggingface_hub reads it once, when it is imported)
+        return Path(snapshot_download(str(name_or_path), local_files_only=True,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
     except Exception as e:  # LocalEntryNotFoundError, HFValidationError, ...
         cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise WeightsUnavailableError(
