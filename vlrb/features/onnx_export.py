@@ -88,6 +88,7 @@ def export_onnx(encoder, example: dict, path: Path) -> Path:
     shared = {name: torch.export.Dim(name, min=1) for name in ("batch", "seq")}
     dynamic = tuple({d: shared[n] for d, n in dd.items()} for dd in dims)
     path.parent.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.parent.name}-", dir=path.parent.parent))
     t0 = time.perf_counter()
     try:
@@ -110,44 +111,94 @@ def export_onnx(encoder, example: dict, path: Path) -> Path:
     return path
 
 
+STALE_S = 3600  # an unfinished export's folder older than this was left by a process that died
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary folders of this export left by a process killed mid-export (a live one is minutes old at most)."""
+    for old in path.parent.parent.glob(f".{path.parent.name}-*"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def child_payload(encoder, example: dict, path: Path, nice: int = 10) -> bytes:
+    """What `export_in_child` sends its child: the parent's sys.path (an encoder of the caller's own code unpickles
+    too), then the encoder, its example batch, the export path and the child's niceness, pickled. Made in the
+    calling thread: torch's serialisation must not run in a thread still going when the interpreter exits."""
+    import pickle
+    import sys
+
+    return pickle.dumps(list(sys.path)) + pickle.dumps((encoder, example, str(path), nice))
+
+
+def export_in_child(payload: bytes, path: Path) -> None:
+    """`export_onnx` in a child Python process at a lower priority (`child_payload` says what): tracing holds the
+    GIL for seconds, which a server's event loop must not wait for, and a process can stop while its child exports
+    (a thread inside torch at interpreter exit aborts the process). The child is stopped if this process exits
+    first. Raises RuntimeError with the child's last error lines when the export fails."""
+    import atexit
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "vlrb.features.onnx_export"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stopped = []
+
+    def stop():  # this process is exiting: the export is abandoned (its folder is removed by a later export)
+        stopped.append(True)
+        proc.kill()
+
+    atexit.register(stop)
+    try:
+        _, err = proc.communicate(payload)
+    finally:
+        atexit.unregister(stop)
+    if stopped:
+        return
+    if proc.returncode != 0 or not path.exists():
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"the export process ended with exit code {proc.returncode}: {' | '.join(tail)}")
+
+
+def _child() -> None:
+    """python -m vlrb.features.onnx_export: one export, its inputs pickled on stdin (see export_in_child)."""
+    import pickle
+    import sys
+
+    stream = sys.stdin.buffer
+    sys.path[:] = pickle.load(stream)
+    encoder, example, path, nice = pickle.load(stream)
+    if getattr(encoder, "channels_last", False):
+        encoder.set_channels_last(False)  # exported in the default layout, as prepare_forward does
+    os.nice(nice)
+    torch.set_num_threads(1)  # beside the parent's work, not over it
+    export_onnx(encoder, example, Path(path))
+
+
 class _quiet_exporter:
     """torch.onnx prints progress lines to stdout, and its optimiser logs one INFO line per merged weight (which
-    Hydra's INFO root logger would show by the hundred); keep both out of the job's output. Only the exporting
-    thread's prints are dropped: an export in the background (AutoForward) leaves the other threads' output alone."""
+    Hydra's INFO root logger would show by the hundred); keep both out of the job's output."""
 
     LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
 
     def __enter__(self):
-        import sys
+        import contextlib
+        import io
 
         self._levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
         for name in self.LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
-        self._stdout = sys.stdout
-        sys.stdout = _DropThread(self._stdout, threading.get_ident())
+        self._redirect = contextlib.redirect_stdout(io.StringIO())
+        self._redirect.__enter__()
         return self
 
     def __exit__(self, *exc):
-        import sys
-
         for name, level in self._levels.items():
             logging.getLogger(name).setLevel(level)
-        if isinstance(sys.stdout, _DropThread):
-            sys.stdout = self._stdout
-        return False
-
-
-class _DropThread:
-    """A stdout that drops what one thread writes and passes the rest on."""
-
-    def __init__(self, target, thread: int):
-        self.target, self.thread = target, thread
-
-    def write(self, text: str) -> int:
-        return len(text) if threading.get_ident() == self.thread else self.target.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self.target, name)
+        return self._redirect.__exit__(*exc)
 
 
 def onnxruntime_forward(encoder, example: dict, path: Path, spin: bool = True) -> Callable[[dict], torch.Tensor]:
@@ -181,3 +232,7 @@ def onnxruntime_forward(encoder, example: dict, path: Path, spin: bool = True) -
         return torch.from_numpy(session.run(None, feeds)[0])
 
     return forward
+
+
+if __name__ == "__main__":
+    _child()

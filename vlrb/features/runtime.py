@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ from typing import Callable
 
 import torch
 
-from vlrb.features.onnx_export import cache_dir, onnx_path, onnxruntime_available, onnxruntime_forward
+from vlrb.features.onnx_export import (cache_dir, child_payload, export_in_child, onnx_path, onnxruntime_available,
+                                       onnxruntime_forward)
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,11 @@ class AutoForward:
     ONNX Runtime ran MiniLM 2.1x faster than eager on 2 cores (13 vs 27 ms; 1.1x at 8-32 prompts, where extraction's
     batches per core favour eager), and a session releases the GIL for its whole run, so a server's event loop and
     image decoding go on meanwhile. The move is made at once when the export is cached on disk; otherwise the export
-    (seconds, once per machine) runs in a background thread on a copy of the encoder, started once
-    `MIN_ITEMS_FOR_EXPORT` items went through or by `prepare()` (a server, at start), while calls run eagerly; the
-    new path is checked against eager like any other (`prepare_forward`) and used from the next call on. Another
-    `runtime` (eager, compile, onnxruntime) is prepared on the first call, in the calling thread."""
+    (seconds, once per machine) runs in a child process (`export_in_child`: its tracing never holds this process's
+    GIL, and this process may exit meanwhile), started once `MIN_ITEMS_FOR_EXPORT` items went through or by
+    `prepare()` (a server, at start), while calls run eagerly; the first call after it ends loads the export and
+    checks it against eager like any other path (`prepare_forward`). Another `runtime` (eager, compile,
+    onnxruntime) is prepared on the first call, in the calling thread."""
 
     def __init__(self, encoder, device: torch.device, dtype: torch.dtype | None = None, runtime: str = "auto"):
         self.encoder, self.device, self.dtype, self.runtime = encoder, device, dtype, runtime
@@ -159,10 +160,7 @@ class AutoForward:
         if self._path is None:
             self._path = onnx_path(self.encoder, batch)  # weights hashed once: they do not change here
         if self._path.exists():
-            with self._lock:  # the export is cached: loaded and checked now (well under a second)
-                if self._prepared is None:
-                    self._prepared = self._prepare(self.encoder, batch)
-            return self._prepared.forward(batch)
+            return self._load(batch).forward(batch)
         self.seen += n
         if self.seen >= MIN_ITEMS_FOR_EXPORT:
             self._start(batch)
@@ -179,55 +177,58 @@ class AutoForward:
             example = self.encoder.collate([self.encoder.preprocess(_example_input(self.encoder))])
         if self._path is None:
             self._path = onnx_path(self.encoder, example)
+        if not self._path.exists():
+            self._start(example)
+            if not wait:
+                return
+            self._background.join()
         if self._path.exists():
-            with self._lock:
-                if self._prepared is None:
-                    self._prepared = self._prepare(self.encoder, example)
-            return
-        self._start(example)
-        if wait:
-            self.wait()
+            self._load(example)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a background export; True once a prepared path is in use."""
+        """Wait for a background export; True once it is on disk (the next call uses it) or its failure is known."""
         if self._background is not None:
             self._background.join(timeout)
-        return self._prepared is not None
+        return self._prepared is not None or bool(self._path and self._path.exists())
+
+    def _load(self, example: dict) -> PreparedForward:
+        """The cached export, loaded and checked against eager once (well under a second)."""
+        with self._lock:
+            if self._prepared is None:
+                # spin=False: ONNX Runtime's threads sleep between calls; spinning, they take the cores from the
+                # other encoder's forward that runs next (text forward 2x slower after an image forward, measured)
+                with torch.inference_mode():
+                    self._prepared = prepare_forward(self.encoder, "onnxruntime", self.device, self.dtype, example,
+                                                     n_items=MIN_ITEMS_FOR_EXPORT, spin=False)
+            return self._prepared
 
     def _start(self, example: dict) -> None:
         with self._lock:
             if self._background is not None:
                 return
-            self._background = threading.Thread(target=self._export, args=(example,), daemon=True,
+            payload = child_payload(self.encoder, example, self._path)  # here: torch code, not in the thread
+            self._background = threading.Thread(target=self._export, args=(payload,), daemon=True,
                                                 name=f"vlrb-onnx-{self.encoder.name}")
             self._background.start()
 
-    def _export(self, example: dict) -> None:
-        """In the background thread, at a lower priority than the calls it runs beside: the export and its check on
-        a copy of the encoder (eager calls go on with the original); a failure leaves the calls eager."""
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
+    def _export(self, payload: bytes) -> None:
+        """The background thread: the export in a child process, one at a time; a failure leaves the calls eager."""
         log.info("%s: exporting to ONNX Runtime in the background (once per machine, cached under %s); eager "
                  "until it is ready", self.encoder.name, cache_dir() / "onnx")
+        t0 = time.perf_counter()
         try:
-            prepared = self._prepare(copy.deepcopy(self.encoder), example)
+            with _CHILD_EXPORT:
+                if not self._path.exists():  # another forward of the same encoder may have made it meanwhile
+                    export_in_child(payload, self._path)
+            if self._path.exists():
+                log.info("%s: exported to ONNX in %.1f s -> %s", self.encoder.name, time.perf_counter() - t0,
+                         self._path.parent)
         except Exception as e:  # noqa: BLE001 - eager still works
-            log.warning("%s: ONNX Runtime path not prepared (%s: %s); staying eager", self.encoder.name,
-                        type(e).__name__, e)
-            prepared = PreparedForward(self.encoder, "eager", None, note=f"onnxruntime failed: {e}")
-        self._prepared = prepared
+            log.warning("%s: ONNX Runtime path not prepared (%s); staying eager", self.encoder.name, e)
+            self._prepared = PreparedForward(self.encoder, "eager", None, note=f"onnxruntime failed: {e}")
 
-    def _prepare(self, encoder, example: dict) -> PreparedForward:
-        # spin=False: ONNX Runtime's threads sleep between calls; spinning, they take the cores from the other
-        # encoder's forward that runs next (text forward 2x slower after an image forward, measured)
-        with torch.inference_mode():
-            prepared = prepare_forward(encoder, "onnxruntime", self.device, self.dtype, example,
-                                       n_items=MIN_ITEMS_FOR_EXPORT, spin=False)
-        if prepared.runtime == "eager" and encoder is not self.encoder:
-            prepared.forward = self.encoder  # the copy's eager forward would double the memory for nothing
-        return prepared
+
+_CHILD_EXPORT = threading.Lock()  # one export process at a time: each loads torch and the encoder again
 
 
 def _example_input(encoder):
