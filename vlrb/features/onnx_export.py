@@ -143,8 +143,10 @@ def export_in_child(payload: bytes, path: Path) -> None:
     import subprocess
     import sys
 
+    # the parent's import path, so that the child finds vlrb however the parent did (installed or not)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen([sys.executable, "-m", "vlrb.features.onnx_export"], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     stopped = []
 
     def stop():  # this process is exiting: the export is abandoned (its folder is removed by a later export)
