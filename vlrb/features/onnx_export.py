@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -66,9 +65,6 @@ def _version(module: str) -> str | None:
         return None
 
 
-_EXPORTING = threading.Lock()  # torch.export traces with process-wide state: one export at a time
-
-
 class _Positional(torch.nn.Module):
     """The encoder with positional tensor inputs (what the exporter traces)."""
 
@@ -94,7 +90,7 @@ def export_onnx(encoder, example: dict, path: Path) -> Path:
     try:
         import warnings
 
-        with _EXPORTING, warnings.catch_warnings(), _quiet_exporter():
+        with warnings.catch_warnings(), _quiet_exporter():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(_Positional(encoder, keys).eval(), tuple(ex[k] for k in keys), dynamo=True,
                                         input_names=keys, output_names=["vlrb_embedding"], dynamic_shapes=(dynamic,),

@@ -143,8 +143,9 @@ class AutoForward:
 
     @property
     def onnx(self) -> bool:
-        """Whether `auto` means ONNX Runtime here (a CPU in fp32, the packages installed)."""
-        return self.runtime == "auto" and self.device.type == "cpu" and self.dtype is None and onnxruntime_available()
+        """Whether `auto` means ONNX Runtime here once it pays off (`choose_runtime`'s rule, for any encoder)."""
+        return self.runtime == "auto" and choose_runtime("auto", self.device, self.dtype, MIN_ITEMS_FOR_EXPORT) \
+            == "onnxruntime"
 
     def __call__(self, batch: dict) -> torch.Tensor:
         prepared = self._prepared
